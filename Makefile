@@ -1,0 +1,33 @@
+# kvstore — build, test, lint, demo.
+#
+#   make            build release binaries into ./build (the lessons' paths)
+#   make test       every test: unit, property and integration
+#   make lint       rustfmt check + clippy with warnings as errors
+#   make demo       lesson 5's late-joiner scenario, end to end (PORT=9001 to move it)
+
+CARGO ?= cargo
+PORT ?= 9001
+
+.PHONY: all build test lint demo clean
+
+all: build
+
+build:
+	$(CARGO) build --release --bins
+	mkdir -p build
+	cp target/release/kvstore target/release/kv_client build/
+
+test:
+	$(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+demo: build
+	PORT=$(PORT) bash examples/demo.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf build

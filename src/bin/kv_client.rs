@@ -1,0 +1,163 @@
+//! `kv_client`: the command-line client, and `wal-dump`, a window into the log.
+//!
+//! ```text
+//! kv_client --port 9001 put k v        prints the LSN the write got
+//! kv_client --port 9002 get k          prints the value alone; exit 1 if missing
+//! kv_client --port 9001 delete k
+//! kv_client --port 9001 status [--json]
+//! kv_client wal-dump ./node1           one record a line, like pg_waldump
+//! ```
+//!
+//! Exit codes: 0 success, 1 key not found, 2 any error (unreachable server,
+//! ERROR reply, bad arguments, corrupt WAL).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use kvstore::client::Client;
+use kvstore::error::Error;
+use kvstore::wal::{scan_log, Op, ScanEnd, LOG_FILE_NAME};
+
+/// Values longer than this are shortened in `wal-dump` output.
+const DUMP_VALUE_BYTES_MAX: usize = 200;
+
+/// Talk to a kvstore node, or inspect a data directory's WAL.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Server host.
+    #[arg(long, default_value = "127.0.0.1", global = true)]
+    host: String,
+    /// Server port.
+    #[arg(long, global = true)]
+    port: Option<u16>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Store VALUE under KEY (on the leader).
+    Put { key: String, value: String },
+    /// Print the value of KEY; exit 1 if it does not exist.
+    Get { key: String },
+    /// Remove KEY (on the leader).
+    Delete { key: String },
+    /// Show the node's role, LSNs and followers.
+    Status {
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every record of DATA_DIR's WAL, and where a torn tail starts.
+    WalDump { data_dir: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Command::WalDump { data_dir } = &args.command {
+        return wal_dump(data_dir);
+    }
+    let Some(port) = args.port else {
+        eprintln!("kv_client: --port is required for this command");
+        return ExitCode::from(2);
+    };
+    let address = format!("{}:{port}", args.host);
+    match run(&address, args.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kv_client: {address}: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(address: &str, command: Command) -> Result<ExitCode, Error> {
+    let mut client = Client::connect(address)?;
+    let mut stdout = std::io::stdout().lock();
+    let print = |out: &mut std::io::StdoutLock, bytes: &[u8]| {
+        let _ = out.write_all(bytes);
+        let _ = out.write_all(b"\n");
+    };
+    match command {
+        Command::Put { key, value } => {
+            let lsn = client.put(key.as_bytes(), value.as_bytes())?;
+            print(&mut stdout, format!("OK (LSN {lsn})").as_bytes());
+        }
+        Command::Delete { key } => {
+            let lsn = client.delete(key.as_bytes())?;
+            print(&mut stdout, format!("OK (LSN {lsn})").as_bytes());
+        }
+        Command::Get { key } => match client.get(key.as_bytes())? {
+            Some(value) => print(&mut stdout, &value),
+            None => {
+                eprintln!("kv_client: key '{key}' not found");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        Command::Status { json: true } => print(&mut stdout, client.status_json()?.as_bytes()),
+        Command::Status { json: false } => {
+            print(&mut stdout, client.status()?.render().trim_end().as_bytes())
+        }
+        Command::WalDump { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Print the WAL one record a line, then how it ends.
+fn wal_dump(data_dir: &std::path::Path) -> ExitCode {
+    let path = data_dir.join(LOG_FILE_NAME);
+    if !path.exists() {
+        eprintln!("kv_client: no WAL at {}", path.display());
+        return ExitCode::from(2);
+    }
+    let mut out = std::io::stdout().lock();
+    let mut count = 0u64;
+    let mut last_lsn = 0;
+    let result = scan_log(&path, |offset, record| {
+        count += 1;
+        last_lsn = record.lsn;
+        let line = match &record.op {
+            Op::Put { key, value } => {
+                format!("PUT    key={} value={}", escape(key), escape(value))
+            }
+            Op::Delete { key } => format!("DELETE key={}", escape(key)),
+        };
+        let _ = writeln!(out, "lsn={:<8} offset={:<10} {line}", record.lsn, offset);
+    });
+    match result {
+        Ok(ScanEnd::Clean { end_offset }) => {
+            let _ = writeln!(
+                out,
+                "-- {count} record(s), last LSN {last_lsn}, clean end at offset {end_offset}"
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(ScanEnd::TornTail { offset, bytes }) => {
+            let _ = writeln!(
+                out,
+                "-- {count} record(s), last LSN {last_lsn}; torn tail of {bytes} byte(s) at offset \
+                 {offset} (the server truncates it at start-up)"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("kv_client: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Quote bytes for a terminal: printable ASCII as is, the rest escaped.
+fn escape(bytes: &[u8]) -> String {
+    let shown = &bytes[..bytes.len().min(DUMP_VALUE_BYTES_MAX)];
+    let mut s = format!("\"{}\"", shown.escape_ascii());
+    if bytes.len() > shown.len() {
+        s.push_str(&format!("...({} bytes)", bytes.len()));
+    }
+    s
+}

@@ -1,0 +1,135 @@
+//! `kvstore`: the server. Parses arguments, starts logging, runs the node.
+//!
+//! ```text
+//! kvstore --port 9001 --data-dir ./node1 --role=leader --peers=9002,9003
+//! kvstore --port 9002 --data-dir ./node2 --role=follower --leader=9001
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use kvstore::db::FsyncPolicy;
+use kvstore::limits::{CONNECTIONS_MAX_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT};
+use kvstore::replication::hub::WriteConcern;
+use kvstore::replication::parse_peer;
+use kvstore::server::{self, Config, Role};
+
+/// A replicated key-value store: a leader streams its write-ahead log to followers.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Port to serve clients and followers on (0 picks a free port and logs it).
+    #[arg(long)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Directory holding this node's WAL (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// leader or follower. Without it the node is a standalone leader.
+    #[arg(long, value_enum)]
+    role: Option<RoleArg>,
+    /// Leader only: the followers it expects, comma-separated (a bare port means 127.0.0.1).
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Follower only: the leader to replicate from (port, or host:port).
+    #[arg(long)]
+    leader: Option<String>,
+    /// always: acknowledge a write only once it is fsynced. never: leave it to the kernel.
+    #[arg(long, value_enum, default_value_t = FsyncArg::Always)]
+    fsync: FsyncArg,
+    /// Leader only: how many nodes must have a write before the client hears OK.
+    #[arg(long, value_enum, default_value_t = ConcernArg::Local)]
+    write_concern: ConcernArg,
+    /// Leader only: how long a majority/all write waits for acknowledgements.
+    #[arg(long, default_value_t = WRITE_TIMEOUT_MS_DEFAULT)]
+    write_timeout_ms: u64,
+    /// Most connections served at once; the next one gets an ERROR and is closed.
+    #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT)]
+    max_connections: usize,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum RoleArg {
+    Leader,
+    Follower,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FsyncArg {
+    Always,
+    Never,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ConcernArg {
+    Local,
+    Majority,
+    All,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, record| {
+            use std::io::Write;
+            writeln!(buf, "{} {:<5} {}", buf.timestamp_millis(), record.level(), record.args())
+        })
+        .init();
+    let args = Args::parse();
+    let config = match config(args) {
+        Ok(config) => config,
+        Err(why) => {
+            eprintln!("kvstore: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    match server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("[server] cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config(args: Args) -> Result<Config, String> {
+    let role = match (args.role, &args.leader) {
+        (Some(RoleArg::Follower), Some(leader)) => {
+            if !args.peers.is_empty() {
+                return Err("--peers is for a leader; a follower takes --leader only".into());
+            }
+            Role::Follower { leader: parse_peer(leader).map_err(|e| e.to_string())? }
+        }
+        (Some(RoleArg::Follower), None) => return Err("--role=follower needs --leader".into()),
+        (_, Some(_)) => return Err("--leader is for --role=follower".into()),
+        (Some(RoleArg::Leader) | None, None) => {
+            let peers: Result<Vec<_>, _> =
+                args.peers.iter().filter(|p| !p.trim().is_empty()).map(|p| parse_peer(p)).collect();
+            Role::Leader { peers: peers.map_err(|e| e.to_string())? }
+        }
+    };
+    if args.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
+    Ok(Config {
+        host: args.host,
+        port: args.port,
+        data_dir: args.data_dir,
+        role,
+        fsync: match args.fsync {
+            FsyncArg::Always => FsyncPolicy::Always,
+            FsyncArg::Never => FsyncPolicy::Never,
+        },
+        write_concern: match args.write_concern {
+            ConcernArg::Local => WriteConcern::Local,
+            ConcernArg::Majority => WriteConcern::Majority,
+            ConcernArg::All => WriteConcern::All,
+        },
+        write_timeout: Duration::from_millis(args.write_timeout_ms),
+        max_connections: args.max_connections,
+    })
+}

@@ -1,0 +1,120 @@
+//! A small blocking client: used by `kv_client`, the tests and the examples.
+//!
+//! One request, one reply, on a persistent connection:
+//!
+//! ```no_run
+//! let mut client = kvstore::client::Client::connect("127.0.0.1:9001")?;
+//! client.put(b"hello", b"world")?;
+//! assert_eq!(client.get(b"hello")?, Some(b"world".to_vec()));
+//! # Ok::<(), kvstore::error::Error>(())
+//! ```
+//!
+//! An ERROR reply becomes [`Error::Server`] with the server's code and text.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::limits::FRAME_BYTES_MAX;
+use crate::protocol::{read_frame, write_message, Message};
+use crate::status::StatusReport;
+use crate::Lsn;
+
+/// How long the client waits to connect.
+const CONNECT_TIMEOUT_MS: u64 = 3_000;
+
+/// A connection to one kvstore node.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: BufWriter<TcpStream>,
+}
+
+impl Client {
+    /// Connect to `address` (`host:port`).
+    pub fn connect(address: impl ToSocketAddrs + std::fmt::Display) -> Result<Client> {
+        let ctx = format!("connecting to {address}");
+        let addr = address
+            .to_socket_addrs()
+            .map_err(|e| Error::io(&ctx, e))?
+            .next()
+            .ok_or_else(|| Error::io(&ctx, std::io::Error::other("no address")))?;
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .map_err(|e| Error::io(&ctx, e))?;
+        stream.set_nodelay(true).map_err(|e| Error::io(&ctx, e))?;
+        let reader = BufReader::new(stream.try_clone().map_err(|e| Error::io(&ctx, e))?);
+        Ok(Client { reader, writer: BufWriter::new(stream) })
+    }
+
+    /// Give up on a reply after `timeout` (None waits forever).
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        self.writer.get_ref().set_read_timeout(timeout).map_err(|e| Error::io("set timeout", e))
+    }
+
+    /// PUT: returns the LSN the write was logged at.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<Lsn> {
+        match self.request(&Message::Put { key: key.to_vec(), value: value.to_vec() })? {
+            Message::Ok { lsn } => Ok(lsn),
+            other => Err(unexpected("PUT", &other)),
+        }
+    }
+
+    /// GET: `None` if the key does not exist.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.request(&Message::Get { key: key.to_vec() })? {
+            Message::Value { value } => Ok(Some(value)),
+            Message::NotFound => Ok(None),
+            other => Err(unexpected("GET", &other)),
+        }
+    }
+
+    /// DELETE: returns the LSN the delete was logged at.
+    pub fn delete(&mut self, key: &[u8]) -> Result<Lsn> {
+        match self.request(&Message::Delete { key: key.to_vec() })? {
+            Message::Ok { lsn } => Ok(lsn),
+            other => Err(unexpected("DELETE", &other)),
+        }
+    }
+
+    /// STATUS, parsed.
+    pub fn status(&mut self) -> Result<StatusReport> {
+        let json = self.status_json()?;
+        serde_json::from_str(&json).map_err(|e| Error::Malformed(format!("status json: {e}")))
+    }
+
+    /// STATUS, as the JSON text the server sent.
+    pub fn status_json(&mut self) -> Result<String> {
+        match self.request(&Message::Status)? {
+            Message::StatusReply { json } => Ok(json),
+            other => Err(unexpected("STATUS", &other)),
+        }
+    }
+
+    /// Send one message and read one reply; an ERROR reply is an `Err`.
+    pub fn request(&mut self, message: &Message) -> Result<Message> {
+        self.send(message)?;
+        self.receive()
+    }
+
+    /// Send without waiting (for pipelining); pair with [`Client::receive`].
+    pub fn send(&mut self, message: &Message) -> Result<()> {
+        write_message(&mut self.writer, message)?;
+        self.writer.flush().map_err(|e| Error::io("sending request", e))
+    }
+
+    /// Read one reply; an ERROR reply is an `Err`.
+    pub fn receive(&mut self) -> Result<Message> {
+        let frame = read_frame(&mut self.reader, FRAME_BYTES_MAX)?
+            .ok_or_else(|| Error::Link("the server closed the connection".into()))?;
+        match Message::decode(&frame)? {
+            Message::Error { code, message } => {
+                Err(Error::Server { code: ErrorCode::from_u16(code), message })
+            }
+            reply => Ok(reply),
+        }
+    }
+}
+
+fn unexpected(request: &str, reply: &Message) -> Error {
+    Error::Unexpected(format!("{} in reply to {request}", reply.name()))
+}

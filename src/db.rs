@@ -1,0 +1,395 @@
+//! The one write path: WAL append → fsync → apply → notify replication.
+//!
+//! Every change — a client's PUT on the leader, or a batch of AppendEntries
+//! on a follower — goes through [`Db`], in this order:
+//!
+//! 1. **Queue**: the change gets the next LSN and joins the queue of records
+//!    waiting to be written (a short lock; no I/O).
+//! 2. **Group commit**: the first waiting thread becomes the *committer*: it
+//!    takes the whole queue, writes it with one `write`, and fsyncs once for
+//!    all of it. Threads that queued meanwhile wait on a condition variable;
+//!    with 16 concurrent writers one fsync serves them all instead of each
+//!    queueing for its own (PostgreSQL's `commit_delay`, etcd's batched WAL).
+//! 3. **Apply**: the committer applies the records to the map, in LSN order,
+//!    only once they are durable — a reader never sees a write that a crash
+//!    could take back.
+//! 4. **Notify**: the committer hands the batch to every replication
+//!    subscriber (one crossbeam channel per follower sender, lesson 3). The
+//!    rule is etcd's: nothing is sent before it is persisted.
+//!
+//! ## When the disk fails
+//!
+//! A failed `write` (disk full, file-size limit) is undone: the file is cut
+//! back, every queued record is discarded and its writer gets an error, and
+//! the next write reuses the LSN — the node keeps working once space returns.
+//! A failed **fsync** is different: the kernel may have dropped the dirty
+//! pages and cleared the error, so the log's state on disk is unknown (the
+//! PostgreSQL "fsyncgate" lesson). The node then refuses every further
+//! write until it is restarted, and restart recovers from what is on disk.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::limits::FOLLOWER_CHANNEL_BATCHES_MAX;
+use crate::store::Store;
+use crate::wal::{Op, Record, Wal, WalRecovery};
+use crate::Lsn;
+
+/// When a write counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fsync before acknowledging (the default): an acknowledged write
+    /// survives a crash of the machine.
+    Always,
+    /// Leave flushing to the kernel: an acknowledged write survives a crash
+    /// of the process, not of the machine (Redis `appendfsync no`).
+    Never,
+}
+
+/// A batch of committed records, shared by every follower's channel.
+pub type Batch = Arc<Vec<Record>>;
+
+/// The database of one node: its WAL and its map.
+pub struct Db {
+    data_dir: PathBuf,
+    wal: Wal,
+    store: RwLock<Store>,
+    fsync: FsyncPolicy,
+    queue: Mutex<Queue>,
+    commit: Mutex<CommitState>,
+    committed: Condvar,
+    /// Bumped (under the queue lock) each time a failed write discards the queue.
+    epoch: AtomicU64,
+    /// Last LSN that is written, fsynced (per policy) and applied.
+    durable_lsn: AtomicU64,
+    /// Highest LSN known to be held by a majority (lesson 4); on a follower,
+    /// the value the leader last sent.
+    commit_lsn: AtomicU64,
+    subscribers: Mutex<Vec<Sender<Batch>>>,
+    _lock: File,
+}
+
+struct Queue {
+    next_lsn: Lsn,
+    pending: Vec<Record>,
+}
+
+struct CommitState {
+    durable_lsn: Lsn,
+    committer_busy: bool,
+    /// `failed_from[e]`: the first LSN discarded when epoch `e` ended.
+    failed_from: Vec<Lsn>,
+    last_failure: String,
+    /// Set after a failed fsync: every write is refused until restart.
+    fatal: Option<String>,
+}
+
+/// A queued write: its LSN and the epoch it was queued in.
+#[derive(Debug, Clone, Copy)]
+struct Ticket {
+    lsn: Lsn,
+    epoch: u64,
+}
+
+impl Db {
+    /// Open the data directory: lock it, recover the WAL, replay it into the map.
+    pub fn open(data_dir: &Path, fsync: FsyncPolicy) -> Result<(Db, WalRecovery)> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| Error::io(format!("creating data dir {}", data_dir.display()), e))?;
+        let lock = lock_data_dir(data_dir)?;
+        let mut store = Store::new();
+        let (wal, recovery) = Wal::open(data_dir, |record| store.apply(record))?;
+        let last_lsn = recovery.last_lsn;
+        let db = Db {
+            data_dir: data_dir.to_path_buf(),
+            wal,
+            store: RwLock::new(store),
+            fsync,
+            queue: Mutex::new(Queue { next_lsn: last_lsn + 1, pending: Vec::new() }),
+            commit: Mutex::new(CommitState {
+                durable_lsn: last_lsn,
+                committer_busy: false,
+                failed_from: Vec::new(),
+                last_failure: String::new(),
+                fatal: None,
+            }),
+            committed: Condvar::new(),
+            epoch: AtomicU64::new(0),
+            durable_lsn: AtomicU64::new(last_lsn),
+            commit_lsn: AtomicU64::new(0),
+            subscribers: Mutex::new(Vec::new()),
+            _lock: lock,
+        };
+        Ok((db, recovery))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    pub fn fsync_policy(&self) -> FsyncPolicy {
+        self.fsync
+    }
+
+    /// Last LSN that is durable and applied: what a reader can see and what
+    /// may be sent to followers.
+    pub fn last_lsn(&self) -> Lsn {
+        self.durable_lsn.load(Ordering::Acquire)
+    }
+
+    pub fn commit_lsn(&self) -> Lsn {
+        self.commit_lsn.load(Ordering::Acquire)
+    }
+
+    /// Raise the commit LSN (it never goes back).
+    pub fn advance_commit_lsn(&self, lsn: Lsn) {
+        self.commit_lsn.fetch_max(lsn, Ordering::AcqRel);
+    }
+
+    /// Look a key up in the map.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.store.read().get(key).cloned()
+    }
+
+    /// Number of live keys.
+    pub fn key_count(&self) -> usize {
+        self.store.read().len()
+    }
+
+    /// Log and apply one client write (leader). Returns its LSN once durable.
+    pub fn write(&self, op: Op) -> Result<Lsn> {
+        op.check_limits()?;
+        let ticket = {
+            let mut q = self.queue.lock();
+            let lsn = q.next_lsn;
+            q.next_lsn += 1;
+            q.pending.push(Record { lsn, op });
+            Ticket { lsn, epoch: self.epoch.load(Ordering::Acquire) }
+        };
+        self.wait_durable(ticket)?;
+        Ok(ticket.lsn)
+    }
+
+    /// Log and apply records received from the leader (follower, lesson 3).
+    /// The first must continue this node's log exactly: no gap, no repeat.
+    pub fn append_replicated(&self, records: Vec<Record>) -> Result<Lsn> {
+        let Some(last) = records.last().map(|r| r.lsn) else { return Ok(self.last_lsn()) };
+        let ticket = {
+            let mut q = self.queue.lock();
+            if records[0].lsn != q.next_lsn {
+                return Err(Error::NotContiguous { expected: q.next_lsn, got: records[0].lsn });
+            }
+            q.next_lsn = last + 1;
+            q.pending.extend(records);
+            Ticket { lsn: last, epoch: self.epoch.load(Ordering::Acquire) }
+        };
+        self.wait_durable(ticket)?;
+        Ok(last)
+    }
+
+    /// Subscribe to committed batches (a follower's sender thread, lesson 3).
+    ///
+    /// The channel is bounded: when a subscriber falls behind, batches for it
+    /// are dropped, and it must fetch the gap from the WAL with
+    /// [`Wal::records_after`]. Subscribe *before* reading [`Db::last_lsn`]
+    /// for a catch-up, so no batch can fall between the two.
+    pub fn subscribe(&self) -> Receiver<Batch> {
+        let (tx, rx) = crossbeam_channel::bounded(FOLLOWER_CHANNEL_BATCHES_MAX);
+        self.subscribers.lock().push(tx);
+        rx
+    }
+
+    /// Wait until `ticket` is durable, becoming the committer if none is busy.
+    fn wait_durable(&self, ticket: Ticket) -> Result<()> {
+        let mut c = self.commit.lock();
+        loop {
+            if let Some(why) = &c.fatal {
+                return Err(Error::WalFailed(why.clone()));
+            }
+            if ticket.epoch != self.epoch.load(Ordering::Acquire) {
+                // The queue was discarded after a failed write: the ticket
+                // survived only if it was committed before that batch.
+                return if ticket.lsn < c.failed_from[ticket.epoch as usize] {
+                    Ok(())
+                } else {
+                    Err(Error::WalFailed(c.last_failure.clone()))
+                };
+            }
+            if c.durable_lsn >= ticket.lsn {
+                return Ok(());
+            }
+            if c.committer_busy {
+                self.committed.wait(&mut c);
+                continue;
+            }
+            c.committer_busy = true;
+            drop(c);
+            let result = self.commit_queue();
+            c = self.commit.lock();
+            c.committer_busy = false;
+            match result {
+                Ok(durable) => c.durable_lsn = durable.max(c.durable_lsn),
+                Err(CommitFailure::Write { first_lsn, why }) => {
+                    c.failed_from.push(first_lsn);
+                    c.last_failure = why;
+                }
+                Err(CommitFailure::Fsync(why)) => c.fatal = Some(why),
+            }
+            self.committed.notify_all();
+        }
+    }
+
+    /// The committer's job: write, fsync, apply and publish the whole queue.
+    /// Returns the new durable LSN.
+    fn commit_queue(&self) -> std::result::Result<Lsn, CommitFailure> {
+        let batch = std::mem::take(&mut self.queue.lock().pending);
+        let Some(last) = batch.last().map(|r| r.lsn) else { return Ok(self.last_lsn()) };
+        let started = Instant::now();
+        if let Err(e) = self.wal.append(&batch) {
+            let first_lsn = batch[0].lsn;
+            let mut q = self.queue.lock();
+            let discarded = q.pending.len() + batch.len();
+            q.pending.clear();
+            q.next_lsn = first_lsn;
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            log::error!("[wal] {e}; {discarded} queued write(s) refused, none applied");
+            return Err(CommitFailure::Write { first_lsn, why: e.to_string() });
+        }
+        if self.fsync == FsyncPolicy::Always {
+            if let Err(e) = self.wal.sync() {
+                log::error!(
+                    "[wal] {e}; the log's state on disk is unknown, so this node refuses \
+                     writes until it is restarted (restart recovers from the disk)"
+                );
+                return Err(CommitFailure::Fsync(e.to_string()));
+            }
+        }
+        {
+            let mut store = self.store.write();
+            for record in &batch {
+                store.apply(record);
+            }
+        }
+        self.durable_lsn.store(last, Ordering::Release);
+        log::trace!("[wal] committed {} record(s) in {:?}", batch.len(), started.elapsed());
+        self.publish(Arc::new(batch));
+        Ok(last)
+    }
+
+    fn publish(&self, batch: Batch) {
+        let mut subscribers = self.subscribers.lock();
+        subscribers.retain(|tx| match tx.try_send(Arc::clone(&batch)) {
+            // Full: that follower's sender reads the gap from the WAL later.
+            Ok(()) | Err(TrySendError::Full(_)) => true,
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+    }
+}
+
+enum CommitFailure {
+    Write { first_lsn: Lsn, why: String },
+    Fsync(String),
+}
+
+/// Take an exclusive lock on `DATA_DIR/LOCK` so two servers never share a
+/// data directory (PostgreSQL's `postmaster.pid`). The lock is released by
+/// the kernel when the process exits, however it exits.
+fn lock_data_dir(data_dir: &Path) -> Result<File> {
+    let path = data_dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::io(
+            format!("locking data dir {}", data_dir.display()),
+            std::io::Error::other("another kvstore process is using it"),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::io(format!("locking {}", path.display()), e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> Op {
+        Op::Put { key: key.into(), value: value.into() }
+    }
+
+    #[test]
+    fn concurrent_writers_get_contiguous_lsns_and_all_apply() {
+        // Goal: group commit under contention loses nothing and numbers
+        // every write exactly once.
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), FsyncPolicy::Always).unwrap();
+        let mut lsns: Vec<Lsn> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    let db = &db;
+                    s.spawn(move || {
+                        (0..50)
+                            .map(|i| db.write(put(&format!("{t}-{i}"), "v")).unwrap())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        lsns.sort_unstable();
+        assert_eq!(lsns, (1..=400).collect::<Vec<_>>());
+        assert_eq!(db.key_count(), 400);
+        drop(db);
+        let (db, recovery) = Db::open(dir.path(), FsyncPolicy::Always).unwrap();
+        assert_eq!(recovery.last_lsn, 400);
+        assert_eq!(db.get(b"7-49"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn replicated_records_must_continue_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
+        let rec = |lsn| Record { lsn, op: put("k", "v") };
+        assert!(matches!(
+            db.append_replicated(vec![rec(2)]),
+            Err(Error::NotContiguous { expected: 1, got: 2 })
+        ));
+        assert_eq!(db.append_replicated(vec![rec(1), rec(2)]).unwrap(), 2);
+        assert!(db.append_replicated(vec![rec(2)]).is_err(), "a repeat is refused");
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
+        assert!(Db::open(dir.path(), FsyncPolicy::Never).is_err());
+    }
+
+    #[test]
+    fn subscribers_see_batches_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
+        let rx = db.subscribe();
+        db.write(put("a", "1")).unwrap();
+        db.write(put("b", "2")).unwrap();
+        let lsns: Vec<Lsn> =
+            rx.try_iter().flat_map(|b| b.iter().map(|r| r.lsn).collect::<Vec<_>>()).collect();
+        assert_eq!(lsns, vec![1, 2]);
+    }
+}

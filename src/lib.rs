@@ -1,0 +1,54 @@
+//! # kvstore — a replicated key-value store
+//!
+//! A leader appends every change to a write-ahead log (WAL), applies it to an
+//! in-memory hash map, and streams the records to its followers in
+//! AppendEntries messages. A follower that starts late, or comes back after
+//! being offline, says which LSN it has (FOLLOWER_HELLO) and the leader sends
+//! everything after it. These are the lessons of week 10 (see `README.md`).
+//!
+//! ## Map of the modules
+//!
+//! | module          | owns                                                         | lesson            |
+//! |-----------------|--------------------------------------------------------------|-------------------|
+//! | [`limits`]      | every bound the server enforces, each with its reason        | —                 |
+//! | [`error`]       | the one error type and the codes sent on the wire            | —                 |
+//! | [`protocol`]    | length-prefixed frames and every message's byte layout       | week 2, lesson 3  |
+//! | [`wal`]         | the log file, crash recovery, the memory-mapped LSN index    | week 9, lesson 5  |
+//! | [`store`]       | the hash map; no I/O                                         | week 1            |
+//! | [`db`]          | the one write path: WAL append → fsync → apply → notify      | week 9, lesson 3  |
+//! | [`server`]      | accept loop, one thread per connection, request dispatch     | week 2            |
+//! | [`replication`] | leader side (hub, one sender per follower), follower side    | lessons 3, 4, 5   |
+//! | [`status`]      | the STATUS report shown by `kv_client status`                | lesson 4          |
+//! | [`codec`]       | checked big-endian reads of untrusted bytes                  | week 2            |
+//! | [`client`]      | a small blocking client used by kv_client, tests, examples   | week 2            |
+//!
+//! ## Map of the threads in a running `kvstore`
+//!
+//! - `main`: parses arguments, opens the data directory, runs the accept loop.
+//! - `conn-N`: one per client connection; reads a request, answers it, repeats.
+//!   On a leader, a connection whose first message is FOLLOWER_HELLO becomes
+//!   that follower's **sender** (it streams AppendEntries), and spawns an
+//!   **ack reader** that records the follower's APPEND_ENTRIES_ACKs.
+//! - `follower`: on a follower only; dials the leader, sends FOLLOWER_HELLO,
+//!   applies AppendEntries through the write path and answers with ACKs.
+//!
+//! Client writes wait for the WAL's group commit (see [`db`]); no lock is ever
+//! held across socket I/O.
+
+pub mod client;
+pub mod codec;
+pub mod db;
+pub mod error;
+pub mod limits;
+pub mod protocol;
+pub mod replication;
+pub mod server;
+pub mod status;
+pub mod store;
+pub mod wal;
+
+/// A log sequence number: the position of a record in the WAL.
+///
+/// The first record is LSN 1 and LSNs are contiguous; 0 means "none"
+/// (an empty log has `last_lsn == 0`).
+pub type Lsn = u64;

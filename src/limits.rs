@@ -1,0 +1,78 @@
+//! Every bound kvstore enforces, in one place, each with the reason for its value.
+//!
+//! A server that trusts a length prefix can be made to allocate 4 GiB by one
+//! hostile packet; a follower that is never told "enough" can make a leader
+//! buffer forever. So everything has a limit, and the limits live here.
+//! Names put the unit last: `frame_bytes_max`, `heartbeat_interval_ms`.
+
+/// Largest frame payload accepted, in bytes (16 MiB).
+/// Large enough for the biggest PUT (key + value + headers) and for an
+/// AppendEntries batch of [`APPEND_ENTRIES_BYTES_MAX`]; small enough that a
+/// hostile length prefix cannot exhaust memory.
+pub const FRAME_BYTES_MAX: u32 = 16 * 1024 * 1024;
+
+/// Largest key, in bytes (64 KiB). Keys are hashed and compared on every
+/// request; Redis allows larger, but nothing reasonable needs more.
+pub const KEY_BYTES_MAX: u32 = 64 * 1024;
+
+/// Largest value, in bytes (4 MiB). Leaves room inside one frame, and inside
+/// one AppendEntries batch, for the largest record plus its headers.
+pub const VALUE_BYTES_MAX: u32 = 4 * 1024 * 1024;
+
+/// Largest WAL record body on disk: the lesson layout's fixed 17 bytes plus
+/// the largest key and value. Recovery treats a longer length as corruption.
+pub const RECORD_BYTES_MAX: u32 = 17 + KEY_BYTES_MAX + VALUE_BYTES_MAX;
+
+/// Most records in one AppendEntries message. Bounds the follower's work per
+/// message (one fsync each) and keeps ACKs flowing during a long catch-up.
+pub const APPEND_ENTRIES_RECORDS_MAX: u32 = 4096;
+
+/// Most record bytes in one AppendEntries message (8 MiB): under
+/// [`FRAME_BYTES_MAX`] with room for one maximal record beyond it.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Batches a follower's sender thread may have queued in its channel.
+/// When the channel is full the leader stops queueing for that follower and
+/// its sender reads from the WAL instead: memory stays bounded and a slow
+/// follower never slows the others (the log on disk is the buffer).
+pub const FOLLOWER_CHANNEL_BATCHES_MAX: usize = 1024;
+
+/// Default maximum number of client and replication connections. Each costs
+/// one OS thread and one file descriptor; 1000 stays under the common default
+/// `ulimit -n` of 1024 and leaves descriptors for the WAL, index and listener.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 1000;
+
+/// Stack size of a connection thread (256 KiB): request handling is shallow,
+/// and a small stack keeps a thousand connections cheap.
+pub const CONNECTION_STACK_BYTES: usize = 256 * 1024;
+
+/// How often an idle leader sends an empty AppendEntries (a heartbeat) so
+/// that both sides can tell a quiet link from a dead one.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
+
+/// How long either side of a replication link waits for any message before
+/// declaring the peer dead and closing the link (the follower then redials).
+/// Ten heartbeats: long enough to ride out a stall, short enough to notice a
+/// half-open connection quickly.
+pub const REPLICATION_TIMEOUT_MS: u64 = 5_000;
+
+/// First delay before a follower redials an unreachable leader; doubled after
+/// every failure up to [`RECONNECT_BACKOFF_MAX_MS`].
+pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
+
+/// Cap of the follower's redial backoff: a restarted leader is found again
+/// within two seconds.
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 2_000;
+
+/// Default time a `majority`/`all` write waits for acknowledgements.
+pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// How long a connection may sit in the middle of a frame, or idle before its
+/// first message, before the server drops it (a client that connects and
+/// never sends must not hold a thread forever). Idle connections between
+/// requests are kept: clients may pool them.
+pub const CLIENT_READ_TIMEOUT_MS: u64 = 30_000;
+
+/// WAL index file growth step, in slots (each 8 bytes): 1 Mi slots = 8 MiB.
+/// Growing in large steps keeps remaps rare.
+pub const INDEX_GROW_SLOTS: u64 = 1024 * 1024;

@@ -1,0 +1,201 @@
+//! The follower's side: dial, hello, apply, ack, redial (lessons 3 and 5).
+//!
+//! A follower runs one `follower` thread for its whole life:
+//!
+//! 1. Dial the leader (the same port its clients use).
+//! 2. Send `FOLLOWER_HELLO [last_lsn][listen_port]` with the last LSN in its
+//!    own WAL — lesson 5's handshake; 0 for a fresh node means "everything".
+//! 3. For each APPEND_ENTRIES: hand the records to the one write path
+//!    ([`Db::append_replicated`], which refuses anything but `last_lsn + 1`),
+//!    which appends them to the WAL, fsyncs once for the batch and applies
+//!    them; record the leader's `commit_lsn`; reply `APPEND_ENTRIES_ACK
+//!    [last_lsn]`. Heartbeats (empty AppendEntries) are ACKed too, so the
+//!    leader can tell a quiet follower from a dead one.
+//! 4. When the link breaks — the leader restarted, the network failed, the
+//!    leader was silent for [`REPLICATION_TIMEOUT_MS`] — wait with capped
+//!    exponential backoff and go back to 1. HELLO resynchronises from the
+//!    follower's real position, so nothing is lost or applied twice.
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::limits::{
+    FRAME_BYTES_MAX, RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS, REPLICATION_TIMEOUT_MS,
+};
+use crate::protocol::frame::{is_timeout, read_frame};
+use crate::protocol::Message;
+use crate::replication::hub::LinkState;
+use crate::replication::RateLimitedLine;
+use crate::status::LeaderLink;
+use crate::Lsn;
+
+/// What the follower knows of its leader, for `status`.
+pub struct FollowerLink {
+    leader: SocketAddr,
+    state: Mutex<(LinkState, Lsn)>,
+}
+
+impl FollowerLink {
+    pub fn new(leader: SocketAddr) -> FollowerLink {
+        FollowerLink { leader, state: Mutex::new((LinkState::Connecting, 0)) }
+    }
+
+    pub fn leader(&self) -> SocketAddr {
+        self.leader
+    }
+
+    pub fn report(&self) -> LeaderLink {
+        let (state, leader_last_lsn) = *self.state.lock();
+        // A follower's link is never "disconnected": it is always redialling.
+        let state = if state == LinkState::Disconnected { LinkState::Connecting } else { state };
+        LeaderLink { address: self.leader.to_string(), state: state.name().into(), leader_last_lsn }
+    }
+
+    fn set(&self, state: LinkState, leader_last_lsn: Option<Lsn>) {
+        let mut s = self.state.lock();
+        s.0 = state;
+        if let Some(lsn) = leader_last_lsn {
+            s.1 = lsn;
+        }
+    }
+}
+
+/// Start the follower thread: replicate from `link.leader()` forever.
+pub fn spawn(db: Arc<Db>, link: Arc<FollowerLink>, listen_port: u16) -> Result<()> {
+    std::thread::Builder::new()
+        .name("follower".into())
+        .spawn(move || run(&db, &link, listen_port))
+        .map(|_| ())
+        .map_err(|e| Error::io("spawning follower thread", e))
+}
+
+fn run(db: &Db, link: &FollowerLink, listen_port: u16) {
+    let leader = link.leader();
+    let mut backoff_ms = RECONNECT_BACKOFF_MIN_MS;
+    let mut failures = 0u64;
+    loop {
+        link.set(LinkState::Connecting, None);
+        let started = Instant::now();
+        let outcome = session(db, link, listen_port);
+        let was_connected = link.state.lock().0 != LinkState::Connecting;
+        if was_connected || started.elapsed() > Duration::from_millis(REPLICATION_TIMEOUT_MS) {
+            backoff_ms = RECONNECT_BACKOFF_MIN_MS;
+            failures = 0;
+        }
+        failures += 1;
+        if let Err(e) = outcome {
+            // One line per outage, not one per redial.
+            if was_connected || failures == 1 || matches!(e, Error::Server { .. }) {
+                log::warn!(
+                    "[replication] link to leader {leader} failed: {e}; retrying every \
+                     {RECONNECT_BACKOFF_MIN_MS}..{RECONNECT_BACKOFF_MAX_MS} ms"
+                );
+            } else {
+                log::debug!("[replication] redial of leader {leader} failed: {e}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(backoff_ms));
+        backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MAX_MS);
+    }
+}
+
+/// One connection to the leader, from HELLO until it breaks.
+fn session(db: &Db, link: &FollowerLink, listen_port: u16) -> Result<()> {
+    let leader = link.leader();
+    let timeout = Duration::from_millis(REPLICATION_TIMEOUT_MS);
+    let stream = TcpStream::connect_timeout(&leader, timeout)
+        .map_err(|e| Error::io(format!("connecting to {leader}"), e))?;
+    let setup = |e| Error::io("configuring replication socket", e);
+    stream.set_nodelay(true).map_err(setup)?;
+    stream.set_read_timeout(Some(timeout)).map_err(setup)?;
+    stream.set_write_timeout(Some(timeout)).map_err(setup)?;
+    let mut writer = stream.try_clone().map_err(setup)?;
+    let mut reader = BufReader::with_capacity(256 * 1024, stream);
+
+    // Lesson 5: say where our log ends; the leader sends what comes after.
+    let last_lsn = db.last_lsn();
+    log::info!("[catch-up] connected to leader {leader}, requesting records after LSN {last_lsn}");
+    send(&mut writer, &Message::FollowerHello { last_lsn, listen_port: Some(listen_port) })?;
+    link.set(LinkState::CatchingUp, None);
+
+    let mut catch_up = Some(CatchUp { received: 0, started: Instant::now() });
+    let mut applied_log = RateLimitedLine::new();
+    loop {
+        let frame = match read_frame(&mut reader, FRAME_BYTES_MAX) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(Error::Link("the leader closed the connection".into())),
+            Err(e) if is_timeout(&e) => {
+                return Err(Error::Link(format!(
+                    "nothing from the leader for {REPLICATION_TIMEOUT_MS} ms (silent peer)"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let ae = match Message::decode(&frame)? {
+            Message::AppendEntries(ae) => ae,
+            Message::Error { code, message } => {
+                log::error!("[replication] leader {leader} refused us: {message}");
+                let code = crate::error::ErrorCode::from_u16(code);
+                return Err(Error::Server { code, message });
+            }
+            other => return Err(Error::Unexpected(format!("{} from the leader", other.name()))),
+        };
+        let count = ae.records.len();
+        let last = apply(db, ae.records, ae.commit_lsn)?;
+        send(&mut writer, &Message::AppendEntriesAck { last_lsn: last })?;
+
+        if let Some(c) = &mut catch_up {
+            c.received += count as u64;
+            if last >= ae.leader_last_lsn {
+                log::info!(
+                    "[catch-up] received {} records, caught up to LSN {last} in {} ms",
+                    c.received,
+                    c.started.elapsed().as_millis()
+                );
+                catch_up = None;
+                link.set(LinkState::Streaming, Some(ae.leader_last_lsn));
+            } else {
+                link.set(LinkState::CatchingUp, Some(ae.leader_last_lsn));
+            }
+        } else {
+            link.set(LinkState::Streaming, Some(ae.leader_last_lsn.max(last)));
+            applied_log.note(count, |messages, records| {
+                if messages == 1 {
+                    format!(
+                        "[replication] received AppendEntries, applied {records} record(s), \
+                         last LSN {last}"
+                    )
+                } else {
+                    format!(
+                        "[replication] received {messages} AppendEntries, applied {records} \
+                         record(s), last LSN {last}"
+                    )
+                }
+            });
+        }
+    }
+}
+
+/// Apply one AppendEntries through the write path; return our new last LSN.
+fn apply(db: &Db, records: Vec<crate::wal::Record>, commit_lsn: Lsn) -> Result<Lsn> {
+    let last = if records.is_empty() { db.last_lsn() } else { db.append_replicated(records)? };
+    db.advance_commit_lsn(commit_lsn.min(last));
+    Ok(last)
+}
+
+fn send(writer: &mut TcpStream, message: &Message) -> Result<()> {
+    let mut out = Vec::with_capacity(32);
+    message.encode_frame(&mut out);
+    writer.write_all(&out).map_err(|e| Error::io(format!("sending {}", message.name()), e))
+}
+
+struct CatchUp {
+    received: u64,
+    started: Instant,
+}

@@ -1,0 +1,104 @@
+//! Replication: lessons 3 (AppendEntries), 4 (commit index, write concern)
+//! and 5 (follower catch-up).
+//!
+//! ## The conversation
+//!
+//! ```text
+//! follower                                   leader
+//!    | --- FOLLOWER_HELLO [last_lsn] ----------> |  (follower dials; same port as clients)
+//!    |                                           |  records_after(last_lsn) via the index
+//!    | <-- APPEND_ENTRIES [records ...] -------- |  catch-up, in bounded batches
+//!    | --- APPEND_ENTRIES_ACK [last_lsn] ------> |
+//!    | <-- APPEND_ENTRIES [new records] -------- |  live stream from the channel
+//!    | --- APPEND_ENTRIES_ACK [last_lsn] ------> |
+//!    | <-- APPEND_ENTRIES [] (heartbeat) ------- |  when idle, every 500 ms
+//!    | --- APPEND_ENTRIES_ACK [last_lsn] ------> |
+//! ```
+//!
+//! The follower opens the connection, as PostgreSQL's walreceiver and a
+//! Redis replica do: it knows its own last LSN, and it simply redials after
+//! either side restarts. The leader's `--peers` lists the followers it
+//! expects: they size the majority and appear in `status` even before they
+//! connect.
+//!
+//! ## Ordering rules
+//!
+//! - Nothing is sent before it is durable on the leader (see [`crate::db`]).
+//! - A follower applies a batch only if its first LSN is exactly its own
+//!   `last_lsn + 1`; anything else closes the link and the follower says
+//!   HELLO again, which resynchronises from its real position.
+//! - A follower ACKs only what it has written *and* fsynced.
+//! - `commit_lsn` is the highest LSN held by a majority of the cluster.
+//!
+//! ## Modules
+//!
+//! - [`hub`]: the leader's table of followers, acks, commit LSN, write concern.
+//! - [`leader`]: one follower's session on the leader — catch-up, then the
+//!   live stream from its channel, with the WAL as the overflow buffer.
+//! - [`follower`]: the follower's side — dial, hello, apply, ack, redial.
+//!
+//! ## Left out (on purpose, for now)
+//!
+//! No elections: the leader is fixed by configuration. A follower whose log
+//! is *ahead* of the leader's is refused rather than truncated.
+
+pub mod follower;
+pub mod hub;
+pub mod leader;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// Parse a peer as the lessons write it: a bare port means 127.0.0.1, and
+/// `host:port` is accepted too.
+pub fn parse_peer(peer: &str) -> Result<SocketAddr> {
+    let peer = peer.trim();
+    let with_host =
+        if peer.parse::<u16>().is_ok() { format!("127.0.0.1:{peer}") } else { peer.to_string() };
+    with_host
+        .to_socket_addrs()
+        .map_err(|e| Error::io(format!("resolving peer address '{peer}'"), e))?
+        .next()
+        .ok_or_else(|| Error::Malformed(format!("peer address '{peer}' resolves to nothing")))
+}
+
+/// Lesson 3's per-message log lines, kept readable under load: the first
+/// message logs at once, later ones are summed and logged at most once a
+/// second (callers also call [`RateLimitedLine::note`] with 0 records on
+/// heartbeats, which flushes a pending sum when the link goes idle).
+pub struct RateLimitedLine {
+    last_line: Option<Instant>,
+    messages: u64,
+    records: u64,
+}
+
+impl RateLimitedLine {
+    pub fn new() -> RateLimitedLine {
+        RateLimitedLine { last_line: None, messages: 0, records: 0 }
+    }
+
+    /// Count one message of `records` records (0 for a heartbeat), and log
+    /// `line(messages, records)` at `info` if a line is due.
+    pub fn note(&mut self, records: usize, line: impl FnOnce(u64, u64) -> String) {
+        if records > 0 {
+            self.messages += 1;
+            self.records += records as u64;
+        }
+        let due = self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if self.messages == 0 || !due {
+            return;
+        }
+        log::info!("{}", line(self.messages, self.records));
+        self.last_line = Some(Instant::now());
+        self.messages = 0;
+        self.records = 0;
+    }
+}
+
+impl Default for RateLimitedLine {
+    fn default() -> Self {
+        RateLimitedLine::new()
+    }
+}

@@ -1,0 +1,177 @@
+//! One client connection: read a request, answer it, repeat (week 2).
+//!
+//! Replies are buffered and flushed when no further request is already
+//! waiting in the read buffer, so a client that pipelines requests gets its
+//! replies in few syscalls, and one that waits gets each reply at once.
+//!
+//! Bad input ends only this connection: a frame over the limit, an unknown
+//! type, a payload whose lengths disagree with the frame, or a message that
+//! is not a request get an ERROR reply (where the socket still takes one)
+//! and the connection is closed. Nothing is written to the WAL, and other
+//! connections never notice.
+
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::limits::{CLIENT_READ_TIMEOUT_MS, FRAME_BYTES_MAX};
+use crate::protocol::frame::{is_timeout, read_frame};
+use crate::protocol::{write_message, Message};
+use crate::replication::leader::serve_follower;
+use crate::server::{fsync_name, Node, NodeRole};
+use crate::status::StatusReport;
+use crate::wal::Op;
+
+/// Bytes buffered for reading and writing on a client connection (64 KiB).
+const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Serve one connection until the peer closes it or sends something bad.
+pub fn serve(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) {
+    if let Err(e) = serve_requests(stream, peer, node) {
+        match e {
+            Error::Io { .. } => log::debug!("[server] {peer}: {e}"),
+            _ => log::warn!("[server] {peer}: {e}; connection closed"),
+        }
+    }
+}
+
+fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Result<()> {
+    let setup = |e| Error::io("configuring client socket", e);
+    stream.set_nodelay(true).map_err(setup)?;
+    // A client must say something soon after connecting; once it has, it
+    // may stay idle (connection pools do).
+    stream.set_read_timeout(Some(Duration::from_millis(CLIENT_READ_TIMEOUT_MS))).map_err(setup)?;
+    let mut reader =
+        BufReader::with_capacity(CONNECTION_BUFFER_BYTES, stream.try_clone().map_err(setup)?);
+    let mut writer = BufWriter::with_capacity(CONNECTION_BUFFER_BYTES, stream);
+    let mut first = true;
+    loop {
+        let frame = match read_frame(&mut reader, FRAME_BYTES_MAX) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(e) if is_timeout(&e) => {
+                return Err(Error::Unexpected(format!(
+                    "nothing sent for {CLIENT_READ_TIMEOUT_MS} ms after connecting"
+                )))
+            }
+            Err(e @ Error::Io { .. }) => return Err(e),
+            Err(e) => return Err(refuse(&mut writer, e)),
+        };
+        if first {
+            writer.get_ref().set_read_timeout(None).map_err(setup)?;
+            first = false;
+        }
+        let message = Message::decode(&frame).map_err(|e| refuse(&mut writer, e))?;
+        if let Message::FollowerHello { last_lsn, listen_port } = message {
+            return hand_over_to_replication(writer, peer, node, last_lsn, listen_port);
+        }
+        let reply = match handle_request(node, message) {
+            Ok(reply) => reply,
+            Err(e @ Error::Unexpected(_)) => return Err(refuse(&mut writer, e)),
+            Err(e) => Message::error(&e),
+        };
+        write_message(&mut writer, &reply)?;
+        if reader.buffer().is_empty() {
+            writer.flush().map_err(|e| Error::io("flushing reply", e))?;
+        }
+    }
+}
+
+/// Send an ERROR for `err` (best effort) and return it, to close the connection.
+fn refuse(writer: &mut BufWriter<TcpStream>, err: Error) -> Error {
+    let _ = write_message(writer, &Message::error(&err));
+    let _ = writer.flush();
+    err
+}
+
+/// Lesson 5: the first message was FOLLOWER_HELLO; this connection now
+/// belongs to replication (on a leader) or is refused (on a follower).
+fn hand_over_to_replication(
+    mut writer: BufWriter<TcpStream>,
+    peer: SocketAddr,
+    node: &Arc<Node>,
+    last_lsn: u64,
+    listen_port: Option<u16>,
+) -> Result<()> {
+    match &node.role {
+        NodeRole::Leader { hub } => {
+            writer.flush().map_err(|e| Error::io("flushing", e))?;
+            let stream = writer.into_inner().map_err(|e| Error::io("flushing", e.into_error()))?;
+            serve_follower(stream, peer, last_lsn, listen_port, &node.db, hub);
+            Ok(())
+        }
+        NodeRole::Follower { link } => Err(refuse(
+            &mut writer,
+            Error::Unexpected(format!(
+                "FOLLOWER_HELLO sent to a follower; replicate from the leader {}",
+                link.leader()
+            )),
+        )),
+    }
+}
+
+/// Answer one client request. `Err(Unexpected)` closes the connection;
+/// other errors become an ERROR reply on an open connection.
+fn handle_request(node: &Node, request: Message) -> Result<Message> {
+    match request {
+        Message::Put { key, value } => write(node, Op::Put { key, value }),
+        Message::Delete { key } => write(node, Op::Delete { key }),
+        Message::Get { key } => Ok(match node.db.get(&key) {
+            Some(value) => Message::Value { value },
+            None => Message::NotFound,
+        }),
+        Message::Status => {
+            let json = serde_json::to_string(&status(node))
+                .map_err(|e| Error::Unexpected(format!("encoding status: {e}")))?;
+            Ok(Message::StatusReply { json })
+        }
+        other => {
+            Err(Error::Unexpected(format!("{} is not a request a client may send", other.name())))
+        }
+    }
+}
+
+/// A client write: only a leader takes it, then waits for the write concern.
+fn write(node: &Node, op: Op) -> Result<Message> {
+    let hub = match &node.role {
+        NodeRole::Leader { hub } => hub,
+        NodeRole::Follower { link } => {
+            return Err(Error::ReadOnly { leader: link.leader().to_string() })
+        }
+    };
+    let lsn = node.db.write(op)?;
+    hub.wait_for(lsn, node.write_concern, node.write_timeout)?;
+    Ok(Message::Ok { lsn })
+}
+
+/// This node's STATUS report.
+pub fn status(node: &Node) -> StatusReport {
+    let db = &node.db;
+    let last_lsn = db.last_lsn();
+    let mut report = StatusReport {
+        role: String::new(),
+        address: node.address.to_string(),
+        last_lsn,
+        commit_lsn: db.commit_lsn(),
+        keys: db.key_count() as u64,
+        fsync: fsync_name(db.fsync_policy()).into(),
+        write_concern: None,
+        leader: None,
+        followers: Vec::new(),
+    };
+    match &node.role {
+        NodeRole::Leader { hub } => {
+            report.role = "leader".into();
+            report.commit_lsn = hub.commit_lsn(last_lsn);
+            report.write_concern = Some(node.write_concern.name().into());
+            report.followers = hub.rows(last_lsn);
+        }
+        NodeRole::Follower { link } => {
+            report.role = "follower".into();
+            report.leader = Some(link.report());
+        }
+    }
+    report
+}

@@ -1,0 +1,197 @@
+//! The server: accept loop and one OS thread per connection (week 2).
+//!
+//! Blocking sockets and a thread per connection are the simplest model that
+//! is also fast on a few cores: no event loop, no callbacks; each
+//! connection's code reads top to bottom like a C program's `while (read)`
+//! loop. The cost — one thread and one descriptor per connection — is
+//! bounded by `--max-connections`.
+//!
+//! - [`run`] opens the data directory, binds, starts the follower thread on
+//!   a follower, and runs the accept loop on the calling thread.
+//! - [`connection`] reads requests, answers them, and hands a replication
+//!   connection (first message FOLLOWER_HELLO) to [`crate::replication::leader`].
+
+pub mod connection;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::db::{Db, FsyncPolicy};
+use crate::error::{Error, Result};
+use crate::limits::CONNECTION_STACK_BYTES;
+use crate::protocol::{write_message, Message};
+use crate::replication::follower::{self, FollowerLink};
+use crate::replication::hub::{Hub, WriteConcern};
+
+/// Everything `kvstore` is started with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    /// 0 picks a free port; the chosen address is logged.
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub role: Role,
+    pub fsync: FsyncPolicy,
+    pub write_concern: WriteConcern,
+    pub write_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// What this node does in the cluster.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// Accepts writes; streams them to the followers that connect. `peers`
+    /// are the followers it expects (they size the majority).
+    Leader { peers: Vec<SocketAddr> },
+    /// Replicates from `leader`; serves reads, refuses writes.
+    Follower { leader: SocketAddr },
+}
+
+/// A node's role with its live replication state.
+pub enum NodeRole {
+    Leader { hub: Arc<Hub> },
+    Follower { link: Arc<FollowerLink> },
+}
+
+/// What every connection thread shares.
+pub struct Node {
+    pub db: Arc<Db>,
+    pub role: NodeRole,
+    pub address: SocketAddr,
+    pub write_concern: WriteConcern,
+    pub write_timeout: Duration,
+}
+
+/// Run a kvstore node until the process is killed.
+pub fn run(config: Config) -> Result<()> {
+    let (node, listener) = start(&config)?;
+    accept_loop(&listener, &node, config.max_connections);
+    Ok(())
+}
+
+/// Open the data directory, bind, and start replication; return the node
+/// and its listener (split from [`run`] so the steps read in order).
+fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
+    // 1. Recover the WAL into the map (week 9).
+    let (db, recovery) = Db::open(&config.data_dir, config.fsync)?;
+    let wal_path = db.wal().path().display().to_string();
+    if let Some((offset, bytes)) = recovery.torn_tail {
+        log::warn!(
+            "[wal] torn tail in {wal_path}: {bytes} byte(s) from offset {offset} truncated \
+             (a write cut short by a crash; it was never acknowledged)"
+        );
+    }
+    if recovery.index_slots_rebuilt > 0 {
+        log::info!(
+            "[wal] index rebuilt from the WAL: {} slot(s) written",
+            recovery.index_slots_rebuilt
+        );
+    }
+    log::info!(
+        "[wal] opened {wal_path}: {} record(s), last LSN {}, {} key(s)",
+        recovery.records,
+        recovery.last_lsn,
+        db.key_count()
+    );
+    let db = Arc::new(db);
+
+    // 2. Bind. Port 0 asks the kernel for a free port; log the real one.
+    let bind = format!("{}:{}", config.host, config.port);
+    let listener = TcpListener::bind(&bind).map_err(|e| Error::io(format!("binding {bind}"), e))?;
+    let address = listener.local_addr().map_err(|e| Error::io("reading bound address", e))?;
+
+    // 3. Replication.
+    let role = match &config.role {
+        Role::Leader { peers } => {
+            let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+            log::info!(
+                "[server] listening on {address} as leader, expecting followers [{}], \
+                 write concern {}, fsync {}",
+                list.join(", "),
+                config.write_concern.name(),
+                fsync_name(config.fsync)
+            );
+            NodeRole::Leader { hub: Arc::new(Hub::new(peers)) }
+        }
+        Role::Follower { leader } => {
+            log::info!(
+                "[server] listening on {address} as follower of {leader}, fsync {}",
+                fsync_name(config.fsync)
+            );
+            let link = Arc::new(FollowerLink::new(*leader));
+            follower::spawn(Arc::clone(&db), Arc::clone(&link), address.port())?;
+            NodeRole::Follower { link }
+        }
+    };
+    let node = Node {
+        db,
+        role,
+        address,
+        write_concern: config.write_concern,
+        write_timeout: config.write_timeout,
+    };
+    Ok((Arc::new(node), listener))
+}
+
+pub fn fsync_name(fsync: FsyncPolicy) -> &'static str {
+    match fsync {
+        FsyncPolicy::Always => "always",
+        FsyncPolicy::Never => "never",
+    }
+}
+
+/// Accept connections forever, one thread each, at most `max_connections`.
+fn accept_loop(listener: &TcpListener, node: &Arc<Node>, max_connections: usize) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut next_id = 0u64;
+    for incoming in listener.incoming() {
+        let stream = match incoming {
+            Ok(stream) => stream,
+            Err(e) => {
+                // EMFILE and friends: log, pause briefly, keep serving.
+                log::warn!("[server] accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let peer = stream.peer_addr().unwrap_or_else(|_| node.address);
+        if active.load(Ordering::Acquire) >= max_connections {
+            refuse_connection(stream, peer, max_connections);
+            continue;
+        }
+        next_id += 1;
+        active.fetch_add(1, Ordering::AcqRel);
+        let guard = ActiveGuard(Arc::clone(&active));
+        let node = Arc::clone(node);
+        let spawned = std::thread::Builder::new()
+            .name(format!("conn-{next_id}"))
+            .stack_size(CONNECTION_STACK_BYTES)
+            .spawn(move || {
+                let _guard = guard;
+                connection::serve(stream, peer, &node);
+            });
+        if let Err(e) = spawned {
+            log::warn!("[server] cannot start a thread for {peer}: {e}");
+        }
+    }
+}
+
+/// Connection N+1: tell the client why, then close.
+fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, max: usize) {
+    let err = Error::TooManyConnections { max };
+    log::warn!("[server] {peer}: {err}");
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let _ = write_message(&mut stream, &Message::error(&err));
+}
+
+/// Decrements the active-connection count when a connection thread ends.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

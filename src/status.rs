@@ -1,0 +1,124 @@
+//! The STATUS report: what `kv_client status` shows (lesson 4).
+//!
+//! Modelled on PostgreSQL's `pg_stat_replication`: the node's own position,
+//! and on a leader one row per expected follower with its state, acked LSN,
+//! lag in records and time since its last ACK. It travels as JSON inside a
+//! STATUS_REPLY so scripts can read it (`kv_client status --json`); the human
+//! form is an aligned table.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Lsn;
+
+/// One node's view of itself and of its followers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// `leader` or `follower`.
+    pub role: String,
+    /// The address clients reach this node on.
+    pub address: String,
+    pub last_lsn: Lsn,
+    pub commit_lsn: Lsn,
+    /// Live keys in the map.
+    pub keys: u64,
+    /// `always` or `never`.
+    pub fsync: String,
+    /// On a leader: `local`, `majority` or `all`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_concern: Option<String>,
+    /// On a follower: its leader's address and the link's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderLink>,
+    /// On a leader: one row per follower (expected ones first).
+    #[serde(default)]
+    pub followers: Vec<FollowerRow>,
+}
+
+/// A follower's view of its leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderLink {
+    pub address: String,
+    /// `connecting`, `catching-up` or `streaming`.
+    pub state: String,
+    /// The leader's last LSN as of its latest AppendEntries.
+    pub leader_last_lsn: Lsn,
+}
+
+/// A leader's view of one follower.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowerRow {
+    pub address: String,
+    /// `connecting`, `catching-up`, `streaming` or `disconnected`.
+    pub state: String,
+    /// True if the follower is in `--peers` (and so counts for the majority).
+    pub expected: bool,
+    pub acked_lsn: Lsn,
+    /// Records the follower is behind the leader's last LSN.
+    pub lag_records: u64,
+    /// Milliseconds since its last ACK, if it ever sent one.
+    pub last_ack_ms_ago: Option<u64>,
+}
+
+impl StatusReport {
+    /// The human form: a few `name: value` lines and a table of followers.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "role:        {}\naddress:     {}\nlast_lsn:    {}\ncommit_lsn:  {}\nkeys:        {}\nfsync:       {}\n",
+            self.role, self.address, self.last_lsn, self.commit_lsn, self.keys, self.fsync
+        );
+        if let Some(wc) = &self.write_concern {
+            out.push_str(&format!("write:       {wc}\n"));
+        }
+        if let Some(l) = &self.leader {
+            out.push_str(&format!(
+                "leader:      {} ({}, leader last_lsn {})\n",
+                l.address, l.state, l.leader_last_lsn
+            ));
+        }
+        if self.role == "leader" {
+            out.push_str(&render_followers(&self.followers));
+        }
+        out
+    }
+}
+
+fn render_followers(rows: &[FollowerRow]) -> String {
+    if rows.is_empty() {
+        return "followers:   none\n".to_string();
+    }
+    let header = ["FOLLOWER", "STATE", "ACKED_LSN", "LAG", "LAST_ACK"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            let name =
+                if r.expected { r.address.clone() } else { format!("{} (extra)", r.address) };
+            let ack = match r.last_ack_ms_ago {
+                Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+                None => "never".to_string(),
+            };
+            [name, r.state.clone(), r.acked_lsn.to_string(), r.lag_records.to_string(), ack]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cols: [&str; 5]| {
+        let mut s = String::new();
+        for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            s.push_str(&format!("{c:<w$}"));
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = String::from("\n");
+    out.push_str(&line(header));
+    for row in &cells {
+        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+    }
+    out
+}

@@ -1,0 +1,15 @@
+//! The write-ahead log (week 9) and its memory-mapped LSN index (lesson 5).
+//!
+//! - [`record`]: one change and its bytes (the lesson layout).
+//! - [`log`]: the log file — append, fsync, crash recovery, `records_after`.
+//! - [`index`]: a memory-mapped array of byte offsets, one slot per LSN, so
+//!   `records_after(lsn)` jumps straight to its first record.
+//!
+//! Nothing outside this module touches file offsets or the index.
+
+pub mod index;
+pub mod log;
+pub mod record;
+
+pub use log::{scan_log, ScanEnd, Wal, WalRecovery, INDEX_FILE_NAME, LOG_FILE_NAME};
+pub use record::{Op, Record};
