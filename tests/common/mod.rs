@@ -1,0 +1,219 @@
+//! Test cluster helpers: start the real `kvstore` binary in a temp dir on
+//! `--port 0`, wait for it with a deadline, talk to it, kill and restart it.
+//!
+//! Nothing here sleeps a fixed time hoping something happened: every wait
+//! polls a condition until a deadline and fails with what it was waiting for.
+
+#![allow(dead_code)] // each test binary uses a different part of this file
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvstore::client::Client;
+use kvstore::status::StatusReport;
+use kvstore::Lsn;
+use parking_lot::Mutex;
+
+/// Default deadline for anything a test waits for.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Poll `check` every 10 ms until it returns `Some`, or panic naming `what`.
+pub fn eventually<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() > until {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A port that was free a moment ago (for `--peers` lists, which must name
+/// ports before the followers start).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One running `kvstore` process.
+pub struct Node {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+    args: Vec<String>,
+    child: Mutex<Option<Child>>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    /// Start `kvstore --port 0 --data-dir DIR ARGS...` and wait until it listens.
+    pub fn start(name: &str, data_dir: &Path, args: &[&str]) -> Node {
+        Node::start_on(name, 0, data_dir, args)
+    }
+
+    /// Start on a given port (0 for any).
+    pub fn start_on(name: &str, port: u16, data_dir: &Path, args: &[&str]) -> Node {
+        let mut node = Node {
+            name: name.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            child: Mutex::new(None),
+            logs: Arc::new(Mutex::new(Vec::new())),
+        };
+        node.spawn(port);
+        node
+    }
+
+    fn spawn(&mut self, port: u16) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kvstore"))
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.args)
+            .env("RUST_LOG", std::env::var("KVSTORE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kvstore");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::clone(&self.logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                logs.lock().push(line);
+            }
+        });
+        *self.child.lock() = Some(child);
+        let from = self.logs.lock().len();
+        let line = self.wait_for_log_from(from, "listening on");
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{}: cannot parse address from {line:?}", self.name));
+        self.addr = addr;
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn client(&self) -> Client {
+        eventually(&format!("{} accepts connections", self.name), DEADLINE, || {
+            Client::connect(self.addr).ok()
+        })
+    }
+
+    pub fn status(&self) -> StatusReport {
+        self.client().status().expect("status")
+    }
+
+    pub fn last_lsn(&self) -> Lsn {
+        self.status().last_lsn
+    }
+
+    /// Wait until this node's last LSN reaches `lsn`.
+    pub fn wait_for_lsn(&self, lsn: Lsn) {
+        eventually(&format!("{} reaches LSN {lsn}", self.name), DEADLINE, || {
+            (self.client().status().ok()?.last_lsn >= lsn).then_some(())
+        });
+    }
+
+    /// Wait for a log line containing `needle` (anywhere in the log so far).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_log_from(0, needle)
+    }
+
+    /// Wait for a log line containing `needle` at or after line `from`.
+    pub fn wait_for_log_from(&self, from: usize, needle: &str) -> String {
+        eventually(&format!("{} logs {needle:?}", self.name), DEADLINE, || {
+            if let Some(status) = self.exit_status() {
+                panic!(
+                    "{} exited ({status}) before logging {needle:?}:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            self.logs.lock().iter().skip(from).find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exit_status(&self) -> Option<String> {
+        let mut child = self.child.lock();
+        match child.as_mut()?.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Number of log lines so far (to wait for lines after a point).
+    pub fn log_len(&self) -> usize {
+        self.logs.lock().len()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().join("\n")
+    }
+
+    /// SIGKILL: no clean shutdown, exactly like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.lock().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same data dir and the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let port = self.port();
+        self.logs.lock().push(format!("---- {} restarted ----", self.name));
+        eventually(&format!("port {port} is free again"), DEADLINE, || {
+            TcpListener::bind(("127.0.0.1", port)).ok().map(drop)
+        });
+        self.spawn(port);
+    }
+
+    /// Send a signal by name (STOP, CONT, ...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.lock().as_ref().expect("running").id();
+        let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+        assert!(status.map(|s| s.success()).unwrap_or(false), "kill -{name} {pid}");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.logs.lock();
+            let tail = logs.len().saturating_sub(60);
+            eprintln!("==== last log lines of {} ====\n{}", self.name, logs[tail..].join("\n"));
+        }
+        self.kill();
+    }
+}
+
+/// Run `kv_client ARGS...` and return its output.
+pub fn kv_client(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kv_client")).args(args).output().expect("run kv_client")
+}
+
+/// stdout of a command as a trimmed string.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).trim().to_string()
+}

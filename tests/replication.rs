@@ -1,0 +1,299 @@
+//! Replication end to end with real processes: lessons 3 (AppendEntries),
+//! 4 (commit LSN and write concern) and 5 (catch-up).
+
+mod common;
+
+use common::*;
+use kvstore::client::Client;
+use kvstore::error::{Error, ErrorCode};
+use kvstore::protocol::Message;
+use std::collections::HashMap;
+use tempfile::TempDir;
+
+/// A leader expecting followers on `follower_ports`, plus its temp dir.
+fn leader(dirs: &TempDir, follower_ports: &[u16], extra: &[&str]) -> Node {
+    let peers: Vec<String> = follower_ports.iter().map(|p| p.to_string()).collect();
+    let mut args = vec!["--role=leader".to_string(), format!("--peers={}", peers.join(","))];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Node::start("leader", &dirs.path().join("leader"), &args)
+}
+
+fn follower(name: &str, dirs: &TempDir, port: u16, leader: &Node) -> Node {
+    let leader_arg = format!("--leader={}", leader.port());
+    Node::start_on(name, port, &dirs.path().join(name), &["--role=follower", &leader_arg])
+}
+
+/// Wait until `node` serves `key` with `value` (or, with None, no value).
+fn wait_for_value(node: &Node, key: &str, value: Option<&str>) {
+    eventually(&format!("{} serves {key} = {value:?}", node.name), DEADLINE, || {
+        let got = node.client().get(key.as_bytes()).ok()?;
+        (got.as_deref() == value.map(str::as_bytes)).then_some(())
+    });
+}
+
+/// Write `count` keys `key{i}` = `value{i}` (i from `first`), pipelined.
+fn write_keys(client: &mut Client, first: usize, count: usize) {
+    const WINDOW: usize = 64;
+    let mut outstanding = 0;
+    for i in first..first + count {
+        let put = Message::Put { key: format!("key{i}").into(), value: format!("value{i}").into() };
+        client.send(&put).unwrap();
+        outstanding += 1;
+        if outstanding == WINDOW {
+            client.receive().unwrap();
+            outstanding -= 1;
+        }
+    }
+    for _ in 0..outstanding {
+        client.receive().unwrap();
+    }
+}
+
+/// The WAL of a data dir as `kv_client wal-dump` prints it.
+fn wal_dump(node: &Node) -> String {
+    let out = kv_client(&["wal-dump", node.data_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "wal-dump failed: {}", stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn lesson3_put_and_delete_on_the_leader_reach_both_followers() {
+    // Goal: lesson 3's Verify section: a put on the leader is readable on
+    // both followers, and each follower logs that it applied AppendEntries.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let leader = leader(&dirs, &[p2, p3], &[]);
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    let f3 = follower("follower3", &dirs, p3, &leader);
+
+    leader.client().put(b"hello", b"world").unwrap();
+    wait_for_value(&f2, "hello", Some("world"));
+    wait_for_value(&f3, "hello", Some("world"));
+    f2.wait_for_log("[replication] received AppendEntries, applied 1 record(s), last LSN 1");
+    leader.wait_for_log("[replication] sent AppendEntries to");
+
+    leader.client().delete(b"hello").unwrap();
+    wait_for_value(&f2, "hello", None);
+    wait_for_value(&f3, "hello", None);
+}
+
+#[test]
+fn lesson5_late_follower_catches_up_on_all_ten_keys() {
+    // Goal: lesson 5's Verify section: a follower started after 10 writes
+    // asks for everything after LSN 0 and receives exactly those 10.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let leader = leader(&dirs, &[p2, p3], &[]);
+    let _f2 = follower("follower2", &dirs, p2, &leader);
+    let mut client = leader.client();
+    for i in 1..=10 {
+        client.put(format!("key{i}").as_bytes(), format!("value{i}").as_bytes()).unwrap();
+    }
+
+    let f3 = follower("follower3", &dirs, p3, &leader);
+    f3.wait_for_log("[catch-up] connected to leader");
+    f3.wait_for_log("requesting records after LSN 0");
+    f3.wait_for_log("[catch-up] received 10 records, caught up to LSN 10");
+    leader.wait_for_log("requests records after LSN 0; sending 10 record(s)");
+    assert_eq!(f3.client().get(b"key1").unwrap(), Some(b"value1".to_vec()));
+    assert_eq!(f3.client().get(b"key10").unwrap(), Some(b"value10".to_vec()));
+}
+
+#[test]
+fn restarted_follower_catches_up_from_its_own_lsn() {
+    // Goal: a follower killed while writes continue asks, on restart, only
+    // for what it missed, and ends identical to the leader.
+    let dirs = tempfile::tempdir().unwrap();
+    let p2 = free_port();
+    let leader = leader(&dirs, &[p2], &[]);
+    let mut f2 = follower("follower2", &dirs, p2, &leader);
+    let mut client = leader.client();
+    write_keys(&mut client, 0, 20);
+    f2.wait_for_lsn(20);
+
+    f2.kill();
+    write_keys(&mut client, 20, 30);
+    client.delete(b"key3").unwrap();
+    f2.restart();
+    f2.wait_for_log("requesting records after LSN 20");
+    f2.wait_for_log("[catch-up] received 31 records, caught up to LSN 51");
+    wait_for_value(&f2, "key3", None);
+    wait_for_value(&f2, "key49", Some("value49"));
+    assert_eq!(wal_dump(&f2), wal_dump(&leader));
+}
+
+#[test]
+fn followers_reconnect_after_the_leader_restarts() {
+    // Goal: a leader crash is survivable: its followers redial, say HELLO
+    // again and keep replicating what the restarted leader writes.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let mut leader = leader(&dirs, &[p2, p3], &[]);
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    let f3 = follower("follower3", &dirs, p3, &leader);
+    leader.client().put(b"before", b"1").unwrap();
+    wait_for_value(&f3, "before", Some("1"));
+
+    leader.restart();
+    f2.wait_for_log("link to leader");
+    leader.client().put(b"after", b"2").unwrap();
+    wait_for_value(&f2, "after", Some("2"));
+    wait_for_value(&f3, "after", Some("2"));
+    eventually("leader shows both followers streaming", DEADLINE, || {
+        let rows = leader.status().followers;
+        rows.iter().all(|r| r.state == "streaming" && r.acked_lsn == 2).then_some(())
+    });
+}
+
+#[test]
+fn catch_up_of_50000_records_races_with_4_writers_and_loses_nothing() {
+    // Goal: the hand-over from catch-up (WAL) to live streaming (channel)
+    // never loses, duplicates or reorders a record. Method: preload 50,000
+    // records, start a fresh follower while 4 clients keep writing, then
+    // compare every node's WAL byte for byte (same LSNs, same records).
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let leader = leader(&dirs, &[p2, p3], &["--fsync=never"]);
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    write_keys(&mut leader.client(), 0, 50_000);
+
+    let late = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let mut client = leader.client();
+                s.spawn(move || write_keys(&mut client, 100_000 + w * 10_000, 2_500))
+            })
+            .collect();
+        let late = follower("follower3", &dirs, p3, &leader);
+        for w in writers {
+            w.join().unwrap();
+        }
+        late
+    });
+
+    let last = leader.last_lsn();
+    assert_eq!(last, 60_000);
+    f2.wait_for_lsn(last);
+    late.wait_for_lsn(last);
+    late.wait_for_log("[catch-up] received");
+    let reference = wal_dump(&leader);
+    assert_eq!(wal_dump(&f2), reference, "follower2's WAL differs from the leader's");
+    assert_eq!(wal_dump(&late), reference, "follower3's WAL differs from the leader's");
+    assert_eq!(late.status().keys, 60_000);
+}
+
+#[test]
+fn a_follower_refuses_writes_and_names_the_leader() {
+    // Goal: writes go to the leader; a follower's ERROR says where that is.
+    let dirs = tempfile::tempdir().unwrap();
+    let p2 = free_port();
+    let leader = leader(&dirs, &[p2], &[]);
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    match f2.client().put(b"k", b"v") {
+        Err(Error::Server { code: ErrorCode::ReadOnly, message }) => {
+            assert!(message.contains(&leader.addr.to_string()), "{message}")
+        }
+        other => panic!("expected a read-only error, got {other:?}"),
+    }
+    let out = kv_client(&["--port", &f2.port().to_string(), "put", "k", "v"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("follower"), "{}", stderr(&out));
+    assert_eq!(leader.last_lsn(), 0, "the refused write reached no log");
+}
+
+#[test]
+fn majority_write_concern_needs_one_of_two_followers() {
+    // Goal: with --write-concern majority (3 nodes), one live follower is
+    // enough; with none, the write times out with the documented error.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let leader = leader(&dirs, &[p2, p3], &["--write-concern=majority", "--write-timeout-ms=1000"]);
+    let mut f2 = follower("follower2", &dirs, p2, &leader);
+    f2.wait_for_log("caught up");
+    assert_eq!(leader.client().put(b"a", b"1").unwrap(), 1);
+    assert_eq!(f2.client().get(b"a").unwrap(), Some(b"1".to_vec()), "acked means applied");
+
+    f2.kill();
+    match leader.client().put(b"b", b"2") {
+        Err(Error::Server { code: ErrorCode::WriteTimeout, message }) => {
+            assert!(message.contains("only 1 of the 2 nodes"), "{message}");
+            assert!(message.contains("not confirmed"), "{message}");
+        }
+        other => panic!("expected a write-concern timeout, got {other:?}"),
+    }
+    // The write is in the leader's log; a returning follower receives it.
+    f2.restart();
+    wait_for_value(&f2, "b", Some("2"));
+}
+
+#[test]
+fn all_write_concern_waits_for_every_follower() {
+    // Goal: --write-concern all times out while any expected follower is down.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let leader = leader(&dirs, &[p2, p3], &["--write-concern=all", "--write-timeout-ms=500"]);
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    f2.wait_for_log("caught up");
+    let err = leader.client().put(b"a", b"1").unwrap_err();
+    assert!(err.to_string().contains("only 2 of the 3 nodes"), "{err}");
+    let f3 = follower("follower3", &dirs, p3, &leader);
+    f3.wait_for_log("caught up");
+    leader.client().put(b"b", b"2").unwrap();
+}
+
+#[test]
+fn a_follower_ahead_of_its_leader_is_refused() {
+    // Goal: diverged histories are never mixed: a follower whose log is
+    // longer than the leader's is refused, and both sides say so.
+    let dirs = tempfile::tempdir().unwrap();
+    {
+        // Give the follower's data dir 3 records of some other history.
+        let mut other = Node::start("other", &dirs.path().join("follower2"), &[]);
+        write_keys(&mut other.client(), 0, 3);
+        other.kill();
+    }
+    let p2 = free_port();
+    let leader = leader(&dirs, &[p2], &[]);
+    leader.client().put(b"x", b"1").unwrap();
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    leader.wait_for_log("refusing follower");
+    f2.wait_for_log("refused us");
+    assert_eq!(f2.client().get(b"x").unwrap(), None);
+}
+
+#[test]
+fn status_shows_every_expected_follower_and_its_lag() {
+    // Goal: an operator sees each --peers entry, connected or not.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let leader = leader(&dirs, &[p2, p3], &[]);
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    leader.client().put(b"a", b"1").unwrap();
+    f2.wait_for_lsn(1);
+    let rows: HashMap<u16, kvstore::status::FollowerRow> =
+        eventually("follower2's ACK is recorded", DEADLINE, || {
+            let rows: HashMap<_, _> = leader
+                .status()
+                .followers
+                .into_iter()
+                .map(|r| (r.address.rsplit(':').next().unwrap().parse().unwrap(), r))
+                .collect();
+            (rows[&p2].acked_lsn == 1).then_some(rows)
+        });
+    assert_eq!(rows[&p2].state, "streaming");
+    assert_eq!(rows[&p2].lag_records, 0);
+    assert_eq!(rows[&p3].state, "connecting");
+    assert_eq!(rows[&p3].lag_records, 1);
+    assert_eq!(rows[&p3].last_ack_ms_ago, None);
+
+    let table = kv_client(&["--port", &leader.port().to_string(), "status"]);
+    let text = stdout(&table);
+    assert!(text.contains("FOLLOWER") && text.contains("connecting"), "{text}");
+    let json = kv_client(&["--port", &leader.port().to_string(), "status", "--json"]);
+    let parsed: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(parsed["role"], "leader");
+    let f2_status = f2.status();
+    assert_eq!(f2_status.role, "follower");
+    assert_eq!(f2_status.leader.unwrap().state, "streaming");
+}
