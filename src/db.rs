@@ -382,6 +382,23 @@ mod tests {
     }
 
     #[test]
+    fn a_full_subscriber_channel_drops_batches_but_keeps_the_subscriber() {
+        // Goal: a slow follower costs the leader bounded memory: its channel
+        // holds at most FOLLOWER_CHANNEL_BATCHES_MAX batches, later ones are
+        // dropped (the sender reads them from the WAL), and it stays subscribed.
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
+        let rx = db.subscribe();
+        for i in 0..FOLLOWER_CHANNEL_BATCHES_MAX + 100 {
+            db.write(put(&i.to_string(), "v")).unwrap();
+        }
+        assert_eq!(rx.len(), FOLLOWER_CHANNEL_BATCHES_MAX);
+        rx.try_iter().for_each(drop);
+        db.write(put("after", "v")).unwrap();
+        assert_eq!(rx.len(), 1, "still subscribed after overflowing");
+    }
+
+    #[test]
     fn subscribers_see_batches_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let (db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
