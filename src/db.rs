@@ -36,6 +36,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex, RwLock};
 
+use crate::cluster::ClusterId;
 use crate::error::{Error, Result};
 use crate::limits::FOLLOWER_CHANNEL_BATCHES_MAX;
 use crate::store::Store;
@@ -73,6 +74,7 @@ pub struct Db {
     /// the value the leader last sent.
     commit_lsn: AtomicU64,
     subscribers: Mutex<Vec<Sender<Batch>>>,
+    cluster_id: Mutex<Option<ClusterId>>,
     _lock: File,
 }
 
@@ -104,6 +106,7 @@ impl Db {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| Error::io(format!("creating data dir {}", data_dir.display()), e))?;
         let lock = lock_data_dir(data_dir)?;
+        let cluster_id = ClusterId::load(data_dir)?;
         let mut store = Store::new();
         let (wal, recovery) = Wal::open(data_dir, |record| store.apply(record))?;
         let last_lsn = recovery.last_lsn;
@@ -125,6 +128,7 @@ impl Db {
             durable_lsn: AtomicU64::new(last_lsn),
             commit_lsn: AtomicU64::new(0),
             subscribers: Mutex::new(Vec::new()),
+            cluster_id: Mutex::new(cluster_id),
             _lock: lock,
         };
         Ok((db, recovery))
@@ -155,6 +159,40 @@ impl Db {
     /// Raise the commit LSN (it never goes back).
     pub fn advance_commit_lsn(&self, lsn: Lsn) {
         self.commit_lsn.fetch_max(lsn, Ordering::AcqRel);
+    }
+
+    /// The cluster this node's log belongs to, if it knows yet.
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        *self.cluster_id.lock()
+    }
+
+    /// A leader's id: the stored one, or a new random one stored now.
+    /// Returns the id and whether it was just created.
+    pub fn ensure_cluster_id(&self) -> Result<(ClusterId, bool)> {
+        let mut id = self.cluster_id.lock();
+        if let Some(id) = *id {
+            return Ok((id, false));
+        }
+        let created = ClusterId::generate()?;
+        created.store(&self.data_dir)?;
+        *id = Some(created);
+        Ok((created, true))
+    }
+
+    /// A fresh follower joins its leader's cluster: store the id durably
+    /// before any of that cluster's records are written.
+    pub fn adopt_cluster_id(&self, id: ClusterId) -> Result<()> {
+        let mut current = self.cluster_id.lock();
+        assert!(current.is_none(), "a node adopts a cluster id once");
+        id.store(&self.data_dir)?;
+        *current = Some(id);
+        Ok(())
+    }
+
+    /// The map's digest and the LSN it was taken at (see [`Store::digest`]).
+    pub fn digest(&self) -> (Lsn, u64) {
+        let store = self.store.read();
+        (store.applied_lsn(), store.digest())
     }
 
     /// Look a key up in the map.

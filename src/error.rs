@@ -39,6 +39,8 @@ pub enum Error {
     WalFailed(String),
     /// AppendEntries did not continue the follower's log.
     NotContiguous { expected: Lsn, got: Lsn },
+    /// Leader and follower belong to different clusters.
+    OtherCluster { ours: String, theirs: String, peer: String },
     /// A follower's log is ahead of its leader's: the histories diverged.
     Diverged { follower_lsn: Lsn, leader_lsn: Lsn },
     /// The server already serves as many connections as it is allowed.
@@ -70,7 +72,9 @@ impl Error {
             Error::ReadOnly { .. } => ErrorCode::ReadOnly,
             Error::WriteTimeout { .. } => ErrorCode::WriteTimeout,
             Error::TooManyConnections { .. } => ErrorCode::TooManyConnections,
-            Error::NotContiguous { .. } | Error::Diverged { .. } => ErrorCode::Replication,
+            Error::NotContiguous { .. } | Error::Diverged { .. } | Error::OtherCluster { .. } => {
+                ErrorCode::Replication
+            }
             Error::Unexpected(_) => ErrorCode::Unexpected,
             Error::Link(_) => ErrorCode::Replication,
             Error::Server { code, .. } => *code,
@@ -110,6 +114,11 @@ impl fmt::Display for Error {
             Error::NotContiguous { expected, got } => write!(
                 f,
                 "AppendEntries does not continue the log: expected LSN {expected}, got {got}"
+            ),
+            Error::OtherCluster { ours, theirs, peer } => write!(
+                f,
+                "{peer} belongs to cluster {theirs}, this node to cluster {ours}; refusing to \
+                 mix two histories (point it at the right cluster, or give it an empty data dir)"
             ),
             Error::Diverged { follower_lsn, leader_lsn } => write!(
                 f,

@@ -19,6 +19,7 @@
 //! | [`server`]      | accept loop, one thread per connection, request dispatch     | week 2            |
 //! | [`replication`] | leader side (hub, one sender per follower), follower side    | lessons 3, 4, 5   |
 //! | [`status`]      | the STATUS report shown by `kv_client status`                | lesson 4          |
+//! | [`cluster`]     | the cluster id that keeps two histories apart                | —                 |
 //! | [`codec`]       | checked big-endian reads of untrusted bytes                  | week 2            |
 //! | [`client`]      | a small blocking client used by kv_client, tests, examples   | week 2            |
 //!
@@ -36,6 +37,7 @@
 //! held across socket I/O.
 
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod db;
 pub mod error;

@@ -17,7 +17,13 @@ pub struct StatusReport {
     pub role: String,
     /// The address clients reach this node on.
     pub address: String,
+    /// The cluster this node's log belongs to (a fresh follower has none yet).
+    pub cluster_id: Option<String>,
     pub last_lsn: Lsn,
+    /// Hash of the applied state at `last_lsn`: the wrapping sum over all
+    /// live pairs of xxh3_64([key_len u32][key][value]), 16 hex digits.
+    /// Two nodes at the same LSN with the same digest hold the same data.
+    pub digest: String,
     pub commit_lsn: Lsn,
     /// Live keys in the map.
     pub keys: u64,
@@ -63,8 +69,17 @@ impl StatusReport {
     /// The human form: a few `name: value` lines and a table of followers.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "role:        {}\naddress:     {}\nlast_lsn:    {}\ncommit_lsn:  {}\nkeys:        {}\nfsync:       {}\n",
-            self.role, self.address, self.last_lsn, self.commit_lsn, self.keys, self.fsync
+            "role:        {}\naddress:     {}\ncluster:     {}\nlast_lsn:    {}\ncommit_lsn:  {}\n\
+             digest:      {} (at LSN {})\nkeys:        {}\nfsync:       {}\n",
+            self.role,
+            self.address,
+            self.cluster_id.as_deref().unwrap_or("(none yet)"),
+            self.last_lsn,
+            self.commit_lsn,
+            self.digest,
+            self.last_lsn,
+            self.keys,
+            self.fsync
         );
         if let Some(wc) = &self.write_concern {
             out.push_str(&format!("write:       {wc}\n"));

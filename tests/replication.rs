@@ -181,6 +181,9 @@ fn catch_up_of_50000_records_races_with_4_writers_and_loses_nothing() {
     assert_eq!(wal_dump(&f2), reference, "follower2's WAL differs from the leader's");
     assert_eq!(wal_dump(&late), reference, "follower3's WAL differs from the leader's");
     assert_eq!(late.status().keys, 60_000);
+    let digest = leader.status().digest;
+    assert_eq!(f2.status().digest, digest, "same LSN, same state");
+    assert_eq!(late.status().digest, digest, "same LSN, same state");
 }
 
 #[test]
@@ -245,21 +248,53 @@ fn all_write_concern_waits_for_every_follower() {
 #[test]
 fn a_follower_ahead_of_its_leader_is_refused() {
     // Goal: diverged histories are never mixed: a follower whose log is
-    // longer than the leader's is refused, and both sides say so.
+    // longer than its leader's (same cluster, the leader lost its log) is
+    // refused, and both sides say so.
+    let dirs = tempfile::tempdir().unwrap();
+    let p2 = free_port();
+    let mut leader = leader(&dirs, &[p2], &[]);
+    let mut f2 = follower("follower2", &dirs, p2, &leader);
+    write_keys(&mut leader.client(), 0, 3);
+    f2.wait_for_lsn(3);
+    f2.kill();
+    leader.kill();
+    for file in ["wal.log", "wal.idx"] {
+        std::fs::remove_file(leader.data_dir.join(file)).unwrap();
+    }
+    leader.restart();
+    leader.client().put(b"x", b"1").unwrap();
+    f2.restart();
+    leader.wait_for_log("refusing follower");
+    leader.wait_for_log("is beyond the leader's last LSN 1");
+    f2.wait_for_log("refused us");
+    assert_eq!(f2.client().get(b"x").unwrap(), None, "nothing was mixed in");
+}
+
+#[test]
+fn a_follower_from_another_cluster_is_refused_and_a_fresh_one_joins() {
+    // Goal: the cluster id keeps two histories apart: a data dir that
+    // belongs to another cluster is refused (both logs say so), while a
+    // fresh follower adopts the leader's id.
     let dirs = tempfile::tempdir().unwrap();
     {
-        // Give the follower's data dir 3 records of some other history.
         let mut other = Node::start("other", &dirs.path().join("follower2"), &[]);
-        write_keys(&mut other.client(), 0, 3);
+        write_keys(&mut other.client(), 0, 2);
         other.kill();
     }
-    let p2 = free_port();
-    let leader = leader(&dirs, &[p2], &[]);
+    let (p2, p3) = (free_port(), free_port());
+    let leader = leader(&dirs, &[p2, p3], &[]);
     leader.client().put(b"x", b"1").unwrap();
-    let f2 = follower("follower2", &dirs, p2, &leader);
-    leader.wait_for_log("refusing follower");
-    f2.wait_for_log("refused us");
-    assert_eq!(f2.client().get(b"x").unwrap(), None);
+    let stranger = follower("follower2", &dirs, p2, &leader);
+    leader.wait_for_log("belongs to cluster");
+    stranger.wait_for_log("refused us");
+    assert_eq!(stranger.client().get(b"x").unwrap(), None);
+
+    let fresh = follower("follower3", &dirs, p3, &leader);
+    fresh.wait_for_log("[replication] joined cluster");
+    wait_for_value(&fresh, "x", Some("1"));
+    let id = leader.status().cluster_id.expect("a leader always has an id");
+    assert_eq!(fresh.status().cluster_id.as_deref(), Some(id.as_str()));
+    assert_ne!(stranger.status().cluster_id.as_deref(), Some(id.as_str()));
 }
 
 #[test]
@@ -309,10 +344,17 @@ impl FakeFollower {
         use std::io::Write;
         let mut stream = std::net::TcpStream::connect(leader.addr).unwrap();
         let mut hello = Vec::new();
-        Message::FollowerHello { last_lsn, listen_port: None }.encode_frame(&mut hello);
+        Message::FollowerHello { last_lsn, listen_port: None, cluster_id: None }
+            .encode_frame(&mut hello);
         stream.write_all(&hello).unwrap();
         let reader = std::io::BufReader::new(stream.try_clone().unwrap());
         FakeFollower { stream, reader }
+    }
+
+    /// Read the LEADER_HELLO that answers our HELLO.
+    fn leader_hello(&mut self) {
+        let frame = kvstore::protocol::read_frame(&mut self.reader, u32::MAX).unwrap().unwrap();
+        assert!(matches!(Message::decode(&frame).unwrap(), Message::LeaderHello { .. }));
     }
 
     /// Read one AppendEntries and ACK `ack_lsn` for it.
@@ -343,6 +385,7 @@ fn a_follower_that_stops_reading_still_gets_every_record_once() {
     let dirs = tempfile::tempdir().unwrap();
     let leader = Node::start("leader", &dirs.path().join("leader"), &["--fsync=never"]);
     let mut fake = FakeFollower::connect(&leader, 0);
+    fake.leader_hello();
     let first = fake.next(0);
     assert!(first.records.is_empty(), "an empty log sends a heartbeat first");
 

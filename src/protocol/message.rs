@@ -16,7 +16,8 @@
 //! | 0x14 | STATUS_REPLY       | `[json_len u32][json utf-8]`                            |
 //! | 0x20 | APPEND_ENTRIES     | `[commit_lsn u64][leader_last_lsn u64][num_records u32][record]...` |
 //! | 0x21 | APPEND_ENTRIES_ACK | `[last_lsn u64]`                                        |
-//! | 0x22 | FOLLOWER_HELLO     | `[last_lsn u64]` then, optionally, `[listen_port u16]`  |
+//! | 0x22 | FOLLOWER_HELLO     | `[last_lsn u64]`, optionally `[listen_port u16]`, optionally then `[cluster_id 16 bytes]` |
+//! | 0x23 | LEADER_HELLO       | `[cluster_id 16 bytes][last_lsn u64]`                   |
 //!
 //! A record inside APPEND_ENTRIES has the WAL's layout (see
 //! [`crate::wal::record`]): `[lsn u64][cmd u8][key_len u32][key][value_len u32][value]`.
@@ -24,6 +25,7 @@
 //! Decoding checks every length against what remains and against the
 //! limits, and refuses trailing bytes: a frame and its fields must agree.
 
+use crate::cluster::{ClusterId, CLUSTER_ID_BYTES};
 use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::limits::{APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
@@ -43,6 +45,7 @@ pub const TYPE_STATUS_REPLY: u8 = 0x14;
 pub const TYPE_APPEND_ENTRIES: u8 = 0x20;
 pub const TYPE_APPEND_ENTRIES_ACK: u8 = 0x21;
 pub const TYPE_FOLLOWER_HELLO: u8 = 0x22;
+pub const TYPE_LEADER_HELLO: u8 = 0x23;
 
 /// Longest ERROR message accepted (64 KiB): error texts are one sentence.
 const ERROR_MESSAGE_BYTES_MAX: u32 = 64 * 1024;
@@ -93,13 +96,21 @@ pub enum Message {
     AppendEntriesAck {
         last_lsn: Lsn,
     },
-    /// Lesson 5: the follower's opening message. `listen_port` (optional on
-    /// the wire, so a 9-byte HELLO is still valid) is the port the follower
-    /// serves clients on; the leader uses it to match the follower with an
-    /// entry of its `--peers` list.
+    /// Lesson 5: the follower's opening message. Both extensions are
+    /// optional on the wire, so the lesson's 9-byte HELLO stays valid:
+    /// `listen_port` is the port the follower serves clients on (the leader
+    /// matches it with an entry of `--peers`; 0 = not given), `cluster_id`
+    /// the cluster the follower's log belongs to (absent for a fresh node).
     FollowerHello {
         last_lsn: Lsn,
         listen_port: Option<u16>,
+        cluster_id: Option<ClusterId>,
+    },
+    /// The leader's answer to FOLLOWER_HELLO, sent before any AppendEntries:
+    /// the cluster's id (a fresh follower adopts it) and the leader's last LSN.
+    LeaderHello {
+        cluster_id: ClusterId,
+        last_lsn: Lsn,
     },
 }
 
@@ -119,6 +130,7 @@ impl Message {
             Message::AppendEntries(_) => "APPEND_ENTRIES",
             Message::AppendEntriesAck { .. } => "APPEND_ENTRIES_ACK",
             Message::FollowerHello { .. } => "FOLLOWER_HELLO",
+            Message::LeaderHello { .. } => "LEADER_HELLO",
         }
     }
 
@@ -176,12 +188,20 @@ impl Message {
                 out.push(TYPE_APPEND_ENTRIES_ACK);
                 out.extend_from_slice(&last_lsn.to_be_bytes());
             }
-            Message::FollowerHello { last_lsn, listen_port } => {
+            Message::FollowerHello { last_lsn, listen_port, cluster_id } => {
                 out.push(TYPE_FOLLOWER_HELLO);
                 out.extend_from_slice(&last_lsn.to_be_bytes());
-                if let Some(port) = listen_port {
-                    out.extend_from_slice(&port.to_be_bytes());
+                if listen_port.is_some() || cluster_id.is_some() {
+                    out.extend_from_slice(&listen_port.unwrap_or(0).to_be_bytes());
                 }
+                if let Some(id) = cluster_id {
+                    out.extend_from_slice(&id.0);
+                }
+            }
+            Message::LeaderHello { cluster_id, last_lsn } => {
+                out.push(TYPE_LEADER_HELLO);
+                out.extend_from_slice(&cluster_id.0);
+                out.extend_from_slice(&last_lsn.to_be_bytes());
             }
         }
     }
@@ -215,9 +235,22 @@ impl Message {
             TYPE_APPEND_ENTRIES_ACK => Message::AppendEntriesAck { last_lsn: d.u64("ack lsn")? },
             TYPE_FOLLOWER_HELLO => {
                 let last_lsn = d.u64("hello last_lsn")?;
-                let listen_port =
-                    if d.remaining() > 0 { Some(d.u16("hello listen_port")?) } else { None };
-                Message::FollowerHello { last_lsn, listen_port }
+                let mut listen_port = None;
+                let mut cluster_id = None;
+                if d.remaining() > 0 {
+                    listen_port = Some(d.u16("hello listen_port")?).filter(|p| *p != 0);
+                }
+                if d.remaining() > 0 {
+                    cluster_id = decode_cluster_id(&mut d, "hello cluster_id")?;
+                }
+                Message::FollowerHello { last_lsn, listen_port, cluster_id }
+            }
+            TYPE_LEADER_HELLO => {
+                let cluster_id =
+                    decode_cluster_id(&mut d, "leader hello cluster_id")?.ok_or_else(|| {
+                        Error::Malformed("LEADER_HELLO with a zero cluster id".into())
+                    })?;
+                Message::LeaderHello { cluster_id, last_lsn: d.u64("leader hello last_lsn")? }
             }
             other => return Err(Error::UnknownMessageType(other)),
         };
@@ -330,6 +363,13 @@ fn decode_append_entries(d: &mut Decoder<'_>) -> Result<AppendEntries> {
     Ok(AppendEntries { commit_lsn, leader_last_lsn, records })
 }
 
+/// Read 16 id bytes; all zeros means "none".
+fn decode_cluster_id(d: &mut Decoder<'_>, what: &str) -> Result<Option<ClusterId>> {
+    let mut id = [0u8; CLUSTER_ID_BYTES];
+    id.copy_from_slice(d.take(CLUSTER_ID_BYTES, what)?);
+    Ok((id != [0u8; CLUSTER_ID_BYTES]).then_some(ClusterId(id)))
+}
+
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
     out.extend_from_slice(bytes);
@@ -358,6 +398,10 @@ mod tests {
             })
     }
 
+    fn arb_cluster_id() -> impl Strategy<Value = ClusterId> {
+        any::<[u8; 16]>().prop_filter("non-zero", |b| *b != [0; 16]).prop_map(ClusterId)
+    }
+
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
             (bytes(32), bytes(64)).prop_map(|(key, value)| Message::Put { key, value }),
@@ -373,9 +417,16 @@ mod tests {
                 Message::AppendEntries(AppendEntries { commit_lsn: c, leader_last_lsn: l, records })
             }),
             any::<u64>().prop_map(|last_lsn| Message::AppendEntriesAck { last_lsn }),
-            (any::<u64>(), proptest::option::of(any::<u16>())).prop_map(
-                |(last_lsn, listen_port)| Message::FollowerHello { last_lsn, listen_port }
-            ),
+            (
+                any::<u64>(),
+                proptest::option::of(1..=u16::MAX),
+                proptest::option::of(arb_cluster_id())
+            )
+                .prop_map(|(last_lsn, listen_port, cluster_id)| {
+                    Message::FollowerHello { last_lsn, listen_port, cluster_id }
+                }),
+            (arb_cluster_id(), any::<u64>())
+                .prop_map(|(cluster_id, last_lsn)| Message::LeaderHello { cluster_id, last_lsn }),
         ]
     }
 
@@ -396,11 +447,12 @@ mod tests {
             message.encode_payload(&mut payload);
             let at = cut.index(payload.len());
             if let Ok(decoded) = Message::decode(&payload[..at]) {
-                // Only HELLO has an optional tail: cutting it yields the short form.
+                // Only HELLO has optional tails: a cut exactly at the end of
+                // a field (byte 9 or 11) yields a shorter, valid HELLO.
                 let is_short_hello = matches!(
                     (&message, &decoded),
-                    (Message::FollowerHello { listen_port: Some(_), .. },
-                     Message::FollowerHello { listen_port: None, .. }));
+                    (Message::FollowerHello { .. }, Message::FollowerHello { .. })
+                ) && (at == 9 || at == 11);
                 prop_assert!(is_short_hello, "{:?} decoded from a cut {:?}", decoded, message);
             }
         }

@@ -120,30 +120,25 @@ fn session(db: &Db, link: &FollowerLink, listen_port: u16) -> Result<()> {
 
     // Lesson 5: say where our log ends; the leader sends what comes after.
     let last_lsn = db.last_lsn();
+    let cluster_id = db.cluster_id();
     log::info!("[catch-up] connected to leader {leader}, requesting records after LSN {last_lsn}");
-    send(&mut writer, &Message::FollowerHello { last_lsn, listen_port: Some(listen_port) })?;
+    let hello = Message::FollowerHello { last_lsn, listen_port: Some(listen_port), cluster_id };
+    send(&mut writer, &hello)?;
+    let answer = read_message(&mut reader, leader)?;
+    if let Err(e) = check_leader(db, &answer, leader) {
+        if let Error::OtherCluster { .. } | Error::Link(_) = e {
+            log::error!("[replication] refusing leader {leader}: {e}");
+            let _ = send(&mut writer, &Message::error(&e));
+        }
+        return Err(e);
+    }
     link.set(LinkState::CatchingUp, None);
 
     let mut catch_up = Some(CatchUp { received: 0, started: Instant::now() });
     let mut applied_log = RateLimitedLine::new();
     loop {
-        let frame = match read_frame(&mut reader, FRAME_BYTES_MAX) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Err(Error::Link("the leader closed the connection".into())),
-            Err(e) if is_timeout(&e) => {
-                return Err(Error::Link(format!(
-                    "nothing from the leader for {REPLICATION_TIMEOUT_MS} ms (silent peer)"
-                )))
-            }
-            Err(e) => return Err(e),
-        };
-        let ae = match Message::decode(&frame)? {
+        let ae = match read_message(&mut reader, leader)? {
             Message::AppendEntries(ae) => ae,
-            Message::Error { code, message } => {
-                log::error!("[replication] leader {leader} refused us: {message}");
-                let code = crate::error::ErrorCode::from_u16(code);
-                return Err(Error::Server { code, message });
-            }
             other => return Err(Error::Unexpected(format!("{} from the leader", other.name()))),
         };
         let count = ae.records.len();
@@ -178,6 +173,53 @@ fn session(db: &Db, link: &FollowerLink, listen_port: u16) -> Result<()> {
                     )
                 }
             });
+        }
+    }
+}
+
+/// Read the leader's next message. An ERROR from the leader (it refused
+/// us) is logged and returned as an error; so are silence and a close.
+fn read_message(reader: &mut BufReader<TcpStream>, leader: SocketAddr) -> Result<Message> {
+    let frame = match read_frame(reader, FRAME_BYTES_MAX) {
+        Ok(Some(frame)) => frame,
+        Ok(None) => return Err(Error::Link("the leader closed the connection".into())),
+        Err(e) if is_timeout(&e) => {
+            return Err(Error::Link(format!(
+                "nothing from the leader for {REPLICATION_TIMEOUT_MS} ms (silent peer)"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    match Message::decode(&frame)? {
+        Message::Error { code, message } => {
+            log::error!("[replication] leader {leader} refused us: {message}");
+            Err(Error::Server { code: crate::error::ErrorCode::from_u16(code), message })
+        }
+        message => Ok(message),
+    }
+}
+
+/// The leader's LEADER_HELLO must name our cluster; a fresh follower joins it.
+fn check_leader(db: &Db, message: &Message, leader: SocketAddr) -> Result<()> {
+    let Message::LeaderHello { cluster_id: theirs, .. } = *message else {
+        return Err(Error::Unexpected(format!("{} instead of LEADER_HELLO", message.name())));
+    };
+    match db.cluster_id() {
+        Some(ours) if ours == theirs => Ok(()),
+        Some(ours) => Err(Error::OtherCluster {
+            ours: ours.to_string(),
+            theirs: theirs.to_string(),
+            peer: format!("leader {leader}"),
+        }),
+        None if db.last_lsn() > 0 => Err(Error::Link(format!(
+            "this node's log has {} record(s) but no cluster id, so it cannot be shown to \
+             belong to leader {leader}'s cluster {theirs}; move its data dir aside",
+            db.last_lsn()
+        ))),
+        None => {
+            db.adopt_cluster_id(theirs)?;
+            log::info!("[replication] joined cluster {theirs} of leader {leader}");
+            Ok(())
         }
     }
 }

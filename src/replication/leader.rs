@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::cluster::ClusterId;
 use crate::db::{Batch, Db};
 use crate::error::{Error, Result};
 use crate::limits::{
@@ -43,27 +44,36 @@ use crate::replication::hub::{Hub, LinkState, Session};
 use crate::replication::RateLimitedLine;
 use crate::Lsn;
 
-/// Serve a follower that said `FOLLOWER_HELLO [last_lsn]` on `stream`.
+/// What a follower said in its FOLLOWER_HELLO.
+#[derive(Debug, Clone, Copy)]
+pub struct Hello {
+    pub last_lsn: Lsn,
+    pub listen_port: Option<u16>,
+    pub cluster_id: Option<ClusterId>,
+}
+
+/// Serve a follower that said `FOLLOWER_HELLO [last_lsn]...` on `stream`.
 ///
 /// Called on the connection's own thread; returns when the link ends.
-/// 1. Refuse a follower whose log is ahead of ours (diverged history).
+/// 1. Refuse a follower from another cluster, or whose log is ahead of
+///    ours (a diverged history): ERROR, logged on both sides.
 /// 2. Register the session and subscribe to new batches.
-/// 3. Send everything after `last_lsn` from the WAL (catch-up).
+/// 3. Answer LEADER_HELLO with our cluster id, then send everything after
+///    `last_lsn` from the WAL (catch-up).
 /// 4. Stream new batches, with heartbeats when idle, until the link breaks.
 pub fn serve_follower(
     mut stream: TcpStream,
     peer: SocketAddr,
-    last_lsn: Lsn,
-    listen_port: Option<u16>,
+    hello: Hello,
+    cluster_id: ClusterId,
     db: &Arc<Db>,
     hub: &Arc<Hub>,
 ) {
+    let Hello { last_lsn, listen_port, .. } = hello;
     let address = SocketAddr::new(peer.ip(), listen_port.unwrap_or(peer.port()));
 
-    // 1. A follower ahead of us holds records we never wrote.
-    let leader_last = db.last_lsn();
-    if last_lsn > leader_last {
-        let err = Error::Diverged { follower_lsn: last_lsn, leader_lsn: leader_last };
+    // 1. Never mix histories.
+    if let Err(err) = check_follower(&hello, cluster_id, db.last_lsn(), address) {
         log::error!("[replication] refusing follower {address}: {err}");
         let _ = write_message(&mut stream, &Message::error(&err));
         return;
@@ -73,6 +83,14 @@ pub fn serve_follower(
     let session = hub.attach(address, last_lsn);
     let batches = db.subscribe();
     let target = db.last_lsn();
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
+    if let Err(e) =
+        write_message(&mut stream, &Message::LeaderHello { cluster_id, last_lsn: target })
+    {
+        log::warn!("[replication] follower {address}: {e}");
+        hub.detach(session);
+        return;
+    }
     log::info!(
         "[catch-up] follower {address} requests records after LSN {last_lsn}; \
          sending {} record(s) (leader last LSN {target})",
@@ -85,7 +103,6 @@ pub fn serve_follower(
         hub.detach(session);
         return;
     }
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
 
     let mut sender = Sender {
         stream,
@@ -104,6 +121,27 @@ pub fn serve_follower(
             Ok(()) => log::warn!("[replication] follower {address} disconnected"),
             Err(e) => log::warn!("[replication] follower {address} disconnected: {e}"),
         }
+    }
+}
+
+/// A follower may replicate from us if it is of our cluster (or fresh) and
+/// its log is not ahead of ours.
+fn check_follower(
+    hello: &Hello,
+    ours: ClusterId,
+    leader_last: Lsn,
+    address: SocketAddr,
+) -> Result<()> {
+    match hello.cluster_id {
+        Some(theirs) if theirs != ours => Err(Error::OtherCluster {
+            ours: ours.to_string(),
+            theirs: theirs.to_string(),
+            peer: format!("follower {address}"),
+        }),
+        _ if hello.last_lsn > leader_last => {
+            Err(Error::Diverged { follower_lsn: hello.last_lsn, leader_lsn: leader_last })
+        }
+        _ => Ok(()),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::limits::{CLIENT_READ_TIMEOUT_MS, FRAME_BYTES_MAX};
 use crate::protocol::frame::{is_timeout, read_frame};
 use crate::protocol::{write_message, Message};
-use crate::replication::leader::serve_follower;
+use crate::replication::leader::{serve_follower, Hello};
 use crate::server::{fsync_name, Node, NodeRole};
 use crate::status::StatusReport;
 use crate::wal::Op;
@@ -64,8 +64,9 @@ fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Resu
             first = false;
         }
         let message = Message::decode(&frame).map_err(|e| refuse(&mut writer, e))?;
-        if let Message::FollowerHello { last_lsn, listen_port } = message {
-            return hand_over_to_replication(writer, peer, node, last_lsn, listen_port);
+        if let Message::FollowerHello { last_lsn, listen_port, cluster_id } = message {
+            let hello = Hello { last_lsn, listen_port, cluster_id };
+            return hand_over_to_replication(writer, peer, node, hello);
         }
         let reply = match handle_request(node, message) {
             Ok(reply) => reply,
@@ -92,14 +93,13 @@ fn hand_over_to_replication(
     mut writer: BufWriter<TcpStream>,
     peer: SocketAddr,
     node: &Arc<Node>,
-    last_lsn: u64,
-    listen_port: Option<u16>,
+    hello: Hello,
 ) -> Result<()> {
     match &node.role {
-        NodeRole::Leader { hub } => {
+        NodeRole::Leader { hub, cluster_id } => {
             writer.flush().map_err(|e| Error::io("flushing", e))?;
             let stream = writer.into_inner().map_err(|e| Error::io("flushing", e.into_error()))?;
-            serve_follower(stream, peer, last_lsn, listen_port, &node.db, hub);
+            serve_follower(stream, peer, hello, *cluster_id, &node.db, hub);
             Ok(())
         }
         NodeRole::Follower { link } => Err(refuse(
@@ -136,7 +136,7 @@ fn handle_request(node: &Node, request: Message) -> Result<Message> {
 /// A client write: only a leader takes it, then waits for the write concern.
 fn write(node: &Node, op: Op) -> Result<Message> {
     let hub = match &node.role {
-        NodeRole::Leader { hub } => hub,
+        NodeRole::Leader { hub, .. } => hub,
         NodeRole::Follower { link } => {
             return Err(Error::ReadOnly { leader: link.leader().to_string() })
         }
@@ -149,11 +149,13 @@ fn write(node: &Node, op: Op) -> Result<Message> {
 /// This node's STATUS report.
 pub fn status(node: &Node) -> StatusReport {
     let db = &node.db;
-    let last_lsn = db.last_lsn();
+    let (last_lsn, digest) = db.digest();
     let mut report = StatusReport {
         role: String::new(),
         address: node.address.to_string(),
+        cluster_id: db.cluster_id().map(|id| id.to_string()),
         last_lsn,
+        digest: format!("{digest:016x}"),
         commit_lsn: db.commit_lsn(),
         keys: db.key_count() as u64,
         fsync: fsync_name(db.fsync_policy()).into(),
@@ -162,7 +164,7 @@ pub fn status(node: &Node) -> StatusReport {
         followers: Vec::new(),
     };
     match &node.role {
-        NodeRole::Leader { hub } => {
+        NodeRole::Leader { hub, .. } => {
             report.role = "leader".into();
             report.commit_lsn = hub.commit_lsn(last_lsn);
             report.write_concern = Some(node.write_concern.name().into());

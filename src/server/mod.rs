@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::ClusterId;
 use crate::db::{Db, FsyncPolicy};
 use crate::error::{Error, Result};
 use crate::limits::CONNECTION_STACK_BYTES;
@@ -52,7 +53,7 @@ pub enum Role {
 
 /// A node's role with its live replication state.
 pub enum NodeRole {
-    Leader { hub: Arc<Hub> },
+    Leader { hub: Arc<Hub>, cluster_id: ClusterId },
     Follower { link: Arc<FollowerLink> },
 }
 
@@ -106,6 +107,10 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
     // 3. Replication.
     let role = match &config.role {
         Role::Leader { peers } => {
+            let (cluster_id, created) = db.ensure_cluster_id()?;
+            if created {
+                log::info!("[server] new cluster: id {cluster_id}");
+            }
             let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
             log::info!(
                 "[server] listening on {address} as leader, expecting followers [{}], \
@@ -114,7 +119,7 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
                 config.write_concern.name(),
                 fsync_name(config.fsync)
             );
-            NodeRole::Leader { hub: Arc::new(Hub::new(peers)) }
+            NodeRole::Leader { hub: Arc::new(Hub::new(peers)), cluster_id }
         }
         Role::Follower { leader } => {
             log::info!(
