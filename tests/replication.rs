@@ -4,58 +4,9 @@
 mod common;
 
 use common::*;
-use kvstore::client::Client;
 use kvstore::error::{Error, ErrorCode};
 use kvstore::protocol::Message;
 use std::collections::HashMap;
-use tempfile::TempDir;
-
-/// A leader expecting followers on `follower_ports`, plus its temp dir.
-fn leader(dirs: &TempDir, follower_ports: &[u16], extra: &[&str]) -> Node {
-    let peers: Vec<String> = follower_ports.iter().map(|p| p.to_string()).collect();
-    let mut args = vec!["--role=leader".to_string(), format!("--peers={}", peers.join(","))];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Node::start("leader", &dirs.path().join("leader"), &args)
-}
-
-fn follower(name: &str, dirs: &TempDir, port: u16, leader: &Node) -> Node {
-    let leader_arg = format!("--leader={}", leader.port());
-    Node::start_on(name, port, &dirs.path().join(name), &["--role=follower", &leader_arg])
-}
-
-/// Wait until `node` serves `key` with `value` (or, with None, no value).
-fn wait_for_value(node: &Node, key: &str, value: Option<&str>) {
-    eventually(&format!("{} serves {key} = {value:?}", node.name), DEADLINE, || {
-        let got = node.client().get(key.as_bytes()).ok()?;
-        (got.as_deref() == value.map(str::as_bytes)).then_some(())
-    });
-}
-
-/// Write `count` keys `key{i}` = `value{i}` (i from `first`), pipelined.
-fn write_keys(client: &mut Client, first: usize, count: usize) {
-    const WINDOW: usize = 64;
-    let mut outstanding = 0;
-    for i in first..first + count {
-        let put = Message::Put { key: format!("key{i}").into(), value: format!("value{i}").into() };
-        client.send(&put).unwrap();
-        outstanding += 1;
-        if outstanding == WINDOW {
-            client.receive().unwrap();
-            outstanding -= 1;
-        }
-    }
-    for _ in 0..outstanding {
-        client.receive().unwrap();
-    }
-}
-
-/// The WAL of a data dir as `kv_client wal-dump` prints it.
-fn wal_dump(node: &Node) -> String {
-    let out = kv_client(&["wal-dump", node.data_dir.to_str().unwrap()]);
-    assert!(out.status.success(), "wal-dump failed: {}", stderr(&out));
-    stdout(&out)
-}
 
 #[test]
 fn lesson3_put_and_delete_on_the_leader_reach_both_followers() {

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this file
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -14,9 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvstore::client::Client;
+use kvstore::protocol::Message;
 use kvstore::status::StatusReport;
 use kvstore::Lsn;
 use parking_lot::Mutex;
+use tempfile::TempDir;
 
 /// Default deadline for anything a test waits for.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -47,6 +51,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub addr: SocketAddr,
     args: Vec<String>,
+    /// Shell commands run before exec'ing kvstore (e.g. `ulimit -f ...`).
+    shell_prefix: Option<String>,
     child: Mutex<Option<Child>>,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -64,6 +70,7 @@ impl Node {
             data_dir: data_dir.to_path_buf(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             args: args.iter().map(|s| s.to_string()).collect(),
+            shell_prefix: None,
             child: Mutex::new(None),
             logs: Arc::new(Mutex::new(Vec::new())),
         };
@@ -71,8 +78,33 @@ impl Node {
         node
     }
 
+    /// Start through `sh -c "PREFIX; exec kvstore ..."`: the shell sets
+    /// limits or signal dispositions that kvstore inherits.
+    pub fn start_with_prefix(name: &str, data_dir: &Path, args: &[&str], prefix: &str) -> Node {
+        let mut node = Node {
+            name: name.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            shell_prefix: Some(prefix.to_string()),
+            child: Mutex::new(None),
+            logs: Arc::new(Mutex::new(Vec::new())),
+        };
+        node.spawn(0);
+        node
+    }
+
     fn spawn(&mut self, port: u16) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kvstore"))
+        let bin = env!("CARGO_BIN_EXE_kvstore");
+        let mut command = match &self.shell_prefix {
+            Some(prefix) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!("{prefix}; exec \"$0\" \"$@\"")).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .arg("--port")
             .arg(port.to_string())
             .arg("--data-dir")
@@ -185,6 +217,20 @@ impl Node {
         self.spawn(port);
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.lock().as_ref().expect("running").id()
+    }
+
+    /// Resident memory of the process, in KiB (VmRSS from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
+
     /// Send a signal by name (STOP, CONT, ...).
     pub fn signal(&self, name: &str) {
         let pid = self.child.lock().as_ref().expect("running").id();
@@ -216,4 +262,53 @@ pub fn stdout(output: &Output) -> String {
 
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).trim().to_string()
+}
+
+// ---- clusters --------------------------------------------------------------
+
+/// A leader expecting followers on `follower_ports`, plus its temp dir.
+pub fn leader(dirs: &TempDir, follower_ports: &[u16], extra: &[&str]) -> Node {
+    let peers: Vec<String> = follower_ports.iter().map(|p| p.to_string()).collect();
+    let mut args = vec!["--role=leader".to_string(), format!("--peers={}", peers.join(","))];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Node::start("leader", &dirs.path().join("leader"), &args)
+}
+
+pub fn follower(name: &str, dirs: &TempDir, port: u16, leader: &Node) -> Node {
+    let leader_arg = format!("--leader={}", leader.port());
+    Node::start_on(name, port, &dirs.path().join(name), &["--role=follower", &leader_arg])
+}
+
+/// Wait until `node` serves `key` with `value` (or, with None, no value).
+pub fn wait_for_value(node: &Node, key: &str, value: Option<&str>) {
+    eventually(&format!("{} serves {key} = {value:?}", node.name), DEADLINE, || {
+        let got = node.client().get(key.as_bytes()).ok()?;
+        (got.as_deref() == value.map(str::as_bytes)).then_some(())
+    });
+}
+
+/// Write `count` keys `key{i}` = `value{i}` (i from `first`), pipelined.
+pub fn write_keys(client: &mut Client, first: usize, count: usize) {
+    const WINDOW: usize = 64;
+    let mut outstanding = 0;
+    for i in first..first + count {
+        let put = Message::Put { key: format!("key{i}").into(), value: format!("value{i}").into() };
+        client.send(&put).unwrap();
+        outstanding += 1;
+        if outstanding == WINDOW {
+            client.receive().unwrap();
+            outstanding -= 1;
+        }
+    }
+    for _ in 0..outstanding {
+        client.receive().unwrap();
+    }
+}
+
+/// The WAL of a data dir as `kv_client wal-dump` prints it.
+pub fn wal_dump(node: &Node) -> String {
+    let out = kv_client(&["wal-dump", node.data_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "wal-dump failed: {}", stderr(&out));
+    stdout(&out)
 }
