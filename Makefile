@@ -4,11 +4,12 @@
 #   make test       every test: unit, property and integration
 #   make lint       rustfmt check + clippy with warnings as errors
 #   make demo       lesson 5's late-joiner scenario, end to end (PORT=9001 to move it)
+#   make soak       the fault tests at full counts (100 leader crashes, 1M writes, ...)
 
 CARGO ?= cargo
 PORT ?= 9001
 
-.PHONY: all build test lint demo clean
+.PHONY: all build test lint demo soak clean
 
 all: build
 
@@ -27,6 +28,10 @@ lint:
 
 demo: build
 	PORT=$(PORT) bash examples/demo.sh
+
+soak:
+	KVSTORE_SOAK=1 $(CARGO) test --release --test faults -- --nocapture --test-threads=1 2>&1 \
+		| grep -E '^(test |[a-z ]+: )|KVSTORE_SEED|test result'
 
 clean:
 	$(CARGO) clean
