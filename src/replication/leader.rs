@@ -104,15 +104,7 @@ pub fn serve_follower(
         return;
     }
 
-    let mut sender = Sender {
-        stream,
-        address,
-        db,
-        hub,
-        session,
-        next_lsn: last_lsn + 1,
-        sent_log: RateLimitedLine::new(),
-    };
+    let mut sender = Sender::new(stream, address, db, hub, session, last_lsn + 1);
     let outcome = sender.catch_up(target).and_then(|()| sender.stream_live(&batches, &closed));
     let _ = sender.stream.shutdown(Shutdown::Both);
     if hub.is_current(session) {
@@ -156,7 +148,18 @@ struct Sender<'a> {
     sent_log: RateLimitedLine,
 }
 
-impl Sender<'_> {
+impl<'a> Sender<'a> {
+    fn new(
+        stream: TcpStream,
+        address: SocketAddr,
+        db: &'a Db,
+        hub: &'a Hub,
+        session: Session,
+        next_lsn: Lsn,
+    ) -> Sender<'a> {
+        Sender { stream, address, db, hub, session, next_lsn, sent_log: RateLimitedLine::new() }
+    }
+
     /// Lesson 5: send every record up to `target` from the WAL.
     fn catch_up(&mut self, target: Lsn) -> Result<()> {
         let started = Instant::now();
@@ -399,15 +402,7 @@ mod tests {
     fn send(db: &Arc<Db>, hub: &Arc<Hub>, stream: TcpStream, next_lsn: Lsn, ready: &[Batch]) {
         let address = stream.peer_addr().unwrap();
         let session = hub.attach(address, next_lsn - 1);
-        let mut sender = Sender {
-            stream,
-            address,
-            db,
-            hub,
-            session,
-            next_lsn,
-            sent_log: RateLimitedLine::new(),
-        };
+        let mut sender = Sender::new(stream, address, db, hub, session, next_lsn);
         sender.send_batches(ready).unwrap();
     }
 
