@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::replication::lag::LagSummary;
 use crate::Lsn;
 
 /// One node's view of itself and of its followers.
@@ -38,6 +39,10 @@ pub struct StatusReport {
     /// On a leader: one row per follower (expected ones first).
     #[serde(default)]
     pub followers: Vec<FollowerRow>,
+    /// On a leader with followers: how long acknowledged writes took to
+    /// reach every expected follower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_lag: Option<LagSummary>,
 }
 
 /// A follower's view of its leader.
@@ -88,6 +93,15 @@ impl StatusReport {
             out.push_str(&format!(
                 "leader:      {} ({}, leader last_lsn {})\n",
                 l.address, l.state, l.leader_last_lsn
+            ));
+        }
+        if let Some(lag) = &self.replication_lag {
+            out.push_str(&format!(
+                "repl lag:    p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} writes\n",
+                lag.p50_us as f64 / 1000.0,
+                lag.p99_us as f64 / 1000.0,
+                lag.max_us as f64 / 1000.0,
+                lag.count
             ));
         }
         if self.role == "leader" {

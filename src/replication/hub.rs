@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
+use crate::replication::lag::{LagSummary, LagTracker};
 use crate::status::FollowerRow;
 use crate::Lsn;
 
@@ -89,6 +90,7 @@ pub struct Hub {
     state: Mutex<HubState>,
     acked: Condvar,
     expected_count: usize,
+    lag: Mutex<LagTracker>,
 }
 
 impl Hub {
@@ -109,6 +111,7 @@ impl Hub {
             state: Mutex::new(HubState { peers, next_session_id: 1 }),
             acked: Condvar::new(),
             expected_count: expected.len(),
+            lag: Mutex::new(LagTracker::new()),
         }
     }
 
@@ -173,8 +176,26 @@ impl Hub {
             return;
         }
         peer.acked_lsn = peer.acked_lsn.max(last_lsn);
-        peer.last_ack = Some(Instant::now());
+        let now = Instant::now();
+        peer.last_ack = Some(now);
         self.acked.notify_all();
+        if self.expected_count > 0 {
+            let all_hold = st.peers.iter().filter(|p| p.expected).map(|p| p.acked_lsn).min();
+            self.lag.lock().all_followers_hold(all_hold.unwrap_or(0), now);
+        }
+    }
+
+    /// The leader acknowledged the write at `lsn` to its client just now
+    /// (for the replication-lag figures; nothing waits on it).
+    pub fn acknowledged(&self, lsn: Lsn) {
+        if self.expected_count > 0 {
+            self.lag.lock().acknowledged(lsn, Instant::now());
+        }
+    }
+
+    /// Lag from a write's acknowledgement until every expected follower had it.
+    pub fn lag_summary(&self) -> Option<LagSummary> {
+        self.lag.lock().summary()
     }
 
     /// The session ended; the row stays, marked disconnected.

@@ -33,6 +33,7 @@
 //! ## Modules
 //!
 //! - [`hub`]: the leader's table of followers, acks, commit LSN, write concern.
+//! - [`lag`]: how long an acknowledged write takes to reach every follower.
 //! - [`leader`]: one follower's session on the leader — catch-up, then the
 //!   live stream from its channel, with the WAL as the overflow buffer.
 //! - [`follower`]: the follower's side — dial, hello, apply, ack, redial.
@@ -44,6 +45,7 @@
 
 pub mod follower;
 pub mod hub;
+pub mod lag;
 pub mod leader;
 
 use std::net::{SocketAddr, ToSocketAddrs};

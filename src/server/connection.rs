@@ -143,6 +143,7 @@ fn write(node: &Node, op: Op) -> Result<Message> {
     };
     let lsn = node.db.write(op)?;
     hub.wait_for(lsn, node.write_concern, node.write_timeout)?;
+    hub.acknowledged(lsn);
     Ok(Message::Ok { lsn })
 }
 
@@ -162,6 +163,7 @@ pub fn status(node: &Node) -> StatusReport {
         write_concern: None,
         leader: None,
         followers: Vec::new(),
+        replication_lag: None,
     };
     match &node.role {
         NodeRole::Leader { hub, .. } => {
@@ -169,6 +171,7 @@ pub fn status(node: &Node) -> StatusReport {
             report.commit_lsn = hub.commit_lsn(last_lsn);
             report.write_concern = Some(node.write_concern.name().into());
             report.followers = hub.rows(last_lsn);
+            report.replication_lag = hub.lag_summary();
         }
         NodeRole::Follower { link } => {
             report.role = "follower".into();
