@@ -188,7 +188,7 @@ fn worker(
         let put = match args.workload {
             Workload::Put => true,
             Workload::Get => false,
-            Workload::Mixed => picker.next() % 2 == 0,
+            Workload::Mixed => picker.next().is_multiple_of(2),
         };
         if put {
             Message::Put { key: k, value: value.clone() }
