@@ -1,63 +1,339 @@
-//! docs/PROTOCOL.md's hex examples are produced by the real code: every
-//! ```hex block must decode as a message and re-encode to the same bytes,
-//! and the ```hex-wal-entry block must be a valid WAL entry.
+//! `docs/PROTOCOL.md` is a specification others implement from, so its
+//! examples must be the real bytes. These tests read the document and check
+//! every example against kvstore's own encoders and decoders:
+//!
+//! - each `hex` block is one complete frame: the length prefix matches, the
+//!   payload decodes with `Message::decode`, and `Message::encode_frame`
+//!   gives back exactly the same bytes;
+//! - each `hex-wal-entry` block is one `wal.log` entry, equal to what
+//!   `encode_entry` writes for the record it holds, with a CRC checked by an
+//!   independent CRC-32;
+//! - the `hex-wal-index` block is the start of the `wal.idx` a real WAL
+//!   writes for those entries;
+//! - every annotation that states a number or a text agrees with the bytes
+//!   of its line;
+//! - each `json` block is a status report exactly as the server serialises it;
+//! - the tables of message types, error codes and limits give the values in
+//!   the code.
+
+use std::path::PathBuf;
 
 use kvstore::codec::Decoder;
+use kvstore::error::ErrorCode;
+use kvstore::limits;
 use kvstore::protocol::Message;
+use kvstore::status::StatusReport;
 use kvstore::wal::log::encode_entry;
-use kvstore::wal::Record;
+use kvstore::wal::{Record, Wal, INDEX_FILE_NAME, LOG_FILE_NAME};
 
-/// The fenced blocks of PROTOCOL.md with the given info string, as bytes
-/// (everything after `#` on a line is an annotation).
-fn hex_blocks(info: &str) -> Vec<Vec<u8>> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
-        .expect("docs/PROTOCOL.md");
+/// Fewer frame examples than this means the document lost some.
+const FRAME_EXAMPLES_MIN: usize = 12;
+
+/// Every message type, as `Message::name` spells it: each needs an example.
+const MESSAGE_NAMES: [&str; 13] = [
+    "PUT",
+    "GET",
+    "DELETE",
+    "STATUS",
+    "OK",
+    "VALUE",
+    "NOT_FOUND",
+    "ERROR",
+    "STATUS_REPLY",
+    "APPEND_ENTRIES",
+    "APPEND_ENTRIES_ACK",
+    "FOLLOWER_HELLO",
+    "LEADER_HELLO",
+];
+
+/// The info strings of hex examples these tests check.
+const HEX_INFO_STRINGS: [&str; 3] = ["hex", "hex-wal-entry", "hex-wal-index"];
+
+/// One fenced code block of the document.
+struct Block {
+    info: String,
+    /// 1-based line of the opening fence, for error messages.
+    line: usize,
+    body: String,
+}
+
+fn doc_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs").join("PROTOCOL.md")
+}
+
+fn doc() -> String {
+    let path = doc_path();
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Every fenced block (three backticks and an info string ... three
+/// backticks), in order.
+fn blocks(doc: &str) -> Vec<Block> {
     let mut blocks = Vec::new();
-    let mut current: Option<Vec<u8>> = None;
-    for line in doc.lines() {
-        match &mut current {
-            None if line.trim() == format!("```{info}") => current = Some(Vec::new()),
-            None => {}
-            Some(_) if line.trim() == "```" => blocks.push(current.take().unwrap()),
-            Some(bytes) => {
-                let data = line.split('#').next().unwrap();
-                for byte in data.split_whitespace() {
-                    let parsed = u8::from_str_radix(byte, 16);
-                    bytes.push(parsed.unwrap_or_else(|_| panic!("bad hex {byte:?} in {line:?}")));
-                }
+    let mut open: Option<Block> = None;
+    for (i, line) in doc.lines().enumerate() {
+        match (&mut open, line.strip_prefix("```")) {
+            (None, Some(info)) => {
+                let info = info.trim().to_string();
+                open = Some(Block { info, line: i + 1, body: String::new() });
             }
+            (Some(_), Some(rest)) if rest.trim().is_empty() => blocks.push(open.take().unwrap()),
+            (Some(block), _) => {
+                block.body.push_str(line);
+                block.body.push('\n');
+            }
+            (None, None) => {}
         }
     }
+    assert!(open.is_none(), "a code block is never closed in {}", doc_path().display());
     blocks
 }
 
+fn blocks_with_info<'a>(blocks: &'a [Block], info: &'a str) -> impl Iterator<Item = &'a Block> {
+    blocks.iter().filter(move |b| b.info == info)
+}
+
+/// The lines of a hex block that hold bytes, as (bytes, annotation).
+/// Everything from `#` to the end of a line is the annotation; every other
+/// token must be exactly two lowercase hex digits, and every line with
+/// bytes must be annotated.
+fn hex_lines(block: &Block) -> Vec<(Vec<u8>, String)> {
+    let mut lines = Vec::new();
+    for (i, line) in block.body.lines().enumerate() {
+        let at = block.line + 1 + i;
+        let (data, note) = line.split_once('#').unwrap_or((line, ""));
+        let mut bytes = Vec::new();
+        for token in data.split_whitespace() {
+            let valid = token.len() == 2
+                && token.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+            assert!(
+                valid,
+                "line {at}: '{token}' is not a byte written as two lowercase hex digits"
+            );
+            bytes.push(u8::from_str_radix(token, 16).unwrap());
+        }
+        if !bytes.is_empty() {
+            assert!(line.contains('#'), "line {at}: bytes without an annotation");
+            check_annotation(&bytes, note.trim(), at);
+            lines.push((bytes, note.trim().to_string()));
+        }
+    }
+    assert!(!lines.is_empty(), "the block at line {} holds no bytes", block.line);
+    lines
+}
+
+/// The bytes of a hex block, annotations dropped.
+fn hex_bytes(block: &Block) -> Vec<u8> {
+    hex_lines(block).into_iter().flat_map(|(bytes, _)| bytes).collect()
+}
+
+/// An annotation must agree with the bytes of its line, so that an edited
+/// byte cannot leave a stale annotation behind:
+/// - `name = 27`, `name = 0x01 ...`: the line's bytes as a big-endian number;
+/// - `name = 9c1d...` (two hex digits per byte of the line): the bytes in hex;
+/// - text between double quotes or between backticks: the bytes, exactly.
+fn check_annotation(bytes: &[u8], note: &str, at: usize) {
+    let disagree = || format!("line {at}: annotation '{note}' disagrees with the bytes");
+    if let Some((_, rhs)) = note.split_once(" = ") {
+        let token = rhs.split_whitespace().next().unwrap_or("");
+        let number = || {
+            assert!(bytes.len() <= 8, "line {at}: '{note}' is a number but the field is longer");
+            bytes.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b))
+        };
+        if let Ok(n) = token.parse::<u64>() {
+            assert_eq!(number(), n, "{}", disagree());
+        } else if let Some(hex) = token.strip_prefix("0x") {
+            let n = u64::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("line {at}: {e}"));
+            assert_eq!(number(), n, "{}", disagree());
+        } else if token.len() == 2 * bytes.len() && token.bytes().all(|c| c.is_ascii_hexdigit()) {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(hex, token, "{}", disagree());
+        }
+    }
+    if let Some(open) = note.find(['"', '`']) {
+        let quote = note[open..].chars().next().unwrap();
+        let close = note.rfind(quote).unwrap();
+        assert!(close > open, "line {at}: unbalanced {quote} in '{note}'");
+        assert_eq!(&note.as_bytes()[open + 1..close], bytes, "{}", disagree());
+    }
+}
+
+/// CRC-32/ISO-HDLC computed bit by bit from its definition (reflected
+/// polynomial 0xedb88320, initial value and final XOR 0xffffffff),
+/// independent of the crate the WAL uses, so the document's definition is
+/// checked too.
+fn crc32_by_definition(bytes: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// The bytes and record of one WAL entry example, checked field by field
+/// and against `encode_entry`.
+fn checked_wal_entry(block: &Block) -> (Vec<u8>, Record) {
+    let entry = hex_bytes(block);
+    let at = block.line;
+    assert!(entry.len() >= 8, "line {at}: a WAL entry starts with an 8-byte header");
+    let body_len = u32::from_be_bytes(entry[0..4].try_into().unwrap()) as usize;
+    assert_eq!(body_len, entry.len() - 8, "line {at}: body_len disagrees with the entry");
+    let crc = u32::from_be_bytes(entry[4..8].try_into().unwrap());
+    assert_eq!(crc, crc32_by_definition(&entry[8..]), "line {at}: crc32 of the body");
+    let mut d = Decoder::new(&entry[8..]);
+    let record = Record::decode(&mut d).unwrap_or_else(|e| panic!("line {at}: {e}"));
+    d.finish("WAL entry body").unwrap_or_else(|e| panic!("line {at}: {e}"));
+    let mut encoded = Vec::new();
+    encode_entry(&record, &mut encoded);
+    assert_eq!(encoded, entry, "line {at}: encode_entry writes other bytes for {record:?}");
+    (entry, record)
+}
+
 #[test]
-fn every_message_example_is_exactly_what_the_code_sends() {
-    // Goal: the document cannot drift from the code. Method: decode each
-    // example frame and re-encode it; the bytes must match exactly.
-    let blocks = hex_blocks("hex");
-    assert!(blocks.len() >= 16, "only {} hex examples found", blocks.len());
-    for frame in blocks {
-        let length = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
-        assert_eq!(length, frame.len() - 4, "length prefix of {frame:02x?}");
-        let message = Message::decode(&frame[4..])
-            .unwrap_or_else(|e| panic!("example {frame:02x?} does not decode: {e}"));
+fn every_hex_frame_decodes_and_re_encodes_to_the_same_bytes() {
+    // Goal: each ```hex block is exactly the frame kvstore sends for the
+    // message it decodes to, there are at least FRAME_EXAMPLES_MIN of them,
+    // and every message type has one.
+    let doc = doc();
+    let blocks = blocks(&doc);
+    for block in blocks.iter().filter(|b| b.info.starts_with("hex")) {
+        assert!(
+            HEX_INFO_STRINGS.contains(&block.info.as_str()),
+            "line {}: unknown info string '{}' would go unchecked",
+            block.line,
+            block.info
+        );
+    }
+    let mut names = Vec::new();
+    for block in blocks_with_info(&blocks, "hex") {
+        let frame = hex_bytes(block);
+        let at = block.line;
+        assert!(frame.len() > 4, "line {at}: a frame is a 4-byte length and a payload");
+        let len = u32::from_be_bytes(frame[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 4, "line {at}: the length prefix must count the payload");
+        let message =
+            Message::decode(&frame[4..]).unwrap_or_else(|e| panic!("line {at}: {e}: {frame:02x?}"));
         let mut encoded = Vec::new();
         message.encode_frame(&mut encoded);
-        assert_eq!(encoded, frame, "{} example re-encodes differently", message.name());
+        assert_eq!(encoded, frame, "line {at}: {message:?} encodes to other bytes");
+        let row = format!("| 0x{:02x} | {} |", frame[4], message.name());
+        assert!(doc.contains(&row), "the message table lacks the row starting '{row}'");
+        if let Message::StatusReply { json } = &message {
+            serde_json::from_str::<StatusReport>(json)
+                .unwrap_or_else(|e| panic!("line {at}: the JSON is not a status report: {e}"));
+        }
+        names.push(message.name());
+    }
+    assert!(
+        names.len() >= FRAME_EXAMPLES_MIN,
+        "only {} hex frame examples, expected at least {FRAME_EXAMPLES_MIN}",
+        names.len()
+    );
+    for name in MESSAGE_NAMES {
+        assert!(names.contains(&name), "no hex example of {name}");
     }
 }
 
 #[test]
-fn the_wal_entry_example_is_a_valid_entry() {
-    // Goal: the on-disk example has the right length and checksum.
-    let blocks = hex_blocks("hex-wal-entry");
-    assert_eq!(blocks.len(), 1);
-    let entry = &blocks[0];
-    let mut d = Decoder::new(&entry[8..]);
-    let record = Record::decode(&mut d).unwrap();
-    assert_eq!(d.remaining(), 0);
-    let mut encoded = Vec::new();
-    encode_entry(&record, &mut encoded);
-    assert_eq!(&encoded, entry);
+fn wal_entry_examples_are_what_the_wal_writes() {
+    // Goal: each ```hex-wal-entry block is the entry encode_entry writes for
+    // its record, and its CRC is the CRC-32 the document defines.
+    assert_eq!(crc32_by_definition(b"123456789"), 0xcbf4_3926, "the CRC-32 check value");
+    let doc = doc();
+    assert!(doc.contains("`0xcbf43926`"), "the document gives the CRC-32 check value");
+    let blocks = blocks(&doc);
+    let entries: Vec<_> =
+        blocks_with_info(&blocks, "hex-wal-entry").map(checked_wal_entry).collect();
+    assert!(!entries.is_empty(), "no ```hex-wal-entry example");
+}
+
+#[test]
+fn wal_files_written_for_the_example_records_match_the_doc() {
+    // Goal: a real WAL that logs the example records writes exactly the
+    // example entries into wal.log and the example slots into wal.idx.
+    // Method: append the records of the ```hex-wal-entry blocks (which must
+    // be LSN 1, 2, ...) to a WAL in a fresh directory, then compare the
+    // files with the blocks.
+    let doc = doc();
+    let blocks = blocks(&doc);
+    let (entries, records): (Vec<Vec<u8>>, Vec<Record>) =
+        blocks_with_info(&blocks, "hex-wal-entry").map(checked_wal_entry).unzip();
+    let lsns: Vec<u64> = records.iter().map(|r| r.lsn).collect();
+    let expected: Vec<u64> = (1..=records.len() as u64).collect();
+    assert_eq!(lsns, expected, "the WAL entry examples must be the log's first entries");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), |_| {}).unwrap();
+    wal.append(&records).unwrap();
+    wal.sync().unwrap();
+    drop(wal);
+    let log = std::fs::read(dir.path().join(LOG_FILE_NAME)).unwrap();
+    assert_eq!(log, entries.concat(), "wal.log differs from the example entries");
+
+    let index_blocks: Vec<_> = blocks_with_info(&blocks, "hex-wal-index").collect();
+    assert_eq!(index_blocks.len(), 1, "one ```hex-wal-index example");
+    let example = hex_bytes(index_blocks[0]);
+    assert_eq!(example.len(), 16 + 8 * records.len(), "index header and one slot per entry");
+    let index = std::fs::read(dir.path().join(INDEX_FILE_NAME)).unwrap();
+    assert_eq!(&index[..example.len()], &example[..], "wal.idx differs from the example");
+}
+
+#[test]
+fn status_json_examples_are_status_reports_as_serialised() {
+    // Goal: each ```json block is a status report with exactly the field
+    // names and layout the server produces (a misspelt, missing or extra
+    // field changes the round trip through StatusReport).
+    let doc = doc();
+    let blocks = blocks(&doc);
+    let mut count = 0;
+    for block in blocks_with_info(&blocks, "json") {
+        let at = block.line;
+        let value: serde_json::Value =
+            serde_json::from_str(&block.body).unwrap_or_else(|e| panic!("line {at}: {e}"));
+        let report: StatusReport = serde_json::from_value(value.clone())
+            .unwrap_or_else(|e| panic!("line {at}: not a status report: {e}"));
+        assert_eq!(serde_json::to_value(&report).unwrap(), value, "line {at}: round trip");
+        count += 1;
+    }
+    assert!(count >= 2, "a leader's and a follower's status report are shown");
+}
+
+#[test]
+fn error_code_and_limit_tables_match_the_code() {
+    // Goal: the error-code table lists every ErrorCode with its number, and
+    // the limits table gives each limit's exact value.
+    let doc = doc();
+    for code in 1..=9u16 {
+        let known = ErrorCode::from_u16(code);
+        assert_eq!(known as u16, code, "ErrorCode {known:?}");
+        let row = format!("| {code} | `{known:?}` |");
+        assert!(doc.contains(&row), "the error-code table lacks the row starting '{row}'");
+    }
+    let limits: [(&str, u64); 13] = [
+        ("FRAME_BYTES_MAX", limits::FRAME_BYTES_MAX.into()),
+        ("KEY_BYTES_MAX", limits::KEY_BYTES_MAX.into()),
+        ("VALUE_BYTES_MAX", limits::VALUE_BYTES_MAX.into()),
+        ("APPEND_ENTRIES_RECORDS_MAX", limits::APPEND_ENTRIES_RECORDS_MAX.into()),
+        ("APPEND_ENTRIES_BYTES_MAX", limits::APPEND_ENTRIES_BYTES_MAX as u64),
+        ("RECORD_BYTES_MAX", limits::RECORD_BYTES_MAX.into()),
+        ("HEARTBEAT_INTERVAL_MS", limits::HEARTBEAT_INTERVAL_MS),
+        ("REPLICATION_TIMEOUT_MS", limits::REPLICATION_TIMEOUT_MS),
+        ("CLIENT_READ_TIMEOUT_MS", limits::CLIENT_READ_TIMEOUT_MS),
+        ("CONNECTIONS_MAX_DEFAULT", limits::CONNECTIONS_MAX_DEFAULT as u64),
+        ("RECONNECT_BACKOFF_MIN_MS", limits::RECONNECT_BACKOFF_MIN_MS),
+        ("RECONNECT_BACKOFF_MAX_MS", limits::RECONNECT_BACKOFF_MAX_MS),
+        ("INDEX_GROW_SLOTS", limits::INDEX_GROW_SLOTS),
+    ];
+    for (name, value) in limits {
+        let tag = format!("`{name}`");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with('|') && l.contains(&tag))
+            .unwrap_or_else(|| panic!("the limits table lacks {name}"));
+        let numbers: Vec<&str> = row.split(|c: char| !c.is_ascii_digit()).collect();
+        assert!(numbers.contains(&value.to_string().as_str()), "{name} = {value}; table: {row}");
+    }
 }
