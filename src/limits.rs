@@ -67,10 +67,11 @@ pub const RECONNECT_BACKOFF_MAX_MS: u64 = 2_000;
 /// Default time a `majority`/`all` write waits for acknowledgements.
 pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
-/// How long a connection may sit in the middle of a frame, or idle before its
-/// first message, before the server drops it (a client that connects and
-/// never sends must not hold a thread forever). Idle connections between
-/// requests are kept: clients may pool them.
+/// How long a new connection may take to send its first complete message
+/// before the server drops it (a client that connects and never sends must
+/// not hold a thread forever). After that, idle connections are kept, as
+/// Redis keeps them by default (clients pool connections); their number is
+/// bounded by `--max-connections`.
 pub const CLIENT_READ_TIMEOUT_MS: u64 = 30_000;
 
 /// WAL index file growth step, in slots (each 8 bytes): 1 Mi slots = 8 MiB.

@@ -211,6 +211,20 @@ fn a_reply_type_sent_as_a_request_gets_an_error_and_a_close() {
 }
 
 #[test]
+fn follower_hello_after_a_request_is_refused() {
+    // Goal: a connection becomes a replication link only by its first
+    // message; FOLLOWER_HELLO later on is unexpected (code 9) and closes it.
+    let (_dir, node) = standalone(&[]);
+    let mut bytes = Vec::new();
+    Message::Get { key: b"k".to_vec() }.encode_frame(&mut bytes);
+    Message::FollowerHello { last_lsn: 0, listen_port: None, cluster_id: None }
+        .encode_frame(&mut bytes);
+    let reply = exchange_until_close(&node, &bytes);
+    assert_eq!(&reply[..5], [0, 0, 0, 1, 0x12], "the GET is answered first");
+    assert_eq!(error_of(&reply[5..]).0, ErrorCode::Unexpected as u16);
+}
+
+#[test]
 fn garbage_never_disturbs_another_client_or_the_wal() {
     // Goal: hundreds of connections sending random bytes get errors or a
     // close; a second client on its own connection is served correctly

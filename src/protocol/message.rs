@@ -52,9 +52,11 @@ const ERROR_MESSAGE_BYTES_MAX: u32 = 64 * 1024;
 
 /// The body of an APPEND_ENTRIES message (lesson 3, plus lesson 4's commit LSN).
 ///
-/// `leader_last_lsn` is the leader's last durable LSN when the message was
-/// built: it lets a follower know when its catch-up is complete and how far
-/// behind it is, like a Redis replica's view of `master_repl_offset`.
+/// `leader_last_lsn` is the LSN this message brings the follower to: during
+/// catch-up, the leader's last LSN when the catch-up began; afterwards the
+/// last record in the message; in a heartbeat, the leader's last LSN. A
+/// follower whose last LSN reaches it is caught up (lesson 5's log line),
+/// and it is how far behind the leader a follower's `status` says it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendEntries {
     pub commit_lsn: Lsn,
@@ -218,7 +220,7 @@ impl Message {
             TYPE_DELETE => Message::Delete { key: d.bytes_u32("key", KEY_BYTES_MAX)? },
             TYPE_STATUS => Message::Status,
             TYPE_OK => Message::Ok { lsn: d.u64("OK lsn")? },
-            TYPE_VALUE => Message::Value { value: d.bytes_u32("value", FRAME_BYTES_MAX)? },
+            TYPE_VALUE => Message::Value { value: d.bytes_u32("value", VALUE_BYTES_MAX)? },
             TYPE_NOT_FOUND => Message::NotFound,
             TYPE_ERROR => {
                 let code = d.u16("error code")?;

@@ -142,7 +142,15 @@ fn session(db: &Db, link: &FollowerLink, listen_port: u16) -> Result<()> {
             other => return Err(Error::Unexpected(format!("{} from the leader", other.name()))),
         };
         let count = ae.records.len();
-        let last = apply(db, ae.records, ae.commit_lsn)?;
+        let last = match apply(db, ae.records, ae.commit_lsn) {
+            Ok(last) => last,
+            Err(e) => {
+                // Tell the leader why we drop the link (e.g. a gap), then
+                // redial: HELLO resynchronises from our real position.
+                let _ = send(&mut writer, &Message::error(&e));
+                return Err(e);
+            }
+        };
         send(&mut writer, &Message::AppendEntriesAck { last_lsn: last })?;
 
         if let Some(c) = &mut catch_up {

@@ -188,9 +188,17 @@ impl Hub {
     /// The leader acknowledged the write at `lsn` to its client just now
     /// (for the replication-lag figures; nothing waits on it).
     pub fn acknowledged(&self, lsn: Lsn) {
-        if self.expected_count > 0 {
-            self.lag.lock().acknowledged(lsn, Instant::now());
+        if self.expected_count == 0 {
+            return;
         }
+        // Under `majority`/`all` the followers' ACKs usually arrive before
+        // the client's OK: then the write is already everywhere.
+        let st = self.state.lock();
+        let all_hold = st.peers.iter().filter(|p| p.expected).map(|p| p.acked_lsn).min();
+        let now = Instant::now();
+        let mut lag = self.lag.lock();
+        lag.acknowledged(lsn, now);
+        lag.all_followers_hold(all_hold.unwrap_or(0), now);
     }
 
     /// Lag from a write's acknowledgement until every expected follower had it.
@@ -321,6 +329,23 @@ mod tests {
         assert_eq!(hub.commit_lsn(100), 0);
         hub.record_ack(new, 50);
         assert_eq!(hub.commit_lsn(100), 50);
+    }
+
+    #[test]
+    fn a_write_already_held_everywhere_is_measured_at_once() {
+        // Goal: under majority/all the ACKs arrive before the client's OK;
+        // such a write counts as replicated immediately, not at the next ACK.
+        let hub = Hub::new(&[addr(9002)]);
+        let a = hub.attach(addr(9002), 0);
+        hub.record_ack(a, 5);
+        hub.acknowledged(5);
+        let lag = hub.lag_summary().expect("measured");
+        assert_eq!(lag.count, 1);
+        assert!(lag.max_us < 1_000_000, "{lag:?}");
+        hub.acknowledged(6); // not yet on the follower
+        assert_eq!(hub.lag_summary().unwrap().count, 1);
+        hub.record_ack(a, 6);
+        assert_eq!(hub.lag_summary().unwrap().count, 2);
     }
 
     #[test]
