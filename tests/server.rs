@@ -442,6 +442,23 @@ fn replication_messages_from_a_client_get_unexpected_and_a_close() {
 }
 
 #[test]
+fn follower_hello_after_a_request_is_refused() {
+    // Goal: send GET then FOLLOWER_HELLO in one write; expect NOT_FOUND, then ERROR 9 and EOF.
+    let mut besieged = Besieged::start();
+    let mut requests = frame(&[0x02, 0, 0, 0, 1, b'k']); // GET k
+    requests.extend(frame(&[0x22, 0, 0, 0, 0, 0, 0, 0, 0])); // FOLLOWER_HELLO, last_lsn 0
+    let mut stream = raw_connect(&besieged.node);
+    stream.write_all(&requests).unwrap();
+    assert_eq!(read_bytes(&mut stream, 5), [0, 0, 0, 1, 0x12], "the GET is answered first");
+    let (code, message) = parse_error_frame(&read_raw_frame(&mut stream));
+    assert_eq!(code, ErrorCode::Unexpected as u16, "{message}");
+    assert!(message.contains("FOLLOWER_HELLO"), "{message}");
+    assert_closed(&mut stream);
+    besieged.good_client_is_served();
+    besieged.assert_wal_holds_only_the_good_writes();
+}
+
+#[test]
 fn random_garbage_never_crashes_the_server_or_reaches_the_wal() {
     // Goal: 400 connections send xorshift garbage; replies stay well-formed, no bad write logged.
     let mut besieged = Besieged::start();
