@@ -5,11 +5,13 @@
 #   make lint       rustfmt check + clippy with warnings as errors
 #   make demo       lesson 5's late-joiner scenario, end to end (PORT=9001 to move it)
 #   make soak       the fault tests at full counts (100 leader crashes, 1M writes, ...)
+#   make bench      the benchmark scenarios of docs/BENCHMARKS.md
+#   make bench-compare   kvstore and Redis side by side, same machine, same run
 
 CARGO ?= cargo
 PORT ?= 9001
 
-.PHONY: all build test lint demo soak clean
+.PHONY: all build test lint demo soak bench bench-compare examples clean
 
 all: build
 
@@ -28,6 +30,15 @@ lint:
 
 demo: build
 	PORT=$(PORT) bash examples/demo.sh
+
+examples: build
+	$(CARGO) build --release --examples
+
+bench: examples
+	bash examples/bench.sh
+
+bench-compare: examples
+	bash examples/bench_compare.sh
 
 soak:
 	KVSTORE_SOAK=1 $(CARGO) test --release --test faults -- --nocapture --test-threads=1 2>&1 \

@@ -1,293 +1,640 @@
-//! kv_bench: the load generator for kvstore.
+//! kv_bench — a load generator for kvstore that reports throughput and
+//! latency percentiles.
 //!
-//! It opens `-c` connections, each driven by its own OS thread with the
-//! blocking [`kvstore::client::Client`], and sends `-n` operations in total
-//! (PUT, GET or a 50/50 mix) over a key space of `-r` keys with `-d`-byte
-//! values. Every request's latency — from sending it to reading its reply —
-//! goes into an HDR histogram; at the end it prints throughput and the
-//! p50/p99/p99.9/max latencies, and with `--json` writes them for scripts.
+//! ## What it measures
+//!
+//! `-c N` connections each run on their own OS thread with their own blocking
+//! [`kvstore::client::Client`]. Together they perform `-n` operations (PUT,
+//! GET or a 50/50 mix) on keys `key:000000000042` drawn uniformly from a key
+//! space of `-r` keys, with values of `-d` bytes. It reports:
+//!
+//! - **throughput**: replies received per second of wall-clock time, from the
+//!   moment every connection is ready until the last one finishes;
+//! - **latency**: for every request, the time from just before it is sent to
+//!   the moment its reply has been read, in microseconds. Each thread records
+//!   into its own [`hdrhistogram::Histogram`] (3 significant figures, so
+//!   1234us is kept as 1234us and 1234567us within 0.1%); the histograms are
+//!   merged at the end and p50, p99, p99.9 and max are read from the result.
+//!
+//! An ERROR reply (e.g. a write sent to a follower) is a reply like any other:
+//! it is counted in `errors` and its latency is recorded. A broken connection
+//! is fatal: the run stops and the program exits with status 1.
+//!
+//! ## Pipelining
+//!
+//! With `--pipeline 1` (the default) each connection sends a request and waits
+//! for its reply: throughput is then bounded by `connections / round-trip
+//! time`. With `--pipeline N` each connection keeps a window of N requests in
+//! flight; the server answers in order, so the oldest outstanding request is
+//! the one the next reply belongs to. Latency still runs from a request's own
+//! send to its own reply, so it includes the time spent queued behind the
+//! requests ahead of it — which is what a pipelining client really waits.
+//!
+//! ## How to run it
 //!
 //! ```text
-//! cargo run --release --example kv_bench -- --port 9001 -c 16 -n 200000 -d 100 -t put
-//! cargo run --release --example kv_bench -- --port 9001 -t get --preload -r 10000
+//! cargo build --release
+//! ./target/release/kvstore --port 0 --data-dir "$(mktemp -d)" --fsync never &
+//! #   ... note the port in the "listening on 127.0.0.1:PORT" line
+//! cargo run --release --example kv_bench -- --port PORT -c 16 -n 200000 -d 100 -t put
+//! cargo run --release --example kv_bench -- --port PORT -t get --preload -r 10000
+//! cargo run --release --example kv_bench -- --port PORT -t mixed --pipeline 16 --json /tmp/r.json
 //! ```
 //!
-//! `--pipeline N` keeps N requests in flight per connection (like
-//! `redis-benchmark -P`); the default, 1, is one request at a time.
+//! `--preload` first PUTs every key of the key space (pipelined, spread over
+//! the connections) so that a `get` run measures hits rather than NOT_FOUND.
+//! `--warmup N` runs N unmeasured operations per connection first (warm
+//! caches, a grown hash map, a started group commit). Progress goes to stderr
+//! about once a second; the one-line result goes to stdout; `--json PATH`
+//! also writes the result, with every parameter, as JSON.
+//!
+//! Numbers from one machine running both client and server measure the pair:
+//! the benchmark's own threads compete with the server's for the same cores.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::error::Error as StdError;
+use std::fmt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::thread;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use kvstore::client::Client;
-use kvstore::error::Error;
+use kvstore::error::Error as KvError;
+use kvstore::limits::VALUE_BYTES_MAX;
 use kvstore::protocol::Message;
 use serde::Serialize;
 
-/// Load generator for kvstore.
-#[derive(Parser, Debug, Clone)]
+/// Any fatal error; `Send + Sync` so it can travel back from a worker thread.
+type BoxError = Box<dyn StdError + Send + Sync>;
+type BenchResult<T> = Result<T, BoxError>;
+
+/// How long a connection waits for any one reply before the run is declared
+/// broken (a hung server must not hang the benchmark forever).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the progress line is printed.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Significant figures kept by the latency histograms.
+const HISTOGRAM_SIGFIGS: u8 = 3;
+
+/// Requests in flight per connection while preloading the key space.
+const PRELOAD_PIPELINE: usize = 64;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kv_bench",
+    about = "Load generator for kvstore: throughput and latency percentiles"
+)]
 struct Args {
+    /// Connections, each on its own thread.
+    #[arg(short = 'c', long = "connections", default_value_t = 1)]
+    connections: usize,
+
+    /// Total measured operations, split across the connections.
+    #[arg(short = 'n', long = "ops", default_value_t = 100_000)]
+    ops: u64,
+
+    /// Value size in bytes (PUT).
+    #[arg(short = 'd', long = "value-bytes", default_value_t = 100)]
+    value_bytes: usize,
+
+    /// Key space: keys are key:{i:012} with i uniform in 0..r.
+    #[arg(short = 'r', long = "keys", default_value_t = 100_000)]
+    keys: u64,
+
+    /// Operation mix.
+    #[arg(short = 't', long = "type", value_enum, default_value_t = Workload::Put)]
+    workload: Workload,
+
+    /// Server host.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+
+    /// Server port.
     #[arg(long)]
     port: u16,
-    /// Connections, each on its own thread.
-    #[arg(short = 'c', default_value_t = 16)]
-    connections: u64,
-    /// Total operations, split across the connections.
-    #[arg(short = 'n', default_value_t = 200_000)]
-    operations: u64,
-    /// Value size in bytes.
-    #[arg(short = 'd', default_value_t = 100)]
-    value_bytes: usize,
-    /// Key space: keys are key:000000000000 .. key:{r-1}.
-    #[arg(short = 'r', default_value_t = 100_000)]
-    keys: u64,
-    /// put, get or mixed (50/50).
-    #[arg(short = 't', value_enum, default_value_t = Workload::Put)]
-    workload: Workload,
+
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
-    /// PUT every key of the key space before measuring (so GETs hit).
-    #[arg(long)]
-    preload: bool,
-    /// Operations per connection before measuring.
+
+    /// Also write the result as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+
+    /// Unmeasured operations per connection before the measured run.
     #[arg(long, default_value_t = 0)]
     warmup: u64,
-    /// Write the result as JSON to this file.
+
+    /// PUT every key of the key space before the run, so GETs hit.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    preload: bool,
+
     /// No progress lines on stderr.
-    #[arg(long)]
+    #[arg(short = 'q', long)]
     quiet: bool,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+impl Args {
+    /// Checks clap cannot express with types alone.
+    fn check(&self) -> Result<(), String> {
+        if self.connections == 0 {
+            return Err("-c must be at least 1".into());
+        }
+        if self.keys == 0 {
+            return Err("-r must be at least 1".into());
+        }
+        if self.pipeline == 0 {
+            return Err("--pipeline must be at least 1".into());
+        }
+        if self.value_bytes > VALUE_BYTES_MAX as usize {
+            return Err(format!("-d must be at most {VALUE_BYTES_MAX} (the server's value limit)"));
+        }
+        Ok(())
+    }
+
+    /// Measured operations for connection `id`: an even share, the remainder
+    /// going one each to the first connections.
+    fn ops_for(&self, id: usize) -> u64 {
+        let c = self.connections as u64;
+        self.ops / c + u64::from((id as u64) < self.ops % c)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Workload {
     Put,
     Get,
+    /// 50% PUT, 50% GET.
     Mixed,
 }
 
-/// What one run measured.
-#[derive(Serialize)]
-struct Report {
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Workload::Put => "put",
+            Workload::Get => "get",
+            Workload::Mixed => "mixed",
+        };
+        f.pad(name)
+    }
+}
+
+/// One operation to perform: which request, on which key index.
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Put(u64),
+    Get(u64),
+}
+
+fn key(index: u64) -> Vec<u8> {
+    format!("key:{index:012}").into_bytes()
+}
+
+/// SplitMix64: a tiny, fast, statistically good PRNG (Steele, Lea & Flood,
+/// 2014). It only has to pick benchmark keys, so speed and reproducibility
+/// matter and unpredictability does not: never use it for anything secret.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` by multiply-and-shift (Lemire): the bias is below
+    /// n / 2^64, far too small to matter for choosing keys.
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+/// The random operations of connection `id`: deterministic, so two runs with
+/// the same arguments send the same requests. `stream` separates the warm-up
+/// sequence from the measured one.
+fn random_ops(
     workload: Workload,
-    connections: u64,
-    operations: u64,
-    value_bytes: usize,
     keys: u64,
-    pipeline: usize,
-    seconds: f64,
-    ops_per_sec: f64,
+    id: usize,
+    stream: u64,
+    count: u64,
+) -> impl Iterator<Item = Op> {
+    let mut rng = SplitMix64((id as u64) << 32 | stream);
+    (0..count).map(move |_| {
+        let k = rng.below(keys);
+        match workload {
+            Workload::Put => Op::Put(k),
+            Workload::Get => Op::Get(k),
+            Workload::Mixed if rng.next_u64() & 1 == 0 => Op::Put(k),
+            Workload::Mixed => Op::Get(k),
+        }
+    })
+}
+
+/// What one connection saw.
+struct Stats {
+    /// Latency of every reply, in microseconds.
+    latency_us: Histogram<u64>,
+    /// Replies received (including ERROR replies).
+    count: u64,
+    /// ERROR replies.
     errors: u64,
+    /// GETs answered NOT_FOUND (a `get` run without `--preload` is mostly these).
+    not_found: u64,
+    /// The first ERROR reply's text, to show the user what went wrong.
+    first_error: Option<String>,
+}
+
+impl Stats {
+    fn new() -> BenchResult<Stats> {
+        Ok(Stats {
+            latency_us: Histogram::new(HISTOGRAM_SIGFIGS)?,
+            count: 0,
+            errors: 0,
+            not_found: 0,
+            first_error: None,
+        })
+    }
+
+    fn merge(&mut self, other: &Stats) -> BenchResult<()> {
+        self.latency_us.add(&other.latency_us)?;
+        self.count += other.count;
+        self.errors += other.errors;
+        self.not_found += other.not_found;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+        Ok(())
+    }
+}
+
+/// Perform `ops` on `client` with up to `window` requests in flight, and
+/// record each reply into `stats`. `progress` (if given) counts replies for
+/// the progress line; once `abort` is set (another connection failed) no new
+/// request is sent.
+fn drive(
+    client: &mut Client,
+    ops: impl Iterator<Item = Op>,
+    window: usize,
+    value: &[u8],
+    stats: &mut Stats,
+    progress: Option<&AtomicU64>,
+    abort: &AtomicBool,
+) -> BenchResult<()> {
+    let mut ops = ops.peekable();
+    // Requests sent and not yet answered, oldest first: (kind, send time).
+    let mut in_flight: VecDeque<(Op, Instant)> = VecDeque::with_capacity(window);
+    loop {
+        // Fill the window.
+        while in_flight.len() < window && !abort.load(Ordering::Relaxed) {
+            let Some(op) = ops.next() else { break };
+            let request = match op {
+                Op::Put(k) => Message::Put { key: key(k), value: value.to_vec() },
+                Op::Get(k) => Message::Get { key: key(k) },
+            };
+            let sent_at = Instant::now();
+            client.send(&request)?;
+            in_flight.push_back((op, sent_at));
+        }
+        // Take the oldest request's reply (the server answers in order).
+        let Some((op, sent_at)) = in_flight.pop_front() else {
+            return Ok(()); // nothing left to send or to wait for
+        };
+        let reply = client.receive();
+        let micros = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stats.latency_us.record(micros)?;
+        stats.count += 1;
+        match (op, reply) {
+            (Op::Put(_), Ok(Message::Ok { .. })) | (Op::Get(_), Ok(Message::Value { .. })) => {}
+            (Op::Get(_), Ok(Message::NotFound)) => stats.not_found += 1,
+            (_, Err(KvError::Server { message, .. })) => {
+                stats.errors += 1;
+                stats.first_error.get_or_insert(message);
+            }
+            (_, Err(fatal)) => return Err(fatal.into()),
+            (op, Ok(other)) => {
+                return Err(format!("unexpected {} in reply to {op:?}", other.name()).into());
+            }
+        }
+        if let Some(done) = progress {
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The work of one connection's thread.
+struct Worker<'a> {
+    id: usize,
+    args: &'a Args,
+    value: Vec<u8>,
+    /// Replies received in the measured phase, over all connections.
+    done: &'a AtomicU64,
+    /// Set when any connection fails, so the others stop early.
+    abort: &'a AtomicBool,
+    /// Every worker and the main thread meet here once set-up is finished,
+    /// so the measured phase starts at the same moment on every connection.
+    ready: &'a Barrier,
+}
+
+/// A worker's measured result and the moment it finished.
+struct WorkerOutcome {
+    stats: Stats,
+    finished_at: Instant,
+}
+
+impl Worker<'_> {
+    fn run(&self, mut client: Client) -> BenchResult<WorkerOutcome> {
+        // Whatever set-up does, reach the barrier: a worker that returned
+        // early would leave the others waiting there forever.
+        let setup = self.set_up(&mut client);
+        if setup.is_err() {
+            self.abort.store(true, Ordering::Relaxed);
+        }
+        self.ready.wait();
+        setup?;
+
+        let mut stats = Stats::new()?;
+        let ops =
+            random_ops(self.args.workload, self.args.keys, self.id, 1, self.args.ops_for(self.id));
+        let result = drive(
+            &mut client,
+            ops,
+            self.args.pipeline,
+            &self.value,
+            &mut stats,
+            Some(self.done),
+            self.abort,
+        );
+        let finished_at = Instant::now();
+        if let Err(e) = result {
+            self.abort.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(WorkerOutcome { stats, finished_at })
+    }
+
+    /// Preload this connection's share of the key space, then warm up.
+    fn set_up(&self, client: &mut Client) -> BenchResult<()> {
+        if self.args.preload {
+            // Connection `id` writes keys id, id + c, id + 2c, ...
+            let stripe = (self.id as u64..self.args.keys).step_by(self.args.connections);
+            let mut stats = Stats::new()?;
+            drive(
+                client,
+                stripe.map(Op::Put),
+                PRELOAD_PIPELINE,
+                &self.value,
+                &mut stats,
+                None,
+                self.abort,
+            )
+            .map_err(|e| format!("preload: {e}"))?;
+            if let Some(message) = stats.first_error {
+                // GETs would measure misses, not hits: stop here.
+                return Err(format!(
+                    "preload: the server refused {} PUTs, the first with: {message}",
+                    stats.errors
+                )
+                .into());
+            }
+        }
+        if self.args.warmup > 0 {
+            let ops = random_ops(self.args.workload, self.args.keys, self.id, 0, self.args.warmup);
+            let mut stats = Stats::new()?;
+            drive(client, ops, self.args.pipeline, &self.value, &mut stats, None, self.abort)
+                .map_err(|e| format!("warm-up: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The result as written by `--json`.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    workload: Workload,
+    throughput_ops_per_s: f64,
+    elapsed_s: f64,
+    count: u64,
+    errors: u64,
+    not_found: u64,
     p50_us: u64,
     p99_us: u64,
     p999_us: u64,
     max_us: u64,
+    mean_us: f64,
+    params: JsonParams<'a>,
 }
 
-/// splitmix64: a tiny, fast, seedable generator for picking keys.
-struct KeyPicker(u64);
-
-impl KeyPicker {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
+#[derive(Serialize)]
+struct JsonParams<'a> {
+    host: &'a str,
+    port: u16,
+    connections: usize,
+    ops: u64,
+    value_bytes: usize,
+    keys: u64,
+    pipeline: usize,
+    warmup: u64,
+    preload: bool,
 }
 
-fn key(i: u64) -> Vec<u8> {
-    format!("key:{i:012}").into_bytes()
-}
-
-fn main() {
+fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(message) = args.check() {
+        Args::command().error(clap::error::ErrorKind::ValueValidation, message).exit();
+    }
     match run(&args) {
-        Ok(report) => print_report(&args, &report),
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kv_bench: {e}");
-            std::process::exit(2);
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: &Args) -> Result<Report, Error> {
+fn run(args: &Args) -> BenchResult<()> {
     let address = format!("{}:{}", args.host, args.port);
-    if args.preload {
-        preload(&address, args)?;
+
+    // Connect every client up front: a server that is not there is reported
+    // once, before any thread starts.
+    let mut clients = Vec::with_capacity(args.connections);
+    for id in 0..args.connections {
+        let client =
+            Client::connect(address.as_str()).map_err(|e| format!("connection {id}: {e}"))?;
+        client.set_timeout(Some(REPLY_TIMEOUT))?;
+        clients.push(client);
     }
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let per_connection = args.operations / args.connections.max(1);
-    let started = Instant::now();
-    let progress = (!args.quiet).then(|| spawn_progress(Arc::clone(&done), args.operations));
-    let histogram = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..args.connections)
-            .map(|id| {
-                let (address, done, errors) = (&address, &done, &errors);
-                s.spawn(move || worker(address, args, id, per_connection, done, errors))
-            })
-            .collect();
-        let mut merged = new_histogram();
-        for w in workers {
-            let h = w.join().map_err(|_| Error::Unexpected("a worker panicked".into()))??;
-            merged.add(&h).map_err(|e| Error::Unexpected(format!("merging histograms: {e}")))?;
+    if args.preload && !args.quiet {
+        eprintln!("preloading {} keys of {} bytes ...", args.keys, args.value_bytes);
+    }
+
+    let done = AtomicU64::new(0);
+    let abort = AtomicBool::new(false);
+    let ready = Barrier::new(args.connections + 1);
+    let value = vec![b'x'; args.value_bytes];
+
+    let (outcomes, started_at) = thread::scope(|scope| -> BenchResult<_> {
+        let mut handles = Vec::with_capacity(args.connections);
+        for (id, client) in clients.into_iter().enumerate() {
+            let worker = Worker {
+                id,
+                args,
+                value: value.clone(),
+                done: &done,
+                abort: &abort,
+                ready: &ready,
+            };
+            let handle = thread::Builder::new()
+                .name(format!("bench-{id}"))
+                .spawn_scoped(scope, move || worker.run(client))?;
+            handles.push(handle);
         }
-        Ok::<_, Error>(merged)
+
+        ready.wait();
+        let started_at = Instant::now();
+        if !args.quiet && !abort.load(Ordering::Relaxed) && (args.preload || args.warmup > 0) {
+            eprintln!("set-up done, measuring ...");
+        }
+        report_progress(args, &handles, &done, started_at);
+
+        let mut outcomes = Vec::with_capacity(handles.len());
+        for (id, handle) in handles.into_iter().enumerate() {
+            let outcome = handle
+                .join()
+                .map_err(|_| format!("connection {id}: the thread panicked"))?
+                .map_err(|e| format!("connection {id}: {e}"))?;
+            outcomes.push(outcome);
+        }
+        Ok((outcomes, started_at))
     })?;
-    let seconds = started.elapsed().as_secs_f64();
-    done.store(u64::MAX, Ordering::Release); // stops the progress thread
-    if let Some(p) = progress {
-        let _ = p.join();
-    }
-    let count = histogram.len();
-    Ok(Report {
-        workload: args.workload,
-        connections: args.connections,
-        operations: count,
-        value_bytes: args.value_bytes,
-        keys: args.keys,
-        pipeline: args.pipeline,
-        seconds,
-        ops_per_sec: count as f64 / seconds,
-        errors: errors.load(Ordering::Acquire),
-        p50_us: histogram.value_at_quantile(0.50),
-        p99_us: histogram.value_at_quantile(0.99),
-        p999_us: histogram.value_at_quantile(0.999),
-        max_us: histogram.max(),
-    })
-}
 
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant bounds are valid")
-}
-
-/// One connection: warm up, then `count` operations with up to `pipeline`
-/// in flight; returns its latency histogram (microseconds).
-fn worker(
-    address: &str,
-    args: &Args,
-    id: u64,
-    count: u64,
-    done: &AtomicU64,
-    errors: &AtomicU64,
-) -> Result<Histogram<u64>, Error> {
-    let mut client = Client::connect(address)?;
-    let mut picker = KeyPicker(0x5eed ^ (id << 32));
-    let value = vec![b'x'; args.value_bytes];
-    let request = |picker: &mut KeyPicker| {
-        let k = key(picker.next() % args.keys.max(1));
-        let put = match args.workload {
-            Workload::Put => true,
-            Workload::Get => false,
-            Workload::Mixed => picker.next().is_multiple_of(2),
-        };
-        if put {
-            Message::Put { key: k, value: value.clone() }
-        } else {
-            Message::Get { key: k }
-        }
-    };
-    for _ in 0..args.warmup {
-        client.request(&request(&mut picker)).ok();
+    let mut total = Stats::new()?;
+    let mut finished_at = started_at;
+    for outcome in &outcomes {
+        total.merge(&outcome.stats)?;
+        finished_at = finished_at.max(outcome.finished_at);
     }
-    let mut histogram = new_histogram();
-    let mut in_flight = std::collections::VecDeque::with_capacity(args.pipeline);
-    let mut sent = 0;
-    while sent < count || !in_flight.is_empty() {
-        while sent < count && in_flight.len() < args.pipeline.max(1) {
-            client.send(&request(&mut picker))?;
-            in_flight.push_back(Instant::now());
-            sent += 1;
-        }
-        let reply = client.receive();
-        let started = in_flight.pop_front().expect("a request is in flight");
-        match reply {
-            Ok(_) => {}
-            Err(Error::Server { .. }) => {
-                errors.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => return Err(e),
-        }
-        let us = started.elapsed().as_micros() as u64;
-        histogram.saturating_record(us.max(1));
-        done.fetch_add(1, Ordering::Relaxed);
-    }
-    Ok(histogram)
-}
-
-/// PUT every key once, pipelined, so a GET run finds them.
-fn preload(address: &str, args: &Args) -> Result<(), Error> {
-    let mut client = Client::connect(address)?;
-    let value = vec![b'x'; args.value_bytes];
-    let window = 64;
-    let mut in_flight = 0;
-    for i in 0..args.keys {
-        client.send(&Message::Put { key: key(i), value: value.clone() })?;
-        in_flight += 1;
-        if in_flight == window {
-            client.receive()?;
-            in_flight -= 1;
-        }
-    }
-    for _ in 0..in_flight {
-        client.receive()?;
+    let elapsed = finished_at.duration_since(started_at);
+    print_report(args, &total, elapsed);
+    if let Some(path) = &args.json {
+        write_json(args, &total, elapsed, path)?;
     }
     Ok(())
 }
 
-/// A line on stderr about once a second: operations done and current rate.
-fn spawn_progress(done: Arc<AtomicU64>, total: u64) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut last = (0u64, Instant::now());
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-            let now = done.load(Ordering::Acquire);
-            if now == u64::MAX {
-                return;
-            }
-            let rate = (now - last.0) as f64 / last.1.elapsed().as_secs_f64();
-            eprintln!("kv_bench: {now}/{total} ops, {rate:.0} ops/s");
-            last = (now, Instant::now());
+/// Until every worker has finished, print a progress line on stderr about
+/// once a second: replies so far and the rate over the last interval.
+fn report_progress<T>(
+    args: &Args,
+    handles: &[thread::ScopedJoinHandle<'_, T>],
+    done: &AtomicU64,
+    started_at: Instant,
+) {
+    let tick = Duration::from_millis(50);
+    let mut last_at = started_at;
+    let mut last_done = 0;
+    while !handles.iter().all(|h| h.is_finished()) {
+        thread::sleep(tick);
+        if args.quiet || last_at.elapsed() < PROGRESS_INTERVAL {
+            continue;
         }
-    })
+        let now = Instant::now();
+        let now_done = done.load(Ordering::Relaxed);
+        let rate = (now_done - last_done) as f64 / now.duration_since(last_at).as_secs_f64();
+        eprintln!(
+            "[{:5.1}s] {now_done:>10} ops  {rate:>10.0} ops/s",
+            now.duration_since(started_at).as_secs_f64()
+        );
+        last_at = now;
+        last_done = now_done;
+    }
 }
 
-fn print_report(args: &Args, r: &Report) {
-    let ms = |us: u64| {
-        if us >= 1000 {
-            format!("{:.1}ms", us as f64 / 1000.0)
-        } else {
-            format!("{us}us")
-        }
+fn throughput(total: &Stats, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        total.count as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// The one-line human result on stdout, e.g.
+/// `put  c=16 n=200000 d=100: 123456 ops/s  p50 110us  p99 400us  p99.9 900us  max 3.1ms  errors 0`.
+fn print_report(args: &Args, total: &Stats, elapsed: Duration) {
+    let h = &total.latency_us;
+    let pipeline =
+        if args.pipeline > 1 { format!(" pipeline={}", args.pipeline) } else { String::new() };
+    let misses = if args.workload == Workload::Put {
+        String::new()
+    } else {
+        format!("  not_found {}", total.not_found)
     };
     println!(
-        "{:<5} c={} n={} d={} P={}: {:.0} ops/s  p50 {}  p99 {}  p99.9 {}  max {}  errors {}",
-        format!("{:?}", r.workload).to_lowercase(),
-        r.connections,
-        r.operations,
-        r.value_bytes,
-        r.pipeline,
-        r.ops_per_sec,
-        ms(r.p50_us),
-        ms(r.p99_us),
-        ms(r.p999_us),
-        ms(r.max_us),
-        r.errors
+        "{:<4} c={} n={} d={}{pipeline}: {:.0} ops/s  p50 {}  p99 {}  p99.9 {}  max {}  errors {}{misses}",
+        args.workload,
+        args.connections,
+        args.ops,
+        args.value_bytes,
+        throughput(total, elapsed),
+        human_micros(h.value_at_quantile(0.50)),
+        human_micros(h.value_at_quantile(0.99)),
+        human_micros(h.value_at_quantile(0.999)),
+        human_micros(h.max()),
+        total.errors,
     );
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(r).expect("a report serialises");
-        if let Err(e) = std::fs::write(path, json) {
-            eprintln!("kv_bench: writing {}: {e}", path.display());
-            std::process::exit(2);
-        }
+    if let Some(message) = &total.first_error {
+        eprintln!("first error reply: {message}");
     }
+}
+
+/// `850us`, `3.1ms`, `1.25s`.
+fn human_micros(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us}us"),
+        1_000..=999_999 => format!("{:.1}ms", us as f64 / 1e3),
+        _ => format!("{:.2}s", us as f64 / 1e6),
+    }
+}
+
+fn write_json(args: &Args, total: &Stats, elapsed: Duration, path: &PathBuf) -> BenchResult<()> {
+    let h = &total.latency_us;
+    let report = JsonReport {
+        workload: args.workload,
+        throughput_ops_per_s: throughput(total, elapsed),
+        elapsed_s: elapsed.as_secs_f64(),
+        count: total.count,
+        errors: total.errors,
+        not_found: total.not_found,
+        p50_us: h.value_at_quantile(0.50),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+        mean_us: h.mean(),
+        params: JsonParams {
+            host: &args.host,
+            port: args.port,
+            connections: args.connections,
+            ops: args.ops,
+            value_bytes: args.value_bytes,
+            keys: args.keys,
+            pipeline: args.pipeline,
+            warmup: args.warmup,
+            preload: args.preload,
+        },
+    };
+    let mut text = serde_json::to_string_pretty(&report)?;
+    text.push('\n');
+    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(())
 }

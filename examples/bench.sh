@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# make bench: kvstore's benchmark scenarios (docs/BENCHMARKS.md), one row each.
+#
+# Each figure is the median of RUNS runs (default 3) with min-max beside it.
+# Ports BASE_PORT.. (default 9500) must be free. Needs `make` and
+# `cargo build --release --examples` first (the Makefile target does both).
+#
+#   SCENARIOS="1 2 3 4 5 6"   which scenarios to run (default: all)
+#   RUNS=3                    runs per figure
+set -euo pipefail
+
+RUNS=${RUNS:-3}
+BASE=${BASE_PORT:-9500}
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
+BIN=${BIN:-./build}
+EX=${EX:-./target/release/examples}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-bench.XXXXXX")
+PIDS=()
+
+cleanup() {
+    stop_all
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+fail() { echo "bench: $*" >&2; exit 1; }
+
+stop_all() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+
+# start NAME PORT ARGS... : start a node with its own data dir; wait until it answers.
+start() {
+    local name=$1 port=$2; shift 2
+    "$BIN/kvstore" --port "$port" --data-dir "$WORK/$name" "$@" >>"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 400); do
+        "$BIN/kv_client" --port "$port" status >/dev/null 2>&1 && return 0
+        sleep 0.025
+    done
+    fail "node $name on port $port did not start: $(tail -3 "$WORK/$name.log")"
+}
+
+# wait_log FILE PATTERN [FROM_LINE]: poll until a line matching PATTERN appears after FROM_LINE.
+wait_log() {
+    local file=$1 pattern=$2 from=${3:-0}
+    for _ in $(seq 1 12000); do
+        tail -n +"$((from + 1))" "$file" 2>/dev/null | grep -q -- "$pattern" && return 0
+        sleep 0.01
+    done
+    fail "timed out waiting for '$pattern' in $file"
+}
+
+now_ns() { date +%s%N; }
+
+# kvbench ARGS...: run kv_bench and print its ops/s.
+kvbench() {
+    "$EX/kv_bench" --quiet "$@" | awk '{for (i = 2; i <= NF; i++) if ($i == "ops/s") print $(i - 1)}'
+}
+
+# stats VALUES...: "median (min-max)".
+stats() {
+    printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        printf "%.0f (%.0f-%.0f)", m, v[1], v[NR] }'
+}
+stats_f() {
+    printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        printf "%.2f (%.2f-%.2f)", m, v[1], v[NR] }'
+}
+
+row() { printf '| %-58s | %s |\n' "$1" "$2"; }
+
+json_field() { grep -o "\"$2\":[0-9]*" <<<"$1" | head -1 | cut -d: -f2; }
+
+LOAD=(-c 16 -n 200000 -d 100 -r 100000)
+
+echo "kvstore benchmarks: $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), $RUNS runs per figure"
+echo
+row "scenario" "median (min-max)"
+row "--------" "----------------"
+
+# 1. Single node: PUT and GET, fsync never and always.
+if [[ " $SCENARIOS " == *" 1 "* ]]; then
+    for fsync in never always; do
+        put=() get=()
+        for run in $(seq 1 "$RUNS"); do
+            start "single-$fsync-$run" "$BASE" --fsync="$fsync"
+            put+=("$(kvbench --port "$BASE" "${LOAD[@]}" -t put)")
+            get+=("$(kvbench --port "$BASE" "${LOAD[@]}" -t get)")
+            stop_all
+        done
+        row "1. single node PUT, fsync $fsync (ops/s)" "$(stats "${put[@]}")"
+        row "1. single node GET, fsync $fsync (ops/s)" "$(stats "${get[@]}")"
+    done
+fi
+
+# 2. Leader + 2 followers: local/fsync never, and majority/fsync always.
+if [[ " $SCENARIOS " == *" 2 "* ]]; then
+    L=$BASE F1=$((BASE + 1)) F2=$((BASE + 2))
+    for mode in "local never" "majority always"; do
+        set -- $mode
+        concern=$1 fsync=$2
+        put=() p50=() p99=()
+        for run in $(seq 1 "$RUNS"); do
+            start "l-$concern-$run" "$L" --role=leader --peers="$F1,$F2" \
+                --write-concern="$concern" --fsync="$fsync"
+            start "f1-$concern-$run" "$F1" --role=follower --leader="$L" --fsync="$fsync"
+            start "f2-$concern-$run" "$F2" --role=follower --leader="$L" --fsync="$fsync"
+            put+=("$(kvbench --port "$L" "${LOAD[@]}" -t put)")
+            status=$("$BIN/kv_client" --port "$L" status --json)
+            p50+=("$(json_field "$status" p50_us)")
+            p99+=("$(json_field "$status" p99_us)")
+            stop_all
+        done
+        row "2. leader + 2 followers PUT, $concern, fsync $fsync (ops/s)" "$(stats "${put[@]}")"
+        row "2.   replication lag p50, $concern (us)" "$(stats "${p50[@]}")"
+        row "2.   replication lag p99, $concern (us)" "$(stats "${p99[@]}")"
+    done
+fi
+
+# 3. Late joiner: a leader holding 1,000,000 records; a new follower catches up.
+if [[ " $SCENARIOS " == *" 3 "* ]]; then
+    RECORDS=${LATE_RECORDS:-1000000}
+    L=$BASE F=$((BASE + 1))
+    start leader3 "$L" --role=leader --peers="$F" --fsync=never
+    "$EX/kv_bench" --quiet --port "$L" --preload -r "$RECORDS" -n 0 -d 100 >/dev/null
+    wal_bytes=$(stat -c %s "$WORK/leader3/wal.log")
+    secs=() rate=() mbs=()
+    for run in $(seq 1 "$RUNS"); do
+        t0=$(now_ns)
+        start "late-$run" "$F" --role=follower --leader="$L"
+        wait_log "$WORK/late-$run.log" "caught up to LSN $RECORDS"
+        t=$(( $(now_ns) - t0 ))
+        secs+=("$(awk -v t="$t" 'BEGIN {print t / 1e9}')")
+        rate+=("$(awk -v t="$t" -v n="$RECORDS" 'BEGIN {print n / (t / 1e9)}')")
+        mbs+=("$(awk -v t="$t" -v b="$wal_bytes" 'BEGIN {print b / 1048576 / (t / 1e9)}')")
+        kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+    done
+    row "3. late joiner, $RECORDS records: seconds to caught up" "$(stats_f "${secs[@]}")"
+    row "3.   records/s" "$(stats "${rate[@]}")"
+    row "3.   MB/s of WAL" "$(stats_f "${mbs[@]}")"
+    stop_all
+fi
+
+# 4. Restart catch-up: a follower stopped while 100,000 records are written.
+if [[ " $SCENARIOS " == *" 4 "* ]]; then
+    L=$BASE F=$((BASE + 1))
+    secs=()
+    for run in $(seq 1 "$RUNS"); do
+        start "leader4-$run" "$L" --role=leader --peers="$F" --fsync=never
+        start "f4-$run" "$F" --role=follower --leader="$L"
+        "$EX/kv_bench" --quiet --port "$L" -c 16 -n 100000 -d 100 -r 100000 -t put >/dev/null
+        wait_log "$WORK/f4-$run.log" "caught up"
+        kill -9 "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'
+        "$EX/kv_bench" --quiet --port "$L" -c 16 -n 100000 -d 100 -r 100000 -t put >/dev/null
+        from=$(wc -l <"$WORK/f4-$run.log")
+        t0=$(now_ns)
+        start "f4-$run" "$F" --role=follower --leader="$L"
+        wait_log "$WORK/f4-$run.log" "caught up to LSN 200000" "$from"
+        secs+=("$(awk -v t="$(( $(now_ns) - t0 ))" 'BEGIN {print t / 1e9}')")
+        stop_all
+    done
+    row "4. restart catch-up of 100,000 records (s, incl. WAL replay)" "$(stats_f "${secs[@]}")"
+fi
+
+# 5. records_after: positioning in a WAL of 1,000 vs 10,000,000 records.
+if [[ " $SCENARIOS " == *" 5 "* ]]; then
+    small=() large=() scan=()
+    for run in $(seq 1 "$RUNS"); do
+        out=$("$EX/records_after_bench" --json --records 1000,10000000)
+        small+=("$(json_field "$(sed -n 1p <<<"$out")" one_p50_ns)")
+        large+=("$(json_field "$(sed -n 2p <<<"$out")" one_p50_ns)")
+        scan+=("$(json_field "$(sed -n 2p <<<"$out")" scan_half_us)")
+    done
+    row "5. records_after, WAL of 1,000 records (ns, p50)" "$(stats "${small[@]}")"
+    row "5. records_after, WAL of 10,000,000 records (ns, p50)" "$(stats "${large[@]}")"
+    row "5.   without the index: scan to the middle of 10M (us)" "$(stats "${scan[@]}")"
+fi
+
+# 6. Scaling: PUT throughput with 0, 1, 2 and 4 followers (local, fsync never).
+if [[ " $SCENARIOS " == *" 6 "* ]]; then
+    for n in 0 1 2 4; do
+        put=()
+        for run in $(seq 1 "$RUNS"); do
+            peers=$(seq -s, $((BASE + 1)) $((BASE + n)))
+            start "l6-$n-$run" "$BASE" --role=leader --peers="$peers" --fsync=never
+            for i in $(seq 1 "$n"); do
+                start "f6-$n-$run-$i" $((BASE + i)) --role=follower --leader="$BASE" --fsync=never
+            done
+            put+=("$(kvbench --port "$BASE" "${LOAD[@]}" -t put)")
+            stop_all
+        done
+        row "6. PUT with $n follower(s), local, fsync never (ops/s)" "$(stats "${put[@]}")"
+    done
+fi
