@@ -26,10 +26,11 @@ use parking_lot::Mutex;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::limits::{
-    FRAME_BYTES_MAX, RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS, REPLICATION_TIMEOUT_MS,
+    APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX, RECONNECT_BACKOFF_MAX_MS,
+    RECONNECT_BACKOFF_MIN_MS, REPLICATION_TIMEOUT_MS,
 };
 use crate::protocol::frame::{is_timeout, read_frame};
-use crate::protocol::Message;
+use crate::protocol::{AppendEntries, Message};
 use crate::replication::hub::LinkState;
 use crate::replication::RateLimitedLine;
 use crate::status::LeaderLink;
@@ -137,10 +138,7 @@ fn session(db: &Db, link: &FollowerLink, listen_port: u16) -> Result<()> {
     let mut catch_up = Some(CatchUp { received: 0, started: Instant::now() });
     let mut applied_log = RateLimitedLine::new();
     loop {
-        let ae = match read_message(&mut reader, leader)? {
-            Message::AppendEntries(ae) => ae,
-            other => return Err(Error::Unexpected(format!("{} from the leader", other.name()))),
-        };
+        let (ae, messages) = read_append_entries(&mut reader, leader)?;
         let count = ae.records.len();
         let last = match apply(db, ae.records, ae.commit_lsn) {
             Ok(last) => last,
@@ -168,7 +166,7 @@ fn session(db: &Db, link: &FollowerLink, listen_port: u16) -> Result<()> {
             }
         } else {
             link.set(LinkState::Streaming, Some(ae.leader_last_lsn.max(last)));
-            applied_log.note(count, |messages, records| {
+            applied_log.note(messages, count, |messages, records| {
                 if messages == 1 {
                     format!(
                         "[replication] received AppendEntries, applied {records} record(s), \
@@ -183,6 +181,49 @@ fn session(db: &Db, link: &FollowerLink, listen_port: u16) -> Result<()> {
             });
         }
     }
+}
+
+/// Read the next APPEND_ENTRIES, merged with any more that have already
+/// arrived whole in the read buffer: under load, one WAL append, one fsync
+/// and one ACK then serve several messages. Returns the merged message and
+/// how many were merged.
+fn read_append_entries(
+    reader: &mut BufReader<TcpStream>,
+    leader: SocketAddr,
+) -> Result<(AppendEntries, u64)> {
+    let mut merged = expect_append_entries(read_message(reader, leader)?)?;
+    let mut messages = 1;
+    while frame_is_buffered(reader) && merged.records.len() < MERGED_RECORDS_MAX {
+        let next = expect_append_entries(read_message(reader, leader)?)?;
+        if let (Some(last), Some(first)) = (merged.records.last(), next.records.first()) {
+            if first.lsn != last.lsn + 1 {
+                return Err(Error::NotContiguous { expected: last.lsn + 1, got: first.lsn });
+            }
+        }
+        merged.commit_lsn = merged.commit_lsn.max(next.commit_lsn);
+        merged.leader_last_lsn = next.leader_last_lsn;
+        merged.records.extend(next.records);
+        messages += 1;
+    }
+    Ok((merged, messages))
+}
+
+/// Most records merged into one append (4 full messages).
+const MERGED_RECORDS_MAX: usize = 4 * APPEND_ENTRIES_RECORDS_MAX as usize;
+
+fn expect_append_entries(message: Message) -> Result<AppendEntries> {
+    match message {
+        Message::AppendEntries(ae) => Ok(ae),
+        other => Err(Error::Unexpected(format!("{} from the leader", other.name()))),
+    }
+}
+
+/// True if a whole frame is already in the read buffer (no syscall needed).
+fn frame_is_buffered(reader: &BufReader<TcpStream>) -> bool {
+    let buffered = reader.buffer();
+    buffered.len() >= 4
+        && buffered.len() - 4
+            >= u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]) as usize
 }
 
 /// Read the leader's next message. An ERROR from the leader (it refused

@@ -168,9 +168,15 @@ impl Hub {
         self.state.lock().peers[session.peer].session_id == session.id
     }
 
-    /// Record an APPEND_ENTRIES_ACK and wake writers waiting for it.
+    /// Record an APPEND_ENTRIES_ACK and wake the writers it satisfies.
+    ///
+    /// Waiters are woken only when the position they wait on moves: the
+    /// LSN a majority holds, or the LSN every expected follower holds. With
+    /// 16 writers waiting and two followers ACKing every batch, waking them
+    /// all on every ACK would cost more than the replication itself.
     pub fn record_ack(&self, session: Session, last_lsn: Lsn) {
         let mut st = self.state.lock();
+        let before = self.positions(&st);
         let peer = &mut st.peers[session.peer];
         if peer.session_id != session.id {
             return;
@@ -178,11 +184,27 @@ impl Hub {
         peer.acked_lsn = peer.acked_lsn.max(last_lsn);
         let now = Instant::now();
         peer.last_ack = Some(now);
-        self.acked.notify_all();
-        if self.expected_count > 0 {
-            let all_hold = st.peers.iter().filter(|p| p.expected).map(|p| p.acked_lsn).min();
-            self.lag.lock().all_followers_hold(all_hold.unwrap_or(0), now);
+        let after = self.positions(&st);
+        if after != before {
+            self.acked.notify_all();
         }
+        if self.expected_count > 0 {
+            self.lag.lock().all_followers_hold(after.1, now);
+        }
+    }
+
+    /// (LSN held by a majority of expected followers needed, LSN held by
+    /// all expected followers), from the followers' ACKs alone.
+    fn positions(&self, st: &HubState) -> (Lsn, Lsn) {
+        let mut acked: Vec<Lsn> =
+            st.peers.iter().filter(|p| p.expected).map(|p| p.acked_lsn).collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let followers_needed = self.majority() - 1;
+        let majority = match followers_needed {
+            0 => Lsn::MAX,
+            n => acked[n - 1],
+        };
+        (majority, acked.last().copied().unwrap_or(Lsn::MAX))
     }
 
     /// The leader acknowledged the write at `lsn` to its client just now

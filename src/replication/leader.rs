@@ -302,7 +302,7 @@ impl<'a> Sender<'a> {
             .write_all(frame)
             .map_err(|e| Error::io(format!("sending AppendEntries to {}", self.address), e))?;
         let (address, last) = (self.address, self.next_lsn - 1);
-        self.sent_log.note(count as usize, |messages, records| {
+        self.sent_log.note(1, count as usize, |messages, records| {
             let what = if messages == 1 {
                 "AppendEntries".into()
             } else {

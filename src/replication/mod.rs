@@ -81,11 +81,11 @@ impl RateLimitedLine {
         RateLimitedLine { last_line: None, messages: 0, records: 0 }
     }
 
-    /// Count one message of `records` records (0 for a heartbeat), and log
-    /// `line(messages, records)` at `info` if a line is due.
-    pub fn note(&mut self, records: usize, line: impl FnOnce(u64, u64) -> String) {
+    /// Count `messages` messages carrying `records` records (0 for
+    /// heartbeats), and log `line(messages, records)` at `info` if one is due.
+    pub fn note(&mut self, messages: u64, records: usize, line: impl FnOnce(u64, u64) -> String) {
         if records > 0 {
-            self.messages += 1;
+            self.messages += messages;
             self.records += records as u64;
         }
         let due = self.last_line.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
