@@ -22,7 +22,7 @@ pub struct StatusReport {
     pub cluster_id: Option<String>,
     pub last_lsn: Lsn,
     /// Hash of the applied state at `last_lsn`: the wrapping sum over all
-    /// live pairs of xxh3_64([key_len u32][key][value]), 16 hex digits.
+    /// live pairs of xxh3_64(value, seed = xxh3_64(key)), 16 hex digits.
     /// Two nodes at the same LSN with the same digest hold the same data.
     pub digest: String,
     pub commit_lsn: Lsn,

@@ -17,6 +17,12 @@ use kvstore::replication::hub::WriteConcern;
 use kvstore::replication::parse_peer;
 use kvstore::server::{self, Config, Role};
 
+/// mimalloc instead of the system allocator: every request and every
+/// replicated record allocates its key and value, and under load glibc's
+/// malloc and free were a third of a follower's CPU time during catch-up.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A replicated key-value store: a leader streams its write-ahead log to followers.
 #[derive(Parser, Debug)]
 #[command(version, about)]

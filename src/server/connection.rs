@@ -47,7 +47,6 @@ fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Resu
         BufReader::with_capacity(CONNECTION_BUFFER_BYTES, stream.try_clone().map_err(setup)?);
     let mut writer = BufWriter::with_capacity(CONNECTION_BUFFER_BYTES, stream);
     let mut first = true;
-    let mut first_request = true;
     loop {
         let frame = match read_frame(&mut reader, FRAME_BYTES_MAX) {
             Ok(Some(frame)) => frame,
@@ -60,13 +59,13 @@ fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Resu
             Err(e @ Error::Io { .. }) => return Err(e),
             Err(e) => return Err(refuse(&mut writer, e)),
         };
-        if first {
+        let is_first = std::mem::take(&mut first);
+        if is_first {
             writer.get_ref().set_read_timeout(None).map_err(setup)?;
-            first = false;
         }
         let message = Message::decode(&frame).map_err(|e| refuse(&mut writer, e))?;
         if let Message::FollowerHello { last_lsn, listen_port, cluster_id } = message {
-            if !std::mem::take(&mut first_request) {
+            if !is_first {
                 let e =
                     Error::Unexpected("FOLLOWER_HELLO must be a connection's first message".into());
                 return Err(refuse(&mut writer, e));
@@ -74,7 +73,6 @@ fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Resu
             let hello = Hello { last_lsn, listen_port, cluster_id };
             return hand_over_to_replication(writer, peer, node, hello);
         }
-        first_request = false;
         let reply = match handle_request(node, message) {
             Ok(reply) => reply,
             Err(e @ Error::Unexpected(_)) => return Err(refuse(&mut writer, e)),
