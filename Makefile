@@ -5,13 +5,14 @@
 #   make lint       rustfmt check + clippy with warnings as errors
 #   make demo       lesson 5's late-joiner scenario, end to end (PORT=9001 to move it)
 #   make soak       the fault tests at full counts (100 leader crashes, 1M writes, ...)
+#   make fuzz       coverage-guided fuzzing of the decoders (nightly + cargo-fuzz; FUZZ_SECONDS=60)
 #   make bench      the benchmark scenarios of docs/BENCHMARKS.md
 #   make bench-compare   kvstore and Redis side by side, same machine, same run
 
 CARGO ?= cargo
 PORT ?= 9001
 
-.PHONY: all build test lint demo soak bench bench-compare examples clean
+.PHONY: all build test lint demo soak fuzz bench bench-compare examples clean
 
 all: build
 
@@ -39,6 +40,15 @@ bench: examples
 
 bench-compare: examples
 	bash examples/bench_compare.sh
+
+FUZZ_SECONDS ?= 60
+
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for target in frame message wal_recovery; do \
+		$(CARGO) +nightly fuzz run --fuzz-dir tests/fuzz $$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; \
+	done
 
 soak:
 	KVSTORE_SOAK=1 $(CARGO) test --release --test faults -- --nocapture --test-threads=1 2>&1 \

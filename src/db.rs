@@ -223,8 +223,9 @@ impl Db {
     /// The first must continue this node's log exactly: no gap, no repeat.
     pub fn append_replicated(&self, records: Vec<Record>) -> Result<Lsn> {
         let Some(last) = records.last().map(|r| r.lsn) else { return Ok(self.last_lsn()) };
-        if let Some(gap) = records.windows(2).find(|w| w[1].lsn != w[0].lsn + 1) {
-            return Err(Error::NotContiguous { expected: gap[0].lsn + 1, got: gap[1].lsn });
+        if let Some(gap) = records.windows(2).find(|w| w[0].lsn.checked_add(1) != Some(w[1].lsn)) {
+            let expected = gap[0].lsn.saturating_add(1);
+            return Err(Error::NotContiguous { expected, got: gap[1].lsn });
         }
         let ticket = {
             let mut q = self.queue.lock();

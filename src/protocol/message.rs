@@ -353,7 +353,8 @@ fn decode_append_entries(d: &mut Decoder<'_>) -> Result<AppendEntries> {
     for _ in 0..count {
         let record = Record::decode(d)?;
         if let Some(prev) = records.last().map(|r: &Record| r.lsn) {
-            if record.lsn != prev + 1 {
+            // checked: a peer may send LSN u64::MAX.
+            if prev.checked_add(1) != Some(record.lsn) {
                 return Err(Error::Malformed(format!(
                     "AppendEntries records are not contiguous: LSN {} follows {prev}",
                     record.lsn
@@ -515,6 +516,19 @@ mod tests {
         payload.extend_from_slice(&[0; 16]);
         payload.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(matches!(Message::decode(&payload), Err(Error::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_record_after_lsn_u64_max_is_refused_without_overflow() {
+        // Goal: found by `make fuzz`: "the next LSN" of u64::MAX must not
+        // overflow; the message is malformed, never a panic.
+        let records = vec![
+            Record { lsn: u64::MAX, op: Op::Delete { key: b"a".to_vec() } },
+            Record { lsn: 1, op: Op::Delete { key: b"b".to_vec() } },
+        ];
+        let mut payload = Vec::new();
+        encode_append_entries(&mut payload, 0, 0, &records);
+        assert!(matches!(Message::decode(&payload), Err(Error::Malformed(_))));
     }
 
     #[test]

@@ -196,8 +196,10 @@ fn read_append_entries(
     while frame_is_buffered(reader) && merged.records.len() < MERGED_RECORDS_MAX {
         let next = expect_append_entries(read_message(reader, leader)?)?;
         if let (Some(last), Some(first)) = (merged.records.last(), next.records.first()) {
-            if first.lsn != last.lsn + 1 {
-                return Err(Error::NotContiguous { expected: last.lsn + 1, got: first.lsn });
+            let expected = last.lsn.checked_add(1);
+            if expected != Some(first.lsn) {
+                let expected = expected.unwrap_or(u64::MAX);
+                return Err(Error::NotContiguous { expected, got: first.lsn });
             }
         }
         merged.commit_lsn = merged.commit_lsn.max(next.commit_lsn);
