@@ -193,8 +193,9 @@ impl Hub {
         }
     }
 
-    /// (LSN held by a majority of expected followers needed, LSN held by
-    /// all expected followers), from the followers' ACKs alone.
+    /// From the followers' ACKs alone: (the LSN held by as many expected
+    /// followers as a majority needs besides the leader, the LSN held by
+    /// every expected follower). `Lsn::MAX` where no follower is needed.
     fn positions(&self, st: &HubState) -> (Lsn, Lsn) {
         let mut acked: Vec<Lsn> =
             st.peers.iter().filter(|p| p.expected).map(|p| p.acked_lsn).collect();
@@ -236,15 +237,8 @@ impl Hub {
     /// Highest LSN held by a majority: the leader holds `leader_last_lsn`,
     /// each expected follower its acked LSN.
     pub fn commit_lsn(&self, leader_last_lsn: Lsn) -> Lsn {
-        let st = self.state.lock();
-        let mut acked: Vec<Lsn> =
-            st.peers.iter().filter(|p| p.expected).map(|p| p.acked_lsn).collect();
-        acked.sort_unstable_by(|a, b| b.cmp(a));
-        let followers_needed = self.majority() - 1;
-        match followers_needed {
-            0 => leader_last_lsn,
-            n => acked[n - 1].min(leader_last_lsn),
-        }
+        let (majority, _) = self.positions(&self.state.lock());
+        majority.min(leader_last_lsn)
     }
 
     /// Block until `lsn` satisfies `concern`, or fail after `timeout`.
