@@ -76,6 +76,22 @@ impl Client {
         }
     }
 
+    /// PROMOTE: make the node leader of a new term; returns what it did.
+    pub fn promote(&mut self, force: bool) -> Result<String> {
+        match self.request(&Message::Promote { force })? {
+            Message::Done { message } => Ok(message),
+            other => Err(unexpected("PROMOTE", &other)),
+        }
+    }
+
+    /// FOLLOW: make the node a follower of `leader` (`host:port` or a port).
+    pub fn follow(&mut self, leader: &str) -> Result<String> {
+        match self.request(&Message::Follow { leader: leader.to_string() })? {
+            Message::Done { message } => Ok(message),
+            other => Err(unexpected("FOLLOW", &other)),
+        }
+    }
+
     /// STATUS, parsed.
     pub fn status(&mut self) -> Result<StatusReport> {
         let json = self.status_json()?;

@@ -14,11 +14,11 @@
 //! so a crash leaves either no id or the whole id.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomically;
 
 /// Name of the file holding the id inside the data directory.
 pub const CLUSTER_ID_FILE_NAME: &str = "CLUSTER_ID";
@@ -71,21 +71,7 @@ impl ClusterId {
 
     /// Store the id in `data_dir` durably (write, fsync, rename, fsync dir).
     pub fn store(&self, data_dir: &Path) -> Result<()> {
-        let path = data_dir.join(CLUSTER_ID_FILE_NAME);
-        let tmp = data_dir.join(format!("{CLUSTER_ID_FILE_NAME}.tmp"));
-        let ctx = |what: &str| format!("{what} {}", path.display());
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(ctx("creating"), e))?;
-        writeln!(file, "{self}").map_err(|e| Error::io(ctx("writing"), e))?;
-        file.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(ctx("renaming"), e))?;
-        File::open(data_dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| Error::io(ctx("syncing the directory of"), e))
+        write_atomically(data_dir, CLUSTER_ID_FILE_NAME, format!("{self}\n").as_bytes())
     }
 }
 

@@ -17,6 +17,30 @@
 //!    subscriber (one crossbeam channel per follower sender, lesson 3). The
 //!    rule is etcd's: nothing is sent before it is persisted.
 //!
+//! ## Terms, and who may write
+//!
+//! A client write is stamped with the leader's current term, and only a
+//! node that is leader takes one: [`Db::set_leader_term`] opens and closes
+//! the gate under the queue lock, so a write that races with a step-down is
+//! either queued before it (and stamped with the old term) or refused.
+//!
+//! ## Divergence repair
+//!
+//! A follower whose log holds records its leader does not have removes
+//! them with [`Db::truncate_after`]: the WAL is cut (one `ftruncate` and an
+//! fsync) and the map is rebuilt by replaying the WAL that remains. The map
+//! has no undo log; rebuilding costs a replay of the log (a snapshot will
+//! bound that), but it is obviously correct, and after a crash at any point
+//! the start-up replay does the same thing. A record at or below the commit
+//! LSN is never removed: that would be losing data, not repairing it.
+//!
+//! ## The digest ring
+//!
+//! The map's digest is updated per record; the committer also keeps the
+//! digest after each of the last [`DIGEST_RING_RECORDS`] records, so a
+//! leader can check a follower's report "at LSN n my digest is d" against
+//! its own digest at n (etcd's corruption check).
+//!
 //! ## When the disk fails
 //!
 //! A failed `write` (disk full, file-size limit) is undone: the file is cut
@@ -27,6 +51,7 @@
 //! PostgreSQL "fsyncgate" lesson). The node then refuses every further
 //! write until it is restarted, and restart recovers from what is on disk.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,10 +63,10 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::cluster::ClusterId;
 use crate::error::{Error, Result};
-use crate::limits::FOLLOWER_CHANNEL_BATCHES_MAX;
+use crate::limits::{DIGEST_RING_RECORDS, FOLLOWER_CHANNEL_BATCHES_MAX};
 use crate::store::Store;
-use crate::wal::{Op, Record, Wal, WalRecovery};
-use crate::Lsn;
+use crate::wal::{scan_log, Op, Record, TermHistory, Wal, WalRecovery};
+use crate::{Lsn, Term};
 
 /// When a write counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,12 +100,17 @@ pub struct Db {
     commit_lsn: AtomicU64,
     subscribers: Mutex<Vec<Sender<Batch>>>,
     cluster_id: Mutex<Option<ClusterId>>,
+    /// `(lsn, digest after lsn)` for the most recent records.
+    digests: Mutex<VecDeque<(Lsn, u64)>>,
     _lock: File,
 }
 
 struct Queue {
     next_lsn: Lsn,
     pending: Vec<Record>,
+    /// `Some(term)` while this node is the leader of `term`: client writes
+    /// are taken and stamped with it. `None`: client writes are refused.
+    leader_term: Option<Term>,
 }
 
 struct CommitState {
@@ -115,7 +145,11 @@ impl Db {
             wal,
             store: RwLock::new(store),
             fsync,
-            queue: Mutex::new(Queue { next_lsn: last_lsn + 1, pending: Vec::new() }),
+            queue: Mutex::new(Queue {
+                next_lsn: last_lsn + 1,
+                pending: Vec::new(),
+                leader_term: None,
+            }),
             commit: Mutex::new(CommitState {
                 durable_lsn: last_lsn,
                 committer_busy: false,
@@ -129,9 +163,43 @@ impl Db {
             commit_lsn: AtomicU64::new(0),
             subscribers: Mutex::new(Vec::new()),
             cluster_id: Mutex::new(cluster_id),
+            digests: Mutex::new(VecDeque::new()),
             _lock: lock,
         };
         Ok((db, recovery))
+    }
+
+    /// Open or close the gate for client writes: `Some(term)` when this
+    /// node becomes leader of `term`, `None` when it stops being leader.
+    pub fn set_leader_term(&self, term: Option<Term>) {
+        self.queue.lock().leader_term = term;
+    }
+
+    /// The term of the record at `lsn` (0 for LSN 0; `None` past the end).
+    pub fn term_at(&self, lsn: Lsn) -> Option<Term> {
+        self.wal.term_at(lsn)
+    }
+
+    /// Term of the last record in the log (0 if empty).
+    pub fn last_term(&self) -> Term {
+        self.wal.last_term()
+    }
+
+    /// The log's term history (term → first LSN).
+    pub fn term_history(&self) -> TermHistory {
+        self.wal.term_history()
+    }
+
+    /// The digest of the map right after `lsn` was applied, if `lsn` is
+    /// recent enough to still be in the ring.
+    pub fn digest_at(&self, lsn: Lsn) -> Option<u64> {
+        let ring = self.digests.lock();
+        let &(first, _) = ring.front()?;
+        let at = lsn.checked_sub(first)?;
+        ring.get(usize::try_from(at).ok()?).map(|&(l, d)| {
+            debug_assert_eq!(l, lsn);
+            d
+        })
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -205,32 +273,53 @@ impl Db {
         self.store.read().len()
     }
 
-    /// Log and apply one client write (leader). Returns its LSN once durable.
-    pub fn write(&self, op: Op) -> Result<Lsn> {
+    /// Log and apply one client write (leader). Returns its LSN and the
+    /// term it was written in, once durable.
+    pub fn write(&self, op: Op) -> Result<(Lsn, Term)> {
         op.check_limits()?;
-        let ticket = {
+        let (ticket, term) = {
             let mut q = self.queue.lock();
+            let Some(term) = q.leader_term else {
+                return Err(Error::NotLeader { term: None, leader: None });
+            };
             let lsn = q.next_lsn;
             q.next_lsn += 1;
-            q.pending.push(Record { lsn, op });
-            Ticket { lsn, epoch: self.epoch.load(Ordering::Acquire) }
+            q.pending.push(Record { lsn, term, op });
+            (Ticket { lsn, epoch: self.epoch.load(Ordering::Acquire) }, term)
         };
         self.wait_durable(ticket)?;
-        Ok(ticket.lsn)
+        Ok((ticket.lsn, term))
     }
 
     /// Log and apply records received from the leader (follower, lesson 3).
-    /// The first must continue this node's log exactly: no gap, no repeat.
+    /// The first must continue this node's log exactly: no gap, no repeat;
+    /// terms must not decrease, from the log's last term on.
     pub fn append_replicated(&self, records: Vec<Record>) -> Result<Lsn> {
         let Some(last) = records.last().map(|r| r.lsn) else { return Ok(self.last_lsn()) };
         if let Some(gap) = records.windows(2).find(|w| w[0].lsn.checked_add(1) != Some(w[1].lsn)) {
             let expected = gap[0].lsn.saturating_add(1);
             return Err(Error::NotContiguous { expected, got: gap[1].lsn });
         }
+        if let Some(w) = records.windows(2).find(|w| w[1].term < w[0].term) {
+            return Err(Error::Malformed(format!(
+                "AppendEntries terms go down: LSN {} has term {}, LSN {} term {}",
+                w[0].lsn, w[0].term, w[1].lsn, w[1].term
+            )));
+        }
         let ticket = {
             let mut q = self.queue.lock();
+            if q.leader_term.is_some() {
+                return Err(Error::Unexpected("AppendEntries to a leader".into()));
+            }
             if records[0].lsn != q.next_lsn {
                 return Err(Error::NotContiguous { expected: q.next_lsn, got: records[0].lsn });
+            }
+            let last_term = self.wal.last_term();
+            if records[0].term < last_term {
+                return Err(Error::Malformed(format!(
+                    "AppendEntries record LSN {} has term {}, older than our last term {last_term}",
+                    records[0].lsn, records[0].term
+                )));
             }
             q.next_lsn = last + 1;
             q.pending.extend(records);
@@ -238,6 +327,49 @@ impl Db {
         };
         self.wait_durable(ticket)?;
         Ok(last)
+    }
+
+    /// Remove every record after `lsn` from the WAL and the map (divergence
+    /// repair on a follower; see the module doc). Returns how many records
+    /// were removed. Refuses, and changes nothing, if a record to remove is
+    /// at or below the commit LSN.
+    pub fn truncate_after(&self, lsn: Lsn) -> Result<u64> {
+        let commit_lsn = self.commit_lsn();
+        if lsn < commit_lsn && lsn < self.last_lsn() {
+            return Err(Error::WouldLoseCommitted { truncate_after: lsn, commit_lsn });
+        }
+        // Exclude the committer: wait until none is busy, and hold its lock.
+        let mut c = self.commit.lock();
+        while c.committer_busy {
+            self.committed.wait(&mut c);
+        }
+        if let Some(why) = &c.fatal {
+            return Err(Error::WalFailed(why.clone()));
+        }
+        let mut q = self.queue.lock();
+        if !q.pending.is_empty() {
+            return Err(Error::Unexpected(format!(
+                "{} write(s) still queued during a truncation",
+                q.pending.len()
+            )));
+        }
+        let removed = self.wal.truncate_after(lsn)?;
+        if removed == 0 {
+            return Ok(0);
+        }
+        // Rebuild the map from what the WAL still holds.
+        let mut store = Store::new();
+        scan_log(self.wal.path(), |_, record| store.apply(record))?;
+        assert_eq!(store.applied_lsn(), lsn, "the map is rebuilt exactly to the truncation point");
+        *self.store.write() = store;
+        q.next_lsn = lsn + 1;
+        c.durable_lsn = lsn;
+        self.durable_lsn.store(lsn, Ordering::Release);
+        let mut ring = self.digests.lock();
+        while ring.back().is_some_and(|&(l, _)| l > lsn) {
+            ring.pop_back();
+        }
+        Ok(removed)
     }
 
     /// Subscribe to committed batches (a follower's sender thread, lesson 3).
@@ -319,8 +451,13 @@ impl Db {
         }
         {
             let mut store = self.store.write();
+            let mut ring = self.digests.lock();
             for record in &batch {
                 store.apply(record);
+                if ring.len() == DIGEST_RING_RECORDS {
+                    ring.pop_front();
+                }
+                ring.push_back((record.lsn, store.digest()));
             }
         }
         self.durable_lsn.store(last, Ordering::Release);

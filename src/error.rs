@@ -9,7 +9,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-use crate::Lsn;
+use crate::{Lsn, Term};
 
 /// The result type used throughout the crate.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -30,6 +30,8 @@ pub enum Error {
     /// A record in the middle of the WAL is damaged: refuse to start rather
     /// than silently drop what follows it.
     CorruptWal { path: PathBuf, offset: u64, reason: String },
+    /// The WAL was written in a format this build does not know.
+    WalVersion { path: PathBuf, found: u32, supported: u32 },
     /// A write was sent to a follower.
     ReadOnly { leader: String },
     /// A write concern was not met in time; the record is in the leader's
@@ -43,6 +45,16 @@ pub enum Error {
     OtherCluster { ours: String, theirs: String, peer: String },
     /// A follower's log is ahead of its leader's: the histories diverged.
     Diverged { follower_lsn: Lsn, leader_lsn: Lsn },
+    /// A repair would remove a record at or below the commit LSN.
+    WouldLoseCommitted { truncate_after: Lsn, commit_lsn: Lsn },
+    /// This node is not (or no longer) the leader.
+    NotLeader { term: Option<Term>, leader: Option<String> },
+    /// A message came from a term older than ours: its sender was deposed.
+    StaleTerm { theirs: Term, ours: Term, leader: Option<String> },
+    /// A `majority`/`all` write was waiting when its leader stepped down.
+    Deposed { lsn: Lsn, term: Term, why: String },
+    /// The leader found this node's data differs from its own.
+    Unhealthy(String),
     /// The server already serves as many connections as it is allowed.
     TooManyConnections { max: usize },
     /// The server answered with an ERROR reply.
@@ -69,7 +81,11 @@ impl Error {
             }
             Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             Error::UnknownMessageType(_) => ErrorCode::UnknownType,
-            Error::ReadOnly { .. } => ErrorCode::ReadOnly,
+            Error::ReadOnly { .. } | Error::NotLeader { .. } => ErrorCode::ReadOnly,
+            Error::StaleTerm { .. } => ErrorCode::StaleTerm,
+            Error::Deposed { .. } => ErrorCode::Deposed,
+            Error::Unhealthy(_) => ErrorCode::Unhealthy,
+            Error::WouldLoseCommitted { .. } => ErrorCode::Replication,
             Error::WriteTimeout { .. } => ErrorCode::WriteTimeout,
             Error::TooManyConnections { .. } => ErrorCode::TooManyConnections,
             Error::NotContiguous { .. } | Error::Diverged { .. } | Error::OtherCluster { .. } => {
@@ -78,9 +94,10 @@ impl Error {
             Error::Unexpected(_) => ErrorCode::Unexpected,
             Error::Link(_) => ErrorCode::Replication,
             Error::Server { code, .. } => *code,
-            Error::Io { .. } | Error::CorruptWal { .. } | Error::WalFailed(_) => {
-                ErrorCode::Internal
-            }
+            Error::Io { .. }
+            | Error::CorruptWal { .. }
+            | Error::WalVersion { .. }
+            | Error::WalFailed(_) => ErrorCode::Internal,
         }
     }
 }
@@ -99,6 +116,12 @@ impl fmt::Display for Error {
                 f,
                 "corrupt WAL record in {} at byte offset {offset}: {reason}; records after it \
                  would be lost, so start-up stops here (inspect with `kv_client wal-dump`)",
+                path.display()
+            ),
+            Error::WalVersion { path, found, supported } => write!(
+                f,
+                "{} has WAL format version {found}, but this kvstore reads versions 1 to \
+                 {supported}; run the newer kvstore that wrote it (nothing was changed)",
                 path.display()
             ),
             Error::ReadOnly { leader } => {
@@ -125,6 +148,35 @@ impl fmt::Display for Error {
                 "follower's last LSN {follower_lsn} is beyond the leader's last LSN \
                  {leader_lsn}: the histories diverged; refusing to replicate"
             ),
+            Error::WouldLoseCommitted { truncate_after, commit_lsn } => write!(
+                f,
+                "refusing to truncate the log after LSN {truncate_after}: records up to LSN \
+                 {commit_lsn} are committed, and removing them would lose acknowledged writes"
+            ),
+            Error::NotLeader { term, leader } => {
+                write!(f, "this node is not the leader and refuses writes")?;
+                match (term, leader) {
+                    (Some(t), Some(l)) => write!(f, "; the leader of term {t} is {l}"),
+                    (Some(t), None) => write!(f, "; the leader of term {t} is not known yet"),
+                    (None, Some(l)) => write!(f, "; the leader is {l}"),
+                    (None, None) => write!(f, "; the leader is not known yet"),
+                }
+            }
+            Error::StaleTerm { theirs, ours, leader } => {
+                write!(f, "message from term {theirs}, but this node is in term {ours}")?;
+                match leader {
+                    Some(l) => write!(f, " (its leader is {l})"),
+                    None => write!(f, " (its leader is not known yet)"),
+                }?;
+                write!(f, "; the sender was deposed and must step down")
+            }
+            Error::Deposed { lsn, term, why } => write!(
+                f,
+                "this node stopped being the leader of term {term} before LSN {lsn} reached the \
+                 write concern ({why}); the write is not confirmed and will be lost if the new \
+                 leader does not have it"
+            ),
+            Error::Unhealthy(why) => write!(f, "this node refuses reads: {why}"),
             Error::TooManyConnections { max } => {
                 write!(f, "too many connections (the limit is {max}); try again later")
             }
@@ -170,6 +222,12 @@ pub enum ErrorCode {
     Replication = 8,
     /// A message arrived that makes no sense here (e.g. AppendEntries to a leader).
     Unexpected = 9,
+    /// The message came from an older term: its sender was deposed.
+    StaleTerm = 10,
+    /// The leader stepped down while the write waited for its write concern.
+    Deposed = 11,
+    /// The node's data was found to differ from its leader's; reads refused.
+    Unhealthy = 12,
 }
 
 impl ErrorCode {
@@ -184,6 +242,9 @@ impl ErrorCode {
             7 => ErrorCode::TooManyConnections,
             8 => ErrorCode::Replication,
             9 => ErrorCode::Unexpected,
+            10 => ErrorCode::StaleTerm,
+            11 => ErrorCode::Deposed,
+            12 => ErrorCode::Unhealthy,
             _ => ErrorCode::Internal,
         }
     }

@@ -41,6 +41,8 @@ pub mod cluster;
 pub mod codec;
 pub mod db;
 pub mod error;
+pub mod failpoint;
+pub mod fsutil;
 pub mod limits;
 pub mod protocol;
 pub mod replication;
@@ -54,3 +56,10 @@ pub mod wal;
 /// The first record is LSN 1 and LSNs are contiguous; 0 means "none"
 /// (an empty log has `last_lsn == 0`).
 pub type Lsn = u64;
+
+/// A leadership term (see `docs/FAILOVER.md`): a number that grows by one
+/// every time a node becomes leader, stored in every WAL record.
+///
+/// The first leader of a new cluster has term 1; 0 means "none" (the term
+/// of LSN 0, the position before the first record, is 0).
+pub type Term = u64;

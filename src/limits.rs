@@ -19,9 +19,10 @@ pub const KEY_BYTES_MAX: u32 = 64 * 1024;
 /// one AppendEntries batch, for the largest record plus its headers.
 pub const VALUE_BYTES_MAX: u32 = 4 * 1024 * 1024;
 
-/// Largest WAL record body on disk: the lesson layout's fixed 17 bytes plus
-/// the largest key and value. Recovery treats a longer length as corruption.
-pub const RECORD_BYTES_MAX: u32 = 17 + KEY_BYTES_MAX + VALUE_BYTES_MAX;
+/// Largest WAL record body on disk: the record's fixed 25 bytes (lsn, term,
+/// cmd, two lengths) plus the largest key and value. Recovery treats a
+/// longer length as corruption.
+pub const RECORD_BYTES_MAX: u32 = 25 + KEY_BYTES_MAX + VALUE_BYTES_MAX;
 
 /// Most records in one AppendEntries message. Bounds the follower's work per
 /// message (one fsync each) and keeps ACKs flowing during a long catch-up.
@@ -77,3 +78,39 @@ pub const CLIENT_READ_TIMEOUT_MS: u64 = 30_000;
 /// WAL index file growth step, in slots (each 8 bytes): 1 Mi slots = 8 MiB.
 /// Growing in large steps keeps remaps rare.
 pub const INDEX_GROW_SLOTS: u64 = 1024 * 1024;
+
+/// Records whose post-apply digest a node remembers (64 Ki, 1 MiB): a
+/// follower reports its digest every [`DIGEST_REPORT_INTERVAL_MS`] at its
+/// last LSN, which is within this many records of the leader's unless it
+/// lags by more than that, and then the check simply waits for it.
+pub const DIGEST_RING_RECORDS: usize = 64 * 1024;
+
+/// How often a follower puts `(lsn, digest)` in an ACK for the leader's
+/// corruption check. Frequent enough to notice within seconds; rare enough
+/// to cost nothing.
+pub const DIGEST_REPORT_INTERVAL_MS: u64 = 2_000;
+
+/// Longest node address on the wire (`host:port` text), in bytes: a DNS
+/// name is at most 253 characters.
+pub const ADDRESS_BYTES_MAX: usize = 255;
+
+/// Most members a cluster may have. Every member's address travels in each
+/// LEADER_HELLO and a promotion asks each for its vote; replicated stores
+/// run 3, 5 or 7 nodes, and 64 is far past any of them.
+pub const MEMBERS_MAX: usize = 64;
+
+/// How often a leader tells members that are not following it that it
+/// leads (LEADER_ANNOUNCE): a deposed leader learns of its successor within
+/// about this long of the link healing.
+pub const ANNOUNCE_INTERVAL_MS: u64 = 1_000;
+
+/// How long a promotion waits for each member's vote, and an announcement
+/// for its answer. Members answer at once or are unreachable; a second
+/// keeps `kv_client promote` quick when one is down.
+pub const PEER_REQUEST_TIMEOUT_MS: u64 = 1_000;
+
+/// Most refused probes the leader sends one follower before it gives up on
+/// the link (the follower then redials). Each probe skips at least a whole
+/// term of the follower's log, so this bounds the work a confused or
+/// hostile follower can cause.
+pub const PROBE_ROUNDS_MAX: u32 = 64;

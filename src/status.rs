@@ -9,15 +9,26 @@
 use serde::{Deserialize, Serialize};
 
 use crate::replication::lag::LagSummary;
-use crate::Lsn;
+use crate::{Lsn, Term};
 
 /// One node's view of itself and of its followers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusReport {
     /// `leader` or `follower`.
     pub role: String,
+    /// This node's current term (see `docs/FAILOVER.md`).
+    pub term: Term,
+    /// Term of the last record in this node's log.
+    pub last_term: Term,
     /// The address clients reach this node on.
     pub address: String,
+    /// Every member of the cluster as this node knows it (itself included).
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// `None` while this node's data is believed good; otherwise why it
+    /// refuses reads (its leader found its digest differs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<String>,
     /// The cluster this node's log belongs to (a fresh follower has none yet).
     pub cluster_id: Option<String>,
     pub last_lsn: Lsn,
@@ -33,7 +44,8 @@ pub struct StatusReport {
     /// On a leader: `local`, `majority` or `all`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_concern: Option<String>,
-    /// On a follower: its leader's address and the link's state.
+    /// The leader: on a follower, the one it follows and the link's state;
+    /// on a leader, itself (state `leader`). Absent while no leader is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<LeaderLink>,
     /// On a leader: one row per follower (expected ones first).
@@ -49,7 +61,8 @@ pub struct StatusReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderLink {
     pub address: String,
-    /// `connecting`, `catching-up` or `streaming`.
+    /// `connecting`, `catching-up` or `streaming`; `leader` when the node
+    /// reports itself.
     pub state: String,
     /// The leader's last LSN as of its latest AppendEntries.
     pub leader_last_lsn: Lsn,
@@ -68,32 +81,51 @@ pub struct FollowerRow {
     pub lag_records: u64,
     /// Milliseconds since its last ACK, if it ever sent one.
     pub last_ack_ms_ago: Option<u64>,
+    /// The follower's term, from its HELLO and ACKs.
+    #[serde(default)]
+    pub term: Term,
+    /// True if the corruption check found its digest differs from ours.
+    #[serde(default)]
+    pub digest_mismatch: bool,
 }
 
 impl StatusReport {
     /// The human form: a few `name: value` lines and a table of followers.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "role:        {}\naddress:     {}\ncluster:     {}\nlast_lsn:    {}\ncommit_lsn:  {}\n\
+            "role:        {}\nterm:        {}\naddress:     {}\ncluster:     {}\n\
+             last_lsn:    {} (term {})\ncommit_lsn:  {}\n\
              digest:      {} (at LSN {})\nkeys:        {}\nfsync:       {}\n",
             self.role,
+            self.term,
             self.address,
             self.cluster_id.as_deref().unwrap_or("(none yet)"),
             self.last_lsn,
+            self.last_term,
             self.commit_lsn,
             self.digest,
             self.last_lsn,
             self.keys,
             self.fsync
         );
+        if !self.members.is_empty() {
+            out.push_str(&format!("members:     {}\n", self.members.join(", ")));
+        }
+        if let Some(why) = &self.unhealthy {
+            out.push_str(&format!("UNHEALTHY:   {why}\n"));
+        }
         if let Some(wc) = &self.write_concern {
             out.push_str(&format!("write:       {wc}\n"));
         }
-        if let Some(l) = &self.leader {
-            out.push_str(&format!(
+        match &self.leader {
+            Some(l) if l.state == "leader" => {
+                out.push_str(&format!("leader:      {} (this node)\n", l.address))
+            }
+            Some(l) => out.push_str(&format!(
                 "leader:      {} ({}, leader last_lsn {})\n",
                 l.address, l.state, l.leader_last_lsn
-            ));
+            )),
+            None => out.push_str("leader:      (not known)\n"),
         }
         if let Some(lag) = &self.replication_lag {
             out.push_str(&format!(
@@ -115,8 +147,8 @@ fn render_followers(rows: &[FollowerRow]) -> String {
     if rows.is_empty() {
         return "followers:   none\n".to_string();
     }
-    let header = ["FOLLOWER", "STATE", "ACKED_LSN", "LAG", "LAST_ACK"];
-    let cells: Vec<[String; 5]> = rows
+    let header = ["FOLLOWER", "STATE", "TERM", "ACKED_LSN", "LAG", "LAST_ACK", "DIGEST"];
+    let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
             let name =
@@ -125,7 +157,16 @@ fn render_followers(rows: &[FollowerRow]) -> String {
                 Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
                 None => "never".to_string(),
             };
-            [name, r.state.clone(), r.acked_lsn.to_string(), r.lag_records.to_string(), ack]
+            let digest = if r.digest_mismatch { "MISMATCH" } else { "ok" };
+            [
+                name,
+                r.state.clone(),
+                r.term.to_string(),
+                r.acked_lsn.to_string(),
+                r.lag_records.to_string(),
+                ack,
+                digest.to_string(),
+            ]
         })
         .collect();
     let mut widths = header.map(str::len);
@@ -134,7 +175,7 @@ fn render_followers(rows: &[FollowerRow]) -> String {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cols: [&str; 5]| {
+    let line = |cols: [&str; 7]| {
         let mut s = String::new();
         for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
             if i > 0 {
@@ -147,7 +188,7 @@ fn render_followers(rows: &[FollowerRow]) -> String {
     let mut out = String::from("\n");
     out.push_str(&line(header));
     for row in &cells {
-        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+        out.push_str(&line(row.each_ref().map(String::as_str)));
     }
     out
 }

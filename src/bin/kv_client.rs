@@ -5,6 +5,8 @@
 //! kv_client --port 9002 get k          prints the value alone; exit 1 if missing
 //! kv_client --port 9001 delete k
 //! kv_client --port 9001 status [--json]
+//! kv_client --port 9002 promote [--force]   make 9002 the leader of a new term
+//! kv_client --port 9003 follow 127.0.0.1:9002   make 9003 follow 9002
 //! kv_client wal-dump ./node1           one record a line, like pg_waldump
 //! ```
 //!
@@ -46,12 +48,23 @@ enum Command {
     Get { key: String },
     /// Remove KEY (on the leader).
     Delete { key: String },
-    /// Show the node's role, LSNs and followers.
+    /// Show the node's role, term, LSNs and followers.
     Status {
         /// Print the raw JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// Make the node the leader of a new term (like pg_promote). It first
+    /// checks that a majority of members answer and none holds more.
+    Promote {
+        /// Promote even without a majority, or if another node holds more
+        /// (records only that node holds would be lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the node follow the leader at HOST:PORT (like REPLICAOF); a
+    /// leader steps down first.
+    Follow { leader: String },
     /// Print every record of DATA_DIR's WAL, and where a torn tail starts.
     WalDump { data_dir: PathBuf },
 }
@@ -98,6 +111,8 @@ fn run(address: &str, command: Command) -> Result<ExitCode, Error> {
                 return Ok(ExitCode::from(1));
             }
         },
+        Command::Promote { force } => print(&mut stdout, client.promote(force)?.as_bytes()),
+        Command::Follow { leader } => print(&mut stdout, client.follow(&leader)?.as_bytes()),
         Command::Status { json: true } => print(&mut stdout, client.status_json()?.as_bytes()),
         Command::Status { json: false } => {
             print(&mut stdout, client.status()?.render().trim_end().as_bytes())
@@ -126,21 +141,29 @@ fn wal_dump(data_dir: &std::path::Path) -> ExitCode {
             }
             Op::Delete { key } => format!("DELETE key={}", escape(key)),
         };
-        let _ = writeln!(out, "lsn={:<8} offset={:<10} {line}", record.lsn, offset);
+        let _ = writeln!(
+            out,
+            "lsn={:<8} term={:<4} offset={:<10} {line}",
+            record.lsn, record.term, offset
+        );
     });
+    let format = |version: u32| match version {
+        1 => "format 1 (no terms: read as term 1; the server upgrades it at start-up)".to_string(),
+        v => format!("format {v}"),
+    };
     match result {
-        Ok(ScanEnd::Clean { end_offset }) => {
+        Ok(scan) => {
+            let end = match scan.end {
+                ScanEnd::Clean { end_offset } => format!("clean end at offset {end_offset}"),
+                ScanEnd::TornTail { offset, bytes } => format!(
+                    "torn tail of {bytes} byte(s) at offset {offset} (the server truncates it at \
+                     start-up)"
+                ),
+            };
             let _ = writeln!(
                 out,
-                "-- {count} record(s), last LSN {last_lsn}, clean end at offset {end_offset}"
-            );
-            ExitCode::SUCCESS
-        }
-        Ok(ScanEnd::TornTail { offset, bytes }) => {
-            let _ = writeln!(
-                out,
-                "-- {count} record(s), last LSN {last_lsn}; torn tail of {bytes} byte(s) at offset \
-                 {offset} (the server truncates it at start-up)"
+                "-- {count} record(s), last LSN {last_lsn}, {end}; {}",
+                format(scan.version)
             );
             ExitCode::SUCCESS
         }

@@ -3,6 +3,7 @@
 //! ```text
 //! kvstore --port 9001 --data-dir ./node1 --role=leader --peers=9002,9003
 //! kvstore --port 9002 --data-dir ./node2 --role=follower --leader=9001
+//! kvstore --port 9002 --data-dir ./node2      # restart in the role it had
 //! ```
 
 use std::path::PathBuf;
@@ -36,7 +37,8 @@ struct Args {
     /// Directory holding this node's WAL (created if missing).
     #[arg(long)]
     data_dir: PathBuf,
-    /// leader or follower. Without it the node is a standalone leader.
+    /// leader or follower. Without it the node takes the role stored in its
+    /// data dir (a new node: a standalone leader).
     #[arg(long, value_enum)]
     role: Option<RoleArg>,
     /// Leader only: the followers it expects, comma-separated (a bare port means 127.0.0.1).
@@ -112,6 +114,7 @@ fn config(args: Args) -> Result<Config, String> {
         }
         (Some(RoleArg::Follower), None) => return Err("--role=follower needs --leader".into()),
         (_, Some(_)) => return Err("--leader is for --role=follower".into()),
+        (None, None) if args.peers.is_empty() => Role::Stored,
         (Some(RoleArg::Leader) | None, None) => {
             let peers: Result<Vec<_>, _> =
                 args.peers.iter().filter(|p| !p.trim().is_empty()).map(|p| parse_peer(p)).collect();

@@ -1,54 +1,90 @@
-//! The follower's side: dial, hello, apply, ack, redial (lessons 3 and 5).
+//! The follower's side: dial, hello, check, repair, apply, ack, redial
+//! (lessons 3 and 5; log matching and fencing: `docs/FAILOVER.md`).
 //!
-//! A follower runs one `follower` thread for its whole life:
+//! A follower runs one `follower` thread per leader it follows; a role
+//! change stops it ([`FollowerLink::stop`]) and starts another.
 //!
 //! 1. Dial the leader (the same port its clients use).
-//! 2. Send `FOLLOWER_HELLO [last_lsn][listen_port]` with the last LSN in its
-//!    own WAL — lesson 5's handshake; 0 for a fresh node means "everything".
-//! 3. For each APPEND_ENTRIES: hand the records to the one write path
-//!    ([`Db::append_replicated`], which refuses anything but `last_lsn + 1`),
-//!    which appends them to the WAL, fsyncs once for the batch and applies
-//!    them; record the leader's `commit_lsn`; reply `APPEND_ENTRIES_ACK
-//!    [last_lsn]`. Heartbeats (empty AppendEntries) are ACKed too, so the
-//!    leader can tell a quiet follower from a dead one.
-//! 4. When the link breaks — the leader restarted, the network failed, the
+//! 2. Send `FOLLOWER_HELLO [last_lsn][last_term][term][listen_port][cluster_id]`
+//!    — lesson 5's handshake, with where our log ends and our term.
+//! 3. Read LEADER_HELLO. A leader in an **older term** than ours was
+//!    deposed: refuse it (fencing). A newer term is stored before anything
+//!    else. Remember the members it lists.
+//! 4. For each APPEND_ENTRIES, apply the log-matching check
+//!    ([`log_match::check_append`]):
+//!    - no record at `prev_lsn` with `prev_term`: answer
+//!      APPEND_ENTRIES_REFUSE with where our log ends; the leader probes
+//!      further back;
+//!    - a record we hold with another term than the leader's: our log
+//!      diverges there; truncate it ([`Db::truncate_after`], which refuses
+//!      to remove anything at or below the commit LSN) and log why;
+//!    - then append the new records through the one write path (append,
+//!      fsync, apply), advance our commit LSN, and ACK the LSN up to which
+//!      our log now matches the leader's. Heartbeats are checked and ACKed
+//!      the same way. Every [`DIGEST_REPORT_INTERVAL_MS`] the ACK also
+//!      carries our map's digest for the leader's corruption check.
+//! 5. When the link breaks — the leader restarted, the network failed, the
 //!    leader was silent for [`REPLICATION_TIMEOUT_MS`] — wait with capped
-//!    exponential backoff and go back to 1. HELLO resynchronises from the
-//!    follower's real position, so nothing is lost or applied twice.
+//!    exponential backoff and go back to 1.
 
 use std::io::{BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::db::Db;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::limits::{
-    APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX, RECONNECT_BACKOFF_MAX_MS,
-    RECONNECT_BACKOFF_MIN_MS, REPLICATION_TIMEOUT_MS,
+    APPEND_ENTRIES_RECORDS_MAX, DIGEST_REPORT_INTERVAL_MS, FRAME_BYTES_MAX,
+    RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS, REPLICATION_TIMEOUT_MS,
 };
 use crate::protocol::frame::{is_timeout, read_frame};
 use crate::protocol::{AppendEntries, Message};
 use crate::replication::hub::LinkState;
+use crate::replication::log_match::{self, Verdict};
+use crate::replication::replica::Replica;
 use crate::replication::RateLimitedLine;
 use crate::status::LeaderLink;
+use crate::wal::Record;
 use crate::Lsn;
 
-/// What the follower knows of its leader, for `status`.
+/// What the follower knows of its leader, for `status`, and the switch
+/// that stops its thread.
 pub struct FollowerLink {
     leader: SocketAddr,
     state: Mutex<(LinkState, Lsn)>,
+    stopped: AtomicBool,
+    /// The current connection, closed by [`FollowerLink::stop`].
+    socket: Mutex<Option<TcpStream>>,
 }
 
 impl FollowerLink {
     pub fn new(leader: SocketAddr) -> FollowerLink {
-        FollowerLink { leader, state: Mutex::new((LinkState::Connecting, 0)) }
+        FollowerLink {
+            leader,
+            state: Mutex::new((LinkState::Connecting, 0)),
+            stopped: AtomicBool::new(false),
+            socket: Mutex::new(None),
+        }
     }
 
     pub fn leader(&self) -> SocketAddr {
         self.leader
+    }
+
+    /// End this link for good: the node follows someone else, or leads.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        if let Some(socket) = self.socket.lock().take() {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     pub fn report(&self) -> LeaderLink {
@@ -67,23 +103,26 @@ impl FollowerLink {
     }
 }
 
-/// Start the follower thread: replicate from `link.leader()` forever.
-pub fn spawn(db: Arc<Db>, link: Arc<FollowerLink>, listen_port: u16) -> Result<()> {
+/// Start the follower thread: replicate from `link.leader()` until stopped.
+pub fn spawn(db: Arc<Db>, replica: Arc<Replica>, link: Arc<FollowerLink>) -> Result<()> {
     std::thread::Builder::new()
         .name("follower".into())
-        .spawn(move || run(&db, &link, listen_port))
+        .spawn(move || run(&db, &replica, &link))
         .map(|_| ())
         .map_err(|e| Error::io("spawning follower thread", e))
 }
 
-fn run(db: &Db, link: &FollowerLink, listen_port: u16) {
+fn run(db: &Db, replica: &Replica, link: &FollowerLink) {
     let leader = link.leader();
     let mut backoff_ms = RECONNECT_BACKOFF_MIN_MS;
     let mut failures = 0u64;
-    loop {
+    while !link.is_stopped() {
         link.set(LinkState::Connecting, None);
         let started = Instant::now();
-        let outcome = session(db, link, listen_port);
+        let outcome = session(db, replica, link);
+        if link.is_stopped() {
+            return;
+        }
         let was_connected = link.state.lock().0 != LinkState::Connecting;
         if was_connected || started.elapsed() > Duration::from_millis(REPLICATION_TIMEOUT_MS) {
             backoff_ms = RECONNECT_BACKOFF_MIN_MS;
@@ -101,13 +140,17 @@ fn run(db: &Db, link: &FollowerLink, listen_port: u16) {
                 log::debug!("[replication] redial of leader {leader} failed: {e}");
             }
         }
-        std::thread::sleep(Duration::from_millis(backoff_ms));
+        // Sleep in short steps so a stopped link ends promptly.
+        let until = Instant::now() + Duration::from_millis(backoff_ms);
+        while Instant::now() < until && !link.is_stopped() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MAX_MS);
     }
 }
 
 /// One connection to the leader, from HELLO until it breaks.
-fn session(db: &Db, link: &FollowerLink, listen_port: u16) -> Result<()> {
+fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
     let leader = link.leader();
     let timeout = Duration::from_millis(REPLICATION_TIMEOUT_MS);
     let stream = TcpStream::connect_timeout(&leader, timeout)
@@ -116,18 +159,30 @@ fn session(db: &Db, link: &FollowerLink, listen_port: u16) -> Result<()> {
     stream.set_nodelay(true).map_err(setup)?;
     stream.set_read_timeout(Some(timeout)).map_err(setup)?;
     stream.set_write_timeout(Some(timeout)).map_err(setup)?;
+    *link.socket.lock() = Some(stream.try_clone().map_err(setup)?);
+    if link.is_stopped() {
+        return Ok(());
+    }
     let mut writer = stream.try_clone().map_err(setup)?;
-    let mut reader = BufReader::with_capacity(256 * 1024, stream);
+    let mut inbox = Inbox { reader: BufReader::with_capacity(256 * 1024, stream), pending: None };
 
     // Lesson 5: say where our log ends; the leader sends what comes after.
-    let last_lsn = db.last_lsn();
-    let cluster_id = db.cluster_id();
-    log::info!("[catch-up] connected to leader {leader}, requesting records after LSN {last_lsn}");
-    let hello = Message::FollowerHello { last_lsn, listen_port: Some(listen_port), cluster_id };
+    let (last_lsn, last_term) = (db.last_lsn(), db.last_term());
+    log::info!(
+        "[catch-up] connected to leader {leader}, requesting records after LSN {last_lsn} \
+         (term {last_term})"
+    );
+    let hello = Message::FollowerHello {
+        last_lsn,
+        last_term,
+        term: replica.term(),
+        listen_port: Some(replica.address().port()),
+        cluster_id: db.cluster_id(),
+    };
     send(&mut writer, &hello)?;
-    let answer = read_message(&mut reader, leader)?;
-    if let Err(e) = check_leader(db, &answer, leader) {
-        if let Error::OtherCluster { .. } | Error::Link(_) = e {
+    let answer = inbox.read_message(replica, leader)?;
+    if let Err(e) = check_leader(db, replica, &answer, leader) {
+        if let Error::OtherCluster { .. } | Error::Link(_) | Error::StaleTerm { .. } = e {
             log::error!("[replication] refusing leader {leader}: {e}");
             let _ = send(&mut writer, &Message::error(&e));
         }
@@ -135,79 +190,264 @@ fn session(db: &Db, link: &FollowerLink, listen_port: u16) -> Result<()> {
     }
     link.set(LinkState::CatchingUp, None);
 
-    let mut catch_up = Some(CatchUp { received: 0, started: Instant::now() });
-    let mut applied_log = RateLimitedLine::new();
+    let mut follower = Follower {
+        db,
+        replica,
+        leader,
+        catch_up: Some(CatchUp { received: 0, started: Instant::now() }),
+        applied_log: RateLimitedLine::new(),
+        digest_due: Instant::now(),
+    };
     loop {
-        let (ae, messages) = read_append_entries(&mut reader, leader)?;
-        let count = ae.records.len();
-        let last = match apply(db, ae.records, ae.commit_lsn) {
-            Ok(last) => last,
+        let (ae, messages) = inbox.read_append_entries(replica, leader)?;
+        let reply = match follower.handle(ae, messages, link) {
+            Ok(reply) => reply,
             Err(e) => {
-                // Tell the leader why we drop the link (e.g. a gap), then
-                // redial: HELLO resynchronises from our real position.
+                // Tell the leader why we drop the link (a stale term, a
+                // repair that would lose committed data), then redial.
                 let _ = send(&mut writer, &Message::error(&e));
                 return Err(e);
             }
         };
-        send(&mut writer, &Message::AppendEntriesAck { last_lsn: last })?;
-
-        if let Some(c) = &mut catch_up {
-            c.received += count as u64;
-            if last >= ae.leader_last_lsn {
-                log::info!(
-                    "[catch-up] received {} records, caught up to LSN {last} in {} ms",
-                    c.received,
-                    c.started.elapsed().as_millis()
-                );
-                catch_up = None;
-                link.set(LinkState::Streaming, Some(ae.leader_last_lsn));
-            } else {
-                link.set(LinkState::CatchingUp, Some(ae.leader_last_lsn));
-            }
-        } else {
-            link.set(LinkState::Streaming, Some(ae.leader_last_lsn.max(last)));
-            applied_log.note(messages, count, |messages, records| {
-                if messages == 1 {
-                    format!(
-                        "[replication] received AppendEntries, applied {records} record(s), \
-                         last LSN {last}"
-                    )
-                } else {
-                    format!(
-                        "[replication] received {messages} AppendEntries, applied {records} \
-                         record(s), last LSN {last}"
-                    )
-                }
-            });
-        }
+        send(&mut writer, &reply)?;
     }
 }
 
-/// Read the next APPEND_ENTRIES, merged with any more that have already
-/// arrived whole in the read buffer: under load, one WAL append, one fsync
-/// and one ACK then serve several messages. Returns the merged message and
-/// how many were merged.
-fn read_append_entries(
-    reader: &mut BufReader<TcpStream>,
+/// The state of one session after the handshake.
+struct Follower<'a> {
+    db: &'a Db,
+    replica: &'a Replica,
     leader: SocketAddr,
-) -> Result<(AppendEntries, u64)> {
-    let mut merged = expect_append_entries(read_message(reader, leader)?)?;
-    let mut messages = 1;
-    while frame_is_buffered(reader) && merged.records.len() < MERGED_RECORDS_MAX {
-        let next = expect_append_entries(read_message(reader, leader)?)?;
-        if let (Some(last), Some(first)) = (merged.records.last(), next.records.first()) {
-            let expected = last.lsn.checked_add(1);
-            if expected != Some(first.lsn) {
-                let expected = expected.unwrap_or(u64::MAX);
-                return Err(Error::NotContiguous { expected, got: first.lsn });
+    catch_up: Option<CatchUp>,
+    applied_log: RateLimitedLine,
+    digest_due: Instant,
+}
+
+impl Follower<'_> {
+    /// Step 4 of the module doc for one (merged) AppendEntries: check it,
+    /// repair our log if it diverges, append, and build the reply.
+    fn handle(
+        &mut self,
+        mut ae: AppendEntries,
+        messages: u64,
+        link: &FollowerLink,
+    ) -> Result<Message> {
+        let leader = self.leader;
+        // Fencing: a leader of an older term was deposed.
+        let term = self.replica.term();
+        if ae.term < term {
+            let err = Error::StaleTerm { theirs: ae.term, ours: term, leader: None };
+            log::error!("[replication] refusing AppendEntries from {leader}: {err}");
+            return Err(err);
+        }
+        if ae.term > term {
+            self.replica.observe_term(ae.term, Some(leader), &format!("leader {leader}"))?;
+        }
+        let term = ae.term;
+
+        let history = self.db.term_history();
+        let verdict =
+            log_match::check_append(&history, ae.prev_lsn, ae.prev_term, ae.records.iter().map(|r| r.term));
+        let (truncate_after, skip, matched) = match verdict {
+            Verdict::Refuse(r) => {
+                log::info!(
+                    "[catch-up] our log does not hold LSN {} of term {} (it ends at LSN {}, term \
+                     {}); asking leader {leader} to go further back",
+                    ae.prev_lsn,
+                    ae.prev_term,
+                    r.last_lsn,
+                    history.last_term()
+                );
+                return Ok(Message::AppendEntriesRefuse {
+                    term,
+                    last_lsn: r.last_lsn,
+                    conflict_lsn: r.conflict_lsn,
+                    conflict_term: r.conflict_term,
+                });
+            }
+            Verdict::Accept { truncate_after, skip, matched } => (truncate_after, skip, matched),
+        };
+        let new_records: Vec<Record> = ae.records.split_off(skip);
+        if let Some(after) = truncate_after {
+            self.repair(after, &new_records)?;
+        }
+        let count = new_records.len();
+        if !new_records.is_empty() {
+            self.db.append_replicated(new_records)?;
+        }
+        self.db.advance_commit_lsn(ae.commit_lsn.min(matched));
+        self.note_progress(matched, count, messages, ae.leader_last_lsn, link);
+        let (digest_lsn, digest) = self.digest_report(matched);
+        Ok(Message::AppendEntriesAck { last_lsn: matched, term, digest_lsn, digest })
+    }
+
+    /// Our log diverges from the leader's after LSN `after`: remove our
+    /// records from there on (never a committed one), saying why.
+    fn repair(&self, after: Lsn, theirs: &[Record]) -> Result<()> {
+        let ours_last = self.db.last_lsn();
+        let history = self.db.term_history();
+        let our_terms = match (history.term_at(after + 1), history.last_term()) {
+            (Some(first), last) if first == last => format!("term {first}"),
+            (Some(first), last) => format!("terms {first}..{last}"),
+            (None, _) => "no term".into(),
+        };
+        let their_term = theirs.first().map_or(0, |r| r.term);
+        let commit_lsn = self.db.commit_lsn();
+        match self.db.truncate_after(after) {
+            Ok(removed) => {
+                log::warn!(
+                    "[catch-up] our log diverges from leader {} after LSN {after}: LSN {}..{} \
+                     were written in {our_terms}, the leader has term {their_term} from LSN {}; \
+                     truncating {removed} record(s) that were never committed (commit LSN \
+                     {commit_lsn})",
+                    self.leader,
+                    after + 1,
+                    ours_last,
+                    after + 1
+                );
+                Ok(())
+            }
+            Err(e @ Error::WouldLoseCommitted { .. }) => {
+                log::error!(
+                    "[catch-up] leader {} asks us to replace LSN {}..{ours_last} ({our_terms}) \
+                     with its term {their_term}, but {e}; keeping our data and refusing the link",
+                    self.leader,
+                    after + 1
+                );
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lesson 3 and 5's log lines and the link state for `status`.
+    fn note_progress(
+        &mut self,
+        matched: Lsn,
+        count: usize,
+        messages: u64,
+        leader_last: Lsn,
+        link: &FollowerLink,
+    ) {
+        if let Some(c) = &mut self.catch_up {
+            c.received += count as u64;
+            if matched >= leader_last {
+                log::info!(
+                    "[catch-up] received {} records, caught up to LSN {matched} in {} ms",
+                    c.received,
+                    c.started.elapsed().as_millis()
+                );
+                self.catch_up = None;
+                link.set(LinkState::Streaming, Some(leader_last));
+            } else {
+                link.set(LinkState::CatchingUp, Some(leader_last));
+            }
+            return;
+        }
+        link.set(LinkState::Streaming, Some(leader_last.max(matched)));
+        self.applied_log.note(messages, count, |messages, records| {
+            if messages == 1 {
+                format!(
+                    "[replication] received AppendEntries, applied {records} record(s), last LSN \
+                     {matched}"
+                )
+            } else {
+                format!(
+                    "[replication] received {messages} AppendEntries, applied {records} \
+                     record(s), last LSN {matched}"
+                )
+            }
+        });
+    }
+
+    /// `(lsn, digest)` for the ACK when a report is due and our whole log
+    /// matches the leader's; `(0, 0)` otherwise.
+    fn digest_report(&mut self, matched: Lsn) -> (Lsn, u64) {
+        if Instant::now() < self.digest_due {
+            return (0, 0);
+        }
+        let (lsn, digest) = self.db.digest();
+        if lsn != matched || lsn == 0 {
+            return (0, 0);
+        }
+        self.digest_due = Instant::now() + Duration::from_millis(DIGEST_REPORT_INTERVAL_MS);
+        (lsn, digest)
+    }
+}
+
+/// The read side of the link, with room for one message read ahead.
+struct Inbox {
+    reader: BufReader<TcpStream>,
+    pending: Option<AppendEntries>,
+}
+
+impl Inbox {
+    /// Read the next APPEND_ENTRIES, merged with any more that have already
+    /// arrived whole in the read buffer and continue it in the same term:
+    /// under load, one WAL append, one fsync and one ACK then serve several
+    /// messages. Returns the merged message and how many were merged.
+    fn read_append_entries(
+        &mut self,
+        replica: &Replica,
+        leader: SocketAddr,
+    ) -> Result<(AppendEntries, u64)> {
+        let mut merged = match self.pending.take() {
+            Some(ae) => ae,
+            None => expect_append_entries(self.read_message(replica, leader)?)?,
+        };
+        let mut messages = 1;
+        while self.frame_is_buffered() && merged.records.len() < MERGED_RECORDS_MAX {
+            let next = expect_append_entries(self.read_message(replica, leader)?)?;
+            let end = merged.prev_lsn + merged.records.len() as Lsn;
+            let end_term = merged.records.last().map_or(merged.prev_term, |r| r.term);
+            if next.term != merged.term || next.prev_lsn != end || next.prev_term != end_term {
+                self.pending = Some(next);
+                break;
+            }
+            merged.commit_lsn = merged.commit_lsn.max(next.commit_lsn);
+            merged.leader_last_lsn = next.leader_last_lsn;
+            merged.records.extend(next.records);
+            messages += 1;
+        }
+        Ok((merged, messages))
+    }
+
+    /// True if a whole frame is already in the read buffer (no syscall needed).
+    fn frame_is_buffered(&self) -> bool {
+        let buffered = self.reader.buffer();
+        buffered.len() >= 4
+            && buffered.len() - 4
+                >= u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]])
+                    as usize
+    }
+
+    /// Read the leader's next message. An ERROR from the leader (it refused
+    /// us) is logged and returned as an error, except the corruption
+    /// check's verdict, which marks this node unhealthy and keeps the link.
+    fn read_message(&mut self, replica: &Replica, leader: SocketAddr) -> Result<Message> {
+        loop {
+            let frame = match read_frame(&mut self.reader, FRAME_BYTES_MAX) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Err(Error::Link("the leader closed the connection".into())),
+                Err(e) if is_timeout(&e) => {
+                    return Err(Error::Link(format!(
+                        "nothing from the leader for {REPLICATION_TIMEOUT_MS} ms (silent peer)"
+                    )))
+                }
+                Err(e) => return Err(e),
+            };
+            match Message::decode(&frame)? {
+                Message::Error { code, message } if code == ErrorCode::Unhealthy as u16 => {
+                    replica.mark_unhealthy(&message);
+                }
+                Message::Error { code, message } => {
+                    log::error!("[replication] leader {leader} refused us: {message}");
+                    return Err(Error::Server { code: ErrorCode::from_u16(code), message });
+                }
+                message => return Ok(message),
             }
         }
-        merged.commit_lsn = merged.commit_lsn.max(next.commit_lsn);
-        merged.leader_last_lsn = next.leader_last_lsn;
-        merged.records.extend(next.records);
-        messages += 1;
     }
-    Ok((merged, messages))
 }
 
 /// Most records merged into one append (4 full messages).
@@ -220,70 +460,45 @@ fn expect_append_entries(message: Message) -> Result<AppendEntries> {
     }
 }
 
-/// True if a whole frame is already in the read buffer (no syscall needed).
-fn frame_is_buffered(reader: &BufReader<TcpStream>) -> bool {
-    let buffered = reader.buffer();
-    buffered.len() >= 4
-        && buffered.len() - 4
-            >= u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]) as usize
-}
-
-/// Read the leader's next message. An ERROR from the leader (it refused
-/// us) is logged and returned as an error; so are silence and a close.
-fn read_message(reader: &mut BufReader<TcpStream>, leader: SocketAddr) -> Result<Message> {
-    let frame = match read_frame(reader, FRAME_BYTES_MAX) {
-        Ok(Some(frame)) => frame,
-        Ok(None) => return Err(Error::Link("the leader closed the connection".into())),
-        Err(e) if is_timeout(&e) => {
-            return Err(Error::Link(format!(
-                "nothing from the leader for {REPLICATION_TIMEOUT_MS} ms (silent peer)"
-            )))
-        }
-        Err(e) => return Err(e),
-    };
-    match Message::decode(&frame)? {
-        Message::Error { code, message } => {
-            log::error!("[replication] leader {leader} refused us: {message}");
-            Err(Error::Server { code: crate::error::ErrorCode::from_u16(code), message })
-        }
-        message => Ok(message),
-    }
-}
-
-/// The leader's LEADER_HELLO must name our cluster; a fresh follower joins it.
-fn check_leader(db: &Db, message: &Message, leader: SocketAddr) -> Result<()> {
-    let Message::LeaderHello { cluster_id: theirs, .. } = *message else {
+/// The leader's LEADER_HELLO must name our cluster (a fresh follower joins
+/// it) and a term no older than ours (fencing); a newer term is stored.
+fn check_leader(db: &Db, replica: &Replica, message: &Message, leader: SocketAddr) -> Result<()> {
+    let Message::LeaderHello { cluster_id: theirs, term, members, .. } = message else {
         return Err(Error::Unexpected(format!("{} instead of LEADER_HELLO", message.name())));
     };
+    let ours_term = replica.term();
+    if *term < ours_term {
+        return Err(Error::StaleTerm { theirs: *term, ours: ours_term, leader: None });
+    }
     match db.cluster_id() {
-        Some(ours) if ours == theirs => Ok(()),
-        Some(ours) => Err(Error::OtherCluster {
-            ours: ours.to_string(),
-            theirs: theirs.to_string(),
-            peer: format!("leader {leader}"),
-        }),
-        None if db.last_lsn() > 0 => Err(Error::Link(format!(
-            "this node's log has {} record(s) but no cluster id, so it cannot be shown to \
-             belong to leader {leader}'s cluster {theirs}; move its data dir aside",
-            db.last_lsn()
-        ))),
+        Some(ours) if ours == *theirs => {}
+        Some(ours) => {
+            return Err(Error::OtherCluster {
+                ours: ours.to_string(),
+                theirs: theirs.to_string(),
+                peer: format!("leader {leader}"),
+            })
+        }
+        None if db.last_lsn() > 0 => {
+            return Err(Error::Link(format!(
+                "this node's log has {} record(s) but no cluster id, so it cannot be shown to \
+                 belong to leader {leader}'s cluster {theirs}; move its data dir aside",
+                db.last_lsn()
+            )))
+        }
         None => {
-            db.adopt_cluster_id(theirs)?;
+            db.adopt_cluster_id(*theirs)?;
             log::info!("[replication] joined cluster {theirs} of leader {leader}");
-            Ok(())
         }
     }
-}
-
-/// Apply one AppendEntries through the write path; return our new last LSN.
-fn apply(db: &Db, records: Vec<crate::wal::Record>, commit_lsn: Lsn) -> Result<Lsn> {
-    let last = if records.is_empty() { db.last_lsn() } else { db.append_replicated(records)? };
-    db.advance_commit_lsn(commit_lsn.min(last));
-    Ok(last)
+    if *term > ours_term {
+        replica.observe_term(*term, Some(leader), &format!("leader {leader}"))?;
+    }
+    replica.set_members(members.clone())
 }
 
 fn send(writer: &mut TcpStream, message: &Message) -> Result<()> {
-    let mut out = Vec::with_capacity(32);
+    let mut out = Vec::with_capacity(64);
     message.encode_frame(&mut out);
     writer.write_all(&out).map_err(|e| Error::io(format!("sending {}", message.name()), e))
 }
@@ -292,3 +507,4 @@ struct CatchUp {
     received: u64,
     started: Instant,
 }
+

@@ -1,9 +1,19 @@
 //! The leader's table of followers: acked LSNs, commit LSN, write concern (lesson 4).
 //!
-//! Each follower session reports the follower's ACKs here. From them the hub
-//! derives `commit_lsn` — the highest LSN held by a majority of the cluster
-//! (the leader plus its `--peers`) — and wakes client threads waiting for a
-//! `majority` or `all` write concern.
+//! A hub lives as long as one leadership: it is created when a node becomes
+//! leader of a term and **deposed** when it stops being leader, which fails
+//! every write still waiting for its write concern and closes every
+//! follower link.
+//!
+//! Each follower session reports the follower's ACKs here. An ACK counts
+//! only up to what log matching has confirmed on that link (Raft's
+//! `match_index`): a new session starts at 0, whatever its HELLO claimed,
+//! and the session refuses an ACK beyond what it sent. From the ACKs the
+//! hub derives `commit_lsn` — the highest LSN held by a majority of the
+//! cluster (the leader plus its `--peers`) and written in this leader's own
+//! term (Raft section 5.4.2: a record of an older term is committed only
+//! by a record of the current term after it) — and wakes client threads
+//! waiting for a `majority` or `all` write concern.
 //!
 //! | `--write-concern` | a write is acknowledged when...             | like                                  |
 //! |-------------------|---------------------------------------------|---------------------------------------|
@@ -11,15 +21,16 @@
 //! | `majority`        | a majority of nodes (leader included) has it durably | Redis `WAIT n`; PG `synchronous_standby_names = ANY n`; etcd |
 //! | `all`             | every expected follower has it durably too  | Redis `WAIT <all replicas>`; PG `FIRST n` with all standbys |
 
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::replication::lag::{LagSummary, LagTracker};
 use crate::status::FollowerRow;
-use crate::Lsn;
+use crate::{Lsn, Term};
 
 /// How many nodes must hold a write before the client hears OK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,15 +89,43 @@ struct Peer {
     acked_lsn: Lsn,
     last_ack: Option<Instant>,
     session_id: u64,
+    /// The follower's term, from its HELLO and ACKs.
+    term: Term,
+    /// Set when the corruption check found this follower's digest differs
+    /// from ours at that LSN. Sticky for this leadership.
+    digest_mismatch: Option<Lsn>,
+    /// A handle on the current session's socket, to close it on deposition.
+    stream: Option<TcpStream>,
+}
+
+impl Peer {
+    fn new(address: SocketAddr, expected: bool) -> Peer {
+        Peer {
+            address,
+            expected,
+            state: LinkState::Connecting,
+            acked_lsn: 0,
+            last_ack: None,
+            session_id: 0,
+            term: 0,
+            digest_mismatch: None,
+            stream: None,
+        }
+    }
 }
 
 struct HubState {
     peers: Vec<Peer>,
     next_session_id: u64,
+    /// Highest LSN known committed; never goes back.
+    commit_lsn: Lsn,
+    /// Set when this leadership ended: why.
+    deposed: Option<String>,
 }
 
-/// The leader's replication bookkeeping.
+/// The leader's replication bookkeeping for one term.
 pub struct Hub {
+    term: Term,
     state: Mutex<HubState>,
     acked: Condvar,
     expected_count: usize,
@@ -94,25 +133,74 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// A hub expecting the followers in `--peers`.
-    pub fn new(expected: &[SocketAddr]) -> Hub {
-        let peers = expected
-            .iter()
-            .map(|&address| Peer {
-                address,
-                expected: true,
-                state: LinkState::Connecting,
-                acked_lsn: 0,
-                last_ack: None,
-                session_id: 0,
-            })
-            .collect();
+    /// A hub for the leader of `term`, expecting the followers in `expected`
+    /// (the members other than itself).
+    pub fn new(expected: &[SocketAddr], term: Term) -> Hub {
+        let peers = expected.iter().map(|&address| Peer::new(address, true)).collect();
         Hub {
-            state: Mutex::new(HubState { peers, next_session_id: 1 }),
+            term,
+            state: Mutex::new(HubState {
+                peers,
+                next_session_id: 1,
+                commit_lsn: 0,
+                deposed: None,
+            }),
             acked: Condvar::new(),
             expected_count: expected.len(),
             lag: Mutex::new(LagTracker::new()),
         }
+    }
+
+    /// The term this hub's leader leads.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// End this leadership: fail every waiting write with `why`, close
+    /// every follower link. Returns false if it had already ended.
+    pub fn depose(&self, why: &str) -> bool {
+        let mut st = self.state.lock();
+        if st.deposed.is_some() {
+            return false;
+        }
+        st.deposed = Some(why.to_string());
+        for peer in &mut st.peers {
+            if let Some(stream) = peer.stream.take() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+        self.acked.notify_all();
+        true
+    }
+
+    /// True once [`Hub::depose`] was called.
+    pub fn is_deposed(&self) -> bool {
+        self.state.lock().deposed.is_some()
+    }
+
+    /// Addresses of the followers whose link is up right now.
+    pub fn connected(&self) -> Vec<SocketAddr> {
+        let st = self.state.lock();
+        st.peers
+            .iter()
+            .filter(|p| matches!(p.state, LinkState::CatchingUp | LinkState::Streaming))
+            .map(|p| p.address)
+            .collect()
+    }
+
+    /// The corruption check found `session`'s follower differs from us at
+    /// `lsn`. Returns true the first time for this follower.
+    pub fn flag_digest_mismatch(&self, session: Session, lsn: Lsn) -> bool {
+        let mut st = self.state.lock();
+        let peer = &mut st.peers[session.peer];
+        let first = peer.digest_mismatch.is_none();
+        peer.digest_mismatch.get_or_insert(lsn);
+        first
+    }
+
+    /// The LSN at which `session`'s follower was found to differ, if it was.
+    pub fn digest_mismatch(&self, session: Session) -> Option<Lsn> {
+        self.state.lock().peers[session.peer].digest_mismatch
     }
 
     /// Nodes that make a majority: the leader plus its expected followers.
@@ -121,32 +209,35 @@ impl Hub {
         cluster_nodes / 2 + 1
     }
 
-    /// A follower said HELLO from `address` holding `last_lsn`. Match it to
-    /// its `--peers` entry (or add it as an extra follower) and start a session.
-    pub fn attach(&self, address: SocketAddr, last_lsn: Lsn) -> Session {
+    /// A follower in `term` said HELLO from `address`. Match it to its
+    /// `--peers` entry (or add it as an extra follower) and start a session.
+    /// Nothing it holds counts until log matching confirms it: its acked
+    /// LSN starts at 0. `stream` is kept to close the link on deposition.
+    pub fn attach(&self, address: SocketAddr, term: Term, stream: Option<TcpStream>) -> Session {
         let mut st = self.state.lock();
         let id = st.next_session_id;
         st.next_session_id += 1;
         let index = match st.peers.iter().position(|p| same_node(p.address, address)) {
             Some(i) => i,
             None => {
-                st.peers.push(Peer {
-                    address,
-                    expected: false,
-                    state: LinkState::Connecting,
-                    acked_lsn: 0,
-                    last_ack: None,
-                    session_id: 0,
-                });
+                st.peers.push(Peer::new(address, false));
                 st.peers.len() - 1
             }
         };
+        let deposed = st.deposed.is_some();
         let peer = &mut st.peers[index];
         peer.session_id = id;
         peer.state = LinkState::CatchingUp;
-        // Its log holds everything up to last_lsn: that counts as acked.
-        peer.acked_lsn = last_lsn;
-        self.acked.notify_all();
+        peer.acked_lsn = 0;
+        peer.term = term;
+        if let Some(old) = std::mem::replace(&mut peer.stream, stream) {
+            let _ = old.shutdown(Shutdown::Both);
+        }
+        if deposed {
+            if let Some(s) = peer.stream.take() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
         Session { peer: index, id }
     }
 
@@ -174,13 +265,14 @@ impl Hub {
     /// LSN a majority holds, or the LSN every expected follower holds. With
     /// 16 writers waiting and two followers ACKing every batch, waking them
     /// all on every ACK would cost more than the replication itself.
-    pub fn record_ack(&self, session: Session, last_lsn: Lsn) {
+    pub fn record_ack(&self, session: Session, last_lsn: Lsn, term: Term) {
         let mut st = self.state.lock();
         let before = self.positions(&st);
         let peer = &mut st.peers[session.peer];
         if peer.session_id != session.id {
             return;
         }
+        peer.term = peer.term.max(term);
         peer.acked_lsn = peer.acked_lsn.max(last_lsn);
         let now = Instant::now();
         peer.last_ack = Some(now);
@@ -231,17 +323,29 @@ impl Hub {
 
     /// The session ended; the row stays, marked disconnected.
     pub fn detach(&self, session: Session) {
-        self.set_state(session, LinkState::Disconnected);
+        let mut st = self.state.lock();
+        let peer = &mut st.peers[session.peer];
+        if peer.session_id == session.id {
+            peer.state = LinkState::Disconnected;
+            peer.stream = None;
+        }
     }
 
-    /// Highest LSN held by a majority: the leader holds `leader_last_lsn`,
-    /// each expected follower its acked LSN.
-    pub fn commit_lsn(&self, leader_last_lsn: Lsn) -> Lsn {
-        let (majority, _) = self.positions(&self.state.lock());
-        majority.min(leader_last_lsn)
+    /// Highest committed LSN: held by a majority (the leader holds its last
+    /// durable LSN, each expected follower its acked LSN) and, when it
+    /// moves, of this leader's term. Never goes back.
+    pub fn commit_lsn(&self, db: &Db) -> Lsn {
+        let mut st = self.state.lock();
+        let (majority, _) = self.positions(&st);
+        let candidate = majority.min(db.last_lsn());
+        if candidate > st.commit_lsn && db.term_at(candidate) == Some(self.term) {
+            st.commit_lsn = candidate;
+        }
+        st.commit_lsn
     }
 
-    /// Block until `lsn` satisfies `concern`, or fail after `timeout`.
+    /// Block until `lsn` satisfies `concern`, or fail after `timeout`, or
+    /// fail at once if this leadership ends first.
     pub fn wait_for(&self, lsn: Lsn, concern: WriteConcern, timeout: Duration) -> Result<()> {
         let followers_needed = match concern {
             WriteConcern::Local => return Ok(()),
@@ -254,6 +358,9 @@ impl Hub {
             let acked = st.peers.iter().filter(|p| p.expected && p.acked_lsn >= lsn).count();
             if acked >= followers_needed {
                 return Ok(());
+            }
+            if let Some(why) = &st.deposed {
+                return Err(Error::Deposed { lsn, term: self.term, why: why.clone() });
             }
             if self.acked.wait_until(&mut st, deadline).timed_out() {
                 let acked = st.peers.iter().filter(|p| p.expected && p.acked_lsn >= lsn).count();
@@ -282,6 +389,8 @@ impl Hub {
                 acked_lsn: p.acked_lsn,
                 lag_records: leader_last_lsn.saturating_sub(p.acked_lsn),
                 last_ack_ms_ago: p.last_ack.map(|t| t.elapsed().as_millis() as u64),
+                term: p.term,
+                digest_mismatch: p.digest_mismatch.is_some(),
             })
             .collect()
     }
@@ -289,7 +398,7 @@ impl Hub {
 
 /// Two addresses name the same node if the ports match and the IPs match,
 /// counting any loopback address as the same machine.
-fn same_node(a: SocketAddr, b: SocketAddr) -> bool {
+pub fn same_node(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || (a.ip().is_loopback() && b.ip().is_loopback()))
 }
 
@@ -301,33 +410,47 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    /// A database holding `count` records of `term`.
+    fn db_with(count: u64, term: Term) -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), crate::db::FsyncPolicy::Never).unwrap();
+        db.set_leader_term(Some(term));
+        for i in 0..count {
+            db.write(crate::wal::Op::Put { key: i.to_string().into(), value: vec![] }).unwrap();
+        }
+        db.set_leader_term(None);
+        (dir, db)
+    }
+
     #[test]
     fn commit_lsn_is_the_majority_position() {
         // Goal: with 3 nodes, commit_lsn is the larger of the followers' acks
         // (leader + that follower = 2 of 3).
-        let hub = Hub::new(&[addr(9002), addr(9003)]);
+        let (_dir, db) = db_with(10, 1);
+        let hub = Hub::new(&[addr(9002), addr(9003)], 1);
         assert_eq!(hub.majority(), 2);
-        assert_eq!(hub.commit_lsn(10), 0);
-        let a = hub.attach(addr(9002), 0);
-        hub.record_ack(a, 7);
-        assert_eq!(hub.commit_lsn(10), 7);
-        let b = hub.attach(addr(9003), 0);
-        hub.record_ack(b, 9);
-        assert_eq!(hub.commit_lsn(10), 9);
+        assert_eq!(hub.commit_lsn(&db), 0);
+        let a = hub.attach(addr(9002), 1, None);
+        hub.record_ack(a, 7, 1);
+        assert_eq!(hub.commit_lsn(&db), 7);
+        let b = hub.attach(addr(9003), 1, None);
+        hub.record_ack(b, 9, 1);
+        assert_eq!(hub.commit_lsn(&db), 9);
     }
 
     #[test]
     fn standalone_leader_commits_alone() {
-        let hub = Hub::new(&[]);
-        assert_eq!(hub.commit_lsn(5), 5);
+        let (_dir, db) = db_with(5, 1);
+        let hub = Hub::new(&[], 1);
+        assert_eq!(hub.commit_lsn(&db), 5);
         hub.wait_for(5, WriteConcern::All, Duration::from_millis(1)).unwrap();
     }
 
     #[test]
     fn write_concern_times_out_with_counts() {
-        let hub = Hub::new(&[addr(9002), addr(9003)]);
-        let a = hub.attach(addr(9002), 0);
-        hub.record_ack(a, 3);
+        let hub = Hub::new(&[addr(9002), addr(9003)], 1);
+        let a = hub.attach(addr(9002), 1, None);
+        hub.record_ack(a, 3, 1);
         hub.wait_for(3, WriteConcern::Majority, Duration::from_millis(1)).unwrap();
         match hub.wait_for(3, WriteConcern::All, Duration::from_millis(20)) {
             Err(Error::WriteTimeout { acked: 2, needed: 3, .. }) => {}
@@ -337,39 +460,71 @@ mod tests {
 
     #[test]
     fn stale_sessions_are_ignored() {
-        let hub = Hub::new(&[addr(9002)]);
-        let old = hub.attach(addr(9002), 0);
-        let new = hub.attach(addr(9002), 0);
-        hub.record_ack(old, 100);
+        let (_dir, db) = db_with(100, 1);
+        let hub = Hub::new(&[addr(9002)], 1);
+        let old = hub.attach(addr(9002), 1, None);
+        let new = hub.attach(addr(9002), 1, None);
+        hub.record_ack(old, 100, 1);
         assert!(!hub.is_current(old));
-        assert_eq!(hub.commit_lsn(100), 0);
-        hub.record_ack(new, 50);
-        assert_eq!(hub.commit_lsn(100), 50);
+        assert_eq!(hub.commit_lsn(&db), 0);
+        hub.record_ack(new, 50, 1);
+        assert_eq!(hub.commit_lsn(&db), 50);
     }
 
     #[test]
     fn a_write_already_held_everywhere_is_measured_at_once() {
         // Goal: under majority/all the ACKs arrive before the client's OK;
         // such a write counts as replicated immediately, not at the next ACK.
-        let hub = Hub::new(&[addr(9002)]);
-        let a = hub.attach(addr(9002), 0);
-        hub.record_ack(a, 5);
+        let hub = Hub::new(&[addr(9002)], 1);
+        let a = hub.attach(addr(9002), 1, None);
+        hub.record_ack(a, 5, 1);
         hub.acknowledged(5);
         let lag = hub.lag_summary().expect("measured");
         assert_eq!(lag.count, 1);
         assert!(lag.max_us < 1_000_000, "{lag:?}");
         hub.acknowledged(6); // not yet on the follower
         assert_eq!(hub.lag_summary().unwrap().count, 1);
-        hub.record_ack(a, 6);
+        hub.record_ack(a, 6, 1);
         assert_eq!(hub.lag_summary().unwrap().count, 2);
     }
 
     #[test]
     fn unknown_followers_are_extras_and_do_not_count() {
-        let hub = Hub::new(&[addr(9002), addr(9003)]);
-        let x = hub.attach(addr(9999), 0);
-        hub.record_ack(x, 10);
-        assert_eq!(hub.commit_lsn(10), 0);
+        let (_dir, db) = db_with(10, 1);
+        let hub = Hub::new(&[addr(9002), addr(9003)], 1);
+        let x = hub.attach(addr(9999), 1, None);
+        hub.record_ack(x, 10, 1);
+        assert_eq!(hub.commit_lsn(&db), 0);
         assert_eq!(hub.rows(10).len(), 3);
+    }
+
+    #[test]
+    fn only_a_record_of_the_leaders_own_term_moves_the_commit_lsn() {
+        // Goal: Raft 5.4.2: a majority holding LSN 10 of term 1 does not
+        // commit it for the leader of term 2; LSN 11 of term 2 commits both.
+        let (dir, db) = db_with(10, 1);
+        let hub = Hub::new(&[addr(9002)], 2);
+        let a = hub.attach(addr(9002), 2, None);
+        hub.record_ack(a, 10, 2);
+        assert_eq!(hub.commit_lsn(&db), 0);
+        db.set_leader_term(Some(2));
+        db.write(crate::wal::Op::Delete { key: b"k".to_vec() }).unwrap();
+        hub.record_ack(a, 11, 2);
+        assert_eq!(hub.commit_lsn(&db), 11);
+        drop(dir);
+    }
+
+    #[test]
+    fn deposing_fails_waiting_writes_at_once() {
+        let hub = std::sync::Arc::new(Hub::new(&[addr(9002)], 3));
+        let waiter = {
+            let hub = std::sync::Arc::clone(&hub);
+            std::thread::spawn(move || hub.wait_for(1, WriteConcern::Majority, Duration::from_secs(30)))
+        };
+        while !hub.depose("a newer term") {}
+        match waiter.join().unwrap() {
+            Err(Error::Deposed { lsn: 1, term: 3, .. }) => {}
+            other => panic!("expected Deposed, got {other:?}"),
+        }
     }
 }

@@ -1,10 +1,29 @@
-//! The leader's side of one follower: catch-up, then the live stream (lessons 3 and 5).
+//! The leader's side of one follower: probe, catch-up, then the live
+//! stream (lessons 3 and 5; log matching: `docs/FAILOVER.md`).
 //!
 //! A follower's connection starts like any client's; when its first message
 //! is FOLLOWER_HELLO the connection thread calls [`serve_follower`] and
-//! becomes that follower's **sender**. It spawns an **ack reader** on a
-//! clone of the socket, so sending never waits for ACKs and ACKs never wait
-//! for sending.
+//! becomes that follower's **sender**.
+//!
+//! ## Probe, then replicate (etcd's `StateProbe` / `StateReplicate`)
+//!
+//! HELLO says where the follower's log ends, `(last_lsn, last_term)`; that
+//! is a claim, not a fact the leader may count on. So the sender first
+//! **probes**: it sends an empty AppendEntries whose `(prev_lsn,
+//! prev_term)` is its best guess of the last record both logs share
+//! ([`log_match::first_probe`]), and waits for the answer. A refusal says
+//! where the follower stands, and the sender jumps back past a whole term
+//! ([`log_match::after_refusal`]); an ACK fixes the common point. Only then
+//! does it spawn an **ack reader** on a clone of the socket and stream
+//! records from the common point on, without waiting for ACKs.
+//!
+//! ## What an ACK may say
+//!
+//! The sender publishes, before each write, the last LSN it has put on
+//! this link (`sent_through`). An ACK beyond it claims records the
+//! follower was never sent: that is a protocol error, the link is dropped
+//! and nothing is counted. An ACK in a newer term means this leader was
+//! deposed: it steps down at once.
 //!
 //! ## One cursor, two sources
 //!
@@ -22,9 +41,18 @@
 //! filled up because the follower is slow (its batches were dropped; the log
 //! on disk is the buffer, as in PostgreSQL, so memory stays bounded). No
 //! record is lost, sent twice or reordered, however the two sources race.
+//!
+//! ## The corruption check (etcd's `corrupt-check`)
+//!
+//! Every few seconds a follower's ACK carries `(digest_lsn, digest)`: its
+//! map's digest right after applying `digest_lsn`. The ack reader compares
+//! it with the leader's own digest at that LSN (from [`Db::digest_at`]); a
+//! mismatch is logged once as an error, flagged in `status`, and the sender
+//! tells the follower with an ERROR (code 12), after which it refuses reads.
 
+use std::io::{BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,81 +60,87 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::cluster::ClusterId;
 use crate::db::{Batch, Db};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::limits::{
     APPEND_ENTRIES_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX, HEARTBEAT_INTERVAL_MS,
-    REPLICATION_TIMEOUT_MS,
+    PROBE_ROUNDS_MAX, REPLICATION_TIMEOUT_MS,
 };
 use crate::protocol::frame::{is_timeout, read_frame, write_message};
-use crate::protocol::message::AppendEntriesEncoder;
+use crate::protocol::message::{AppendEntriesEncoder, AppendEntriesHeader};
 use crate::protocol::Message;
 use crate::replication::hub::{Hub, LinkState, Session};
+use crate::replication::log_match::{self, Refusal};
+use crate::replication::replica::{Replica, RoleView};
 use crate::replication::RateLimitedLine;
-use crate::Lsn;
+use crate::{Lsn, Term};
 
 /// What a follower said in its FOLLOWER_HELLO.
 #[derive(Debug, Clone, Copy)]
 pub struct Hello {
     pub last_lsn: Lsn,
+    pub last_term: Term,
+    pub term: Term,
     pub listen_port: Option<u16>,
     pub cluster_id: Option<ClusterId>,
 }
 
-/// Serve a follower that said `FOLLOWER_HELLO [last_lsn]...` on `stream`.
+/// Serve a follower that said FOLLOWER_HELLO on `stream`.
 ///
 /// Called on the connection's own thread; returns when the link ends.
-/// 1. Refuse a follower from another cluster, or whose log is ahead of
-///    ours (a diverged history): ERROR, logged on both sides.
+/// 1. Refuse if we are not the leader, if the follower is in a newer term
+///    (then we were deposed: step down), or if it belongs to another cluster.
 /// 2. Register the session and subscribe to new batches.
-/// 3. Answer LEADER_HELLO with our cluster id, then send everything after
-///    `last_lsn` from the WAL (catch-up).
-/// 4. Stream new batches, with heartbeats when idle, until the link breaks.
-pub fn serve_follower(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    hello: Hello,
-    cluster_id: ClusterId,
-    db: &Arc<Db>,
-    hub: &Arc<Hub>,
-) {
-    let Hello { last_lsn, listen_port, .. } = hello;
-    let address = SocketAddr::new(peer.ip(), listen_port.unwrap_or(peer.port()));
+/// 3. Answer LEADER_HELLO: cluster id, term, last LSN, members.
+/// 4. Probe for the last record both logs share.
+/// 5. Send everything after it from the WAL (catch-up), then stream new
+///    batches, with heartbeats when idle, until the link breaks.
+pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, replica: &Replica) {
+    let address = SocketAddr::new(peer.ip(), hello.listen_port.unwrap_or(peer.port()));
+    let db = replica.db();
 
-    // 1. Never mix histories.
-    if let Err(err) = check_follower(&hello, cluster_id, db.last_lsn(), address) {
+    // 1. Only a leader serves followers; a newer term deposes it.
+    let (hub, term) = match replica.view() {
+        RoleView::Leader { hub, term } => (hub, term),
+        RoleView::Follower { .. } => {
+            let err = replica.not_leader();
+            log::warn!("[replication] refusing follower {address}: {err}");
+            let _ = write_message(&mut stream, &Message::error(&err));
+            return;
+        }
+    };
+    if hello.term > term {
+        let err = Error::StaleTerm { theirs: term, ours: hello.term, leader: None };
+        let from = format!("follower {address}");
+        if let Err(e) = replica.observe_term(hello.term, None, &from) {
+            log::error!("[failover] cannot store term {}: {e}", hello.term);
+        }
+        let _ = write_message(&mut stream, &Message::error(&err));
+        return;
+    }
+    let Some(cluster_id) = db.cluster_id() else {
+        let err = Error::Unexpected("this leader has no cluster id yet".into());
+        let _ = write_message(&mut stream, &Message::error(&err));
+        return;
+    };
+    if let Some(theirs) = hello.cluster_id.filter(|id| *id != cluster_id) {
+        let err = Error::OtherCluster {
+            ours: cluster_id.to_string(),
+            theirs: theirs.to_string(),
+            peer: format!("follower {address}"),
+        };
         log::error!("[replication] refusing follower {address}: {err}");
         let _ = write_message(&mut stream, &Message::error(&err));
         return;
     }
 
     // 2. Subscribe before reading the WAL, so no batch falls in between.
-    let session = hub.attach(address, last_lsn);
+    let session = hub.attach(address, hello.term, stream.try_clone().ok());
     let batches = db.subscribe();
     let target = db.last_lsn();
     let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
-    if let Err(e) =
-        write_message(&mut stream, &Message::LeaderHello { cluster_id, last_lsn: target })
-    {
-        log::warn!("[replication] follower {address}: {e}");
-        hub.detach(session);
-        return;
-    }
-    log::info!(
-        "[catch-up] follower {address} requests records after LSN {last_lsn}; \
-         sending {} record(s) (leader last LSN {target})",
-        target - last_lsn
-    );
-
-    let closed = Arc::new(AtomicBool::new(false));
-    if let Err(e) = spawn_ack_reader(&stream, address, session, hub, &closed) {
-        log::warn!("[replication] follower {address}: {e}");
-        hub.detach(session);
-        return;
-    }
-
-    let mut sender = Sender::new(stream, address, db, hub, session, last_lsn + 1);
-    let outcome = sender.catch_up(target).and_then(|()| sender.stream_live(&batches, &closed));
-    let _ = sender.stream.shutdown(Shutdown::Both);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
+    let link = Link { address, db, hub: &hub, replica, session, term };
+    let outcome = link.run(stream, cluster_id, &hello, target, &batches);
     if hub.is_current(session) {
         hub.detach(session);
         match outcome {
@@ -116,24 +150,238 @@ pub fn serve_follower(
     }
 }
 
-/// A follower may replicate from us if it is of our cluster (or fresh) and
-/// its log is not ahead of ours.
-fn check_follower(
-    hello: &Hello,
-    ours: ClusterId,
-    leader_last: Lsn,
+/// One follower's link, for the steps after registration.
+struct Link<'a> {
     address: SocketAddr,
-) -> Result<()> {
-    match hello.cluster_id {
-        Some(theirs) if theirs != ours => Err(Error::OtherCluster {
-            ours: ours.to_string(),
-            theirs: theirs.to_string(),
-            peer: format!("follower {address}"),
-        }),
-        _ if hello.last_lsn > leader_last => {
-            Err(Error::Diverged { follower_lsn: hello.last_lsn, leader_lsn: leader_last })
+    db: &'a Arc<Db>,
+    hub: &'a Arc<Hub>,
+    replica: &'a Replica,
+    session: Session,
+    term: Term,
+}
+
+impl Link<'_> {
+    fn run(
+        &self,
+        mut stream: TcpStream,
+        cluster_id: ClusterId,
+        hello: &Hello,
+        target: Lsn,
+        batches: &Receiver<Batch>,
+    ) -> Result<()> {
+        let (address, term) = (self.address, self.term);
+        // 3. Our half of the handshake.
+        let members = self.replica.members();
+        write_message(&mut stream, &Message::LeaderHello { cluster_id, term, last_lsn: target, members })?;
+        let reader = stream.try_clone().map_err(|e| Error::io("cloning follower socket", e))?;
+        let mut reader = BufReader::new(reader);
+
+        // 4. Probe.
+        let matched = self.probe(&mut stream, &mut reader, hello)?;
+        self.hub.record_ack(self.session, matched, hello.term);
+        if matched < hello.last_lsn {
+            log::warn!(
+                "[catch-up] follower {address}'s log diverges from ours after LSN {matched}: it \
+                 holds LSN {}..{} (up to term {}) that we do not; it will truncate them",
+                matched + 1,
+                hello.last_lsn,
+                hello.last_term
+            );
         }
-        _ => Ok(()),
+        log::info!(
+            "[catch-up] follower {address} requests records after LSN {}; sending {} record(s) \
+             (leader last LSN {target}, term {term})",
+            hello.last_lsn,
+            target.saturating_sub(matched)
+        );
+
+        // 5. Stream, with ACKs read on their own thread.
+        let sent_through = Arc::new(AtomicU64::new(matched));
+        let closed = Arc::new(AtomicBool::new(false));
+        self.spawn_ack_reader(reader, &sent_through, &closed)?;
+        let mut sender = Sender::new(
+            stream,
+            (address, self.db, self.hub),
+            (self.session, term),
+            matched + 1,
+            sent_through,
+        );
+        let outcome = sender.catch_up(target).and_then(|()| sender.stream_live(batches, &closed));
+        let _ = sender.stream.shutdown(Shutdown::Both);
+        outcome
+    }
+
+    /// Step 4: find the last LSN both logs share. Each probe is an empty
+    /// AppendEntries; the follower ACKs it or refuses with a hint.
+    fn probe(
+        &self,
+        stream: &mut TcpStream,
+        reader: &mut BufReader<TcpStream>,
+        hello: &Hello,
+    ) -> Result<Lsn> {
+        let history = self.db.term_history();
+        let mut prev = log_match::first_probe(&history, hello.last_lsn, hello.last_term);
+        for _ in 0..PROBE_ROUNDS_MAX {
+            let prev_term = history.term_at(prev).ok_or_else(|| {
+                Error::Unexpected(format!("probe at LSN {prev} beyond our log"))
+            })?;
+            let header = AppendEntriesHeader {
+                term: self.term,
+                prev_lsn: prev,
+                prev_term,
+                commit_lsn: self.hub.commit_lsn(self.db),
+                leader_last_lsn: self.db.last_lsn(),
+            };
+            let mut probe = AppendEntriesEncoder::new(&header);
+            stream
+                .write_all(probe.finish())
+                .map_err(|e| Error::io(format!("probing {}", self.address), e))?;
+            match read_reply(reader)? {
+                Message::AppendEntriesAck { last_lsn, .. } if last_lsn == prev => return Ok(prev),
+                Message::AppendEntriesAck { last_lsn, .. } => {
+                    return Err(Error::Link(format!(
+                        "protocol error: ACK of LSN {last_lsn} for a probe at LSN {prev}"
+                    )))
+                }
+                Message::AppendEntriesRefuse { term, .. } if term > self.term => {
+                    self.deposed_by(term)?;
+                    return Err(Error::StaleTerm { theirs: self.term, ours: term, leader: None });
+                }
+                Message::AppendEntriesRefuse { last_lsn, conflict_lsn, conflict_term, .. } => {
+                    let refusal = Refusal { last_lsn, conflict_lsn, conflict_term };
+                    prev = log_match::after_refusal(&history, prev, &refusal).ok_or_else(|| {
+                        Error::Link("protocol error: follower refused a probe at LSN 0".into())
+                    })?;
+                    log::debug!(
+                        "[catch-up] follower {} refused: {refusal:?}; probing at LSN {prev}",
+                        self.address
+                    );
+                }
+                Message::Error { message, .. } => {
+                    return Err(Error::Link(format!("follower reported: {message}")))
+                }
+                other => {
+                    return Err(Error::Unexpected(format!("{} answering a probe", other.name())))
+                }
+            }
+        }
+        Err(Error::Link(format!("no common point after {PROBE_ROUNDS_MAX} probes")))
+    }
+
+    /// A follower told us of a newer term: store it and step down.
+    fn deposed_by(&self, term: Term) -> Result<bool> {
+        self.replica.observe_term(term, None, &format!("follower {}", self.address))
+    }
+
+    /// Start the thread that reads this follower's ACKs into the hub. It
+    /// closes the link if the follower is silent for [`REPLICATION_TIMEOUT_MS`].
+    fn spawn_ack_reader(
+        &self,
+        mut reader: BufReader<TcpStream>,
+        sent_through: &Arc<AtomicU64>,
+        closed: &Arc<AtomicBool>,
+    ) -> Result<()> {
+        let acks = AckReader {
+            address: self.address,
+            session: self.session,
+            term: self.term,
+            hub: Arc::clone(self.hub),
+            db: Arc::clone(self.db),
+            sent_through: Arc::clone(sent_through),
+        };
+        let replica = self.replica.self_handle()?;
+        let closed = Arc::clone(closed);
+        std::thread::Builder::new()
+            .name(format!("acks-{}", self.address))
+            .spawn(move || {
+                let why = acks.read(&mut reader, &replica);
+                if acks.hub.is_current(acks.session) {
+                    log::warn!("[replication] follower {}: {why}; closing the link", acks.address);
+                }
+                closed.store(true, Ordering::Release);
+                let _ = reader.get_ref().shutdown(Shutdown::Both);
+            })
+            .map(|_| ())
+            .map_err(|e| Error::io("spawning ack reader", e))
+    }
+}
+
+/// Read one reply during the probe, turning silence and EOF into errors.
+fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Message> {
+    match read_frame(reader, FRAME_BYTES_MAX) {
+        Ok(Some(frame)) => Message::decode(&frame),
+        Ok(None) => Err(Error::Link("connection closed during the probe".into())),
+        Err(e) if is_timeout(&e) => {
+            Err(Error::Link(format!("no answer to a probe for {REPLICATION_TIMEOUT_MS} ms")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The ack reader's state: what it checks every ACK against.
+struct AckReader {
+    address: SocketAddr,
+    session: Session,
+    term: Term,
+    hub: Arc<Hub>,
+    db: Arc<Db>,
+    sent_through: Arc<AtomicU64>,
+}
+
+impl AckReader {
+    /// Read ACKs until the link fails; return why it ended.
+    fn read(&self, reader: &mut BufReader<TcpStream>, replica: &Replica) -> String {
+        loop {
+            let frame = match read_frame(reader, FRAME_BYTES_MAX) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return "connection closed".into(),
+                Err(e) if is_timeout(&e) => {
+                    return format!("no ACK for {REPLICATION_TIMEOUT_MS} ms (silent peer)")
+                }
+                Err(e) => return e.to_string(),
+            };
+            let ack = match Message::decode(&frame) {
+                Ok(Message::AppendEntriesAck { last_lsn, term, digest_lsn, digest }) => {
+                    (last_lsn, term, digest_lsn, digest)
+                }
+                Ok(Message::AppendEntriesRefuse { term, .. }) if term > self.term => {
+                    let _ = replica.observe_term(term, None, &format!("follower {}", self.address));
+                    return format!("it is in term {term}, newer than ours");
+                }
+                Ok(Message::Error { message, .. }) => return format!("follower reported: {message}"),
+                Ok(other) => return format!("unexpected {} on a replication link", other.name()),
+                Err(e) => return e.to_string(),
+            };
+            let (last_lsn, term, digest_lsn, digest) = ack;
+            if term > self.term {
+                let _ = replica.observe_term(term, None, &format!("follower {}", self.address));
+                return format!("it is in term {term}, newer than ours");
+            }
+            let sent = self.sent_through.load(Ordering::Acquire);
+            if last_lsn > sent {
+                return format!(
+                    "protocol error: ACK of LSN {last_lsn}, but this link has only been sent up \
+                     to LSN {sent}; nothing counted"
+                );
+            }
+            self.hub.record_ack(self.session, last_lsn, term);
+            if digest_lsn != 0 && digest_lsn <= last_lsn {
+                self.check_digest(digest_lsn, digest);
+            }
+        }
+    }
+
+    /// The corruption check: compare the follower's digest at `lsn` with ours.
+    fn check_digest(&self, lsn: Lsn, theirs: u64) {
+        let Some(ours) = self.db.digest_at(lsn) else { return };
+        if ours != theirs && self.hub.flag_digest_mismatch(self.session, lsn) {
+            log::error!(
+                "[corruption] follower {} has digest {theirs:016x} at LSN {lsn}, the leader has \
+                 {ours:016x}: its data differs from ours although its log matches; it is marked \
+                 unhealthy and refuses reads (replace its data dir to repair it)",
+                self.address
+            );
+        }
     }
 }
 
@@ -144,20 +392,34 @@ struct Sender<'a> {
     db: &'a Db,
     hub: &'a Hub,
     session: Session,
+    term: Term,
     next_lsn: Lsn,
+    /// The last LSN put on this link (shared with the ack reader).
+    sent_through: Arc<AtomicU64>,
+    told_unhealthy: bool,
     sent_log: RateLimitedLine,
 }
 
 impl<'a> Sender<'a> {
     fn new(
         stream: TcpStream,
-        address: SocketAddr,
-        db: &'a Db,
-        hub: &'a Hub,
-        session: Session,
+        (address, db, hub): (SocketAddr, &'a Db, &'a Hub),
+        (session, term): (Session, Term),
         next_lsn: Lsn,
+        sent_through: Arc<AtomicU64>,
     ) -> Sender<'a> {
-        Sender { stream, address, db, hub, session, next_lsn, sent_log: RateLimitedLine::new() }
+        Sender {
+            stream,
+            address,
+            db,
+            hub,
+            session,
+            term,
+            next_lsn,
+            sent_through,
+            told_unhealthy: false,
+            sent_log: RateLimitedLine::new(),
+        }
     }
 
     /// Lesson 5: send every record up to `target` from the WAL.
@@ -188,9 +450,13 @@ impl<'a> Sender<'a> {
     fn stream_live(&mut self, batches: &Receiver<Batch>, closed: &AtomicBool) -> Result<()> {
         let heartbeat = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
         loop {
-            if closed.load(Ordering::Acquire) || !self.hub.is_current(self.session) {
+            if closed.load(Ordering::Acquire)
+                || !self.hub.is_current(self.session)
+                || self.hub.is_deposed()
+            {
                 return Ok(());
             }
+            self.tell_if_unhealthy()?;
             match batches.recv_timeout(heartbeat) {
                 Ok(batch) => {
                     // Coalesce whatever else is already queued into one message.
@@ -218,10 +484,26 @@ impl<'a> Sender<'a> {
         }
     }
 
+    /// Once the corruption check flagged this follower, tell it (once per
+    /// link): it then refuses reads. The link stays up.
+    fn tell_if_unhealthy(&mut self) -> Result<()> {
+        if self.told_unhealthy {
+            return Ok(());
+        }
+        let Some(lsn) = self.hub.digest_mismatch(self.session) else { return Ok(()) };
+        self.told_unhealthy = true;
+        let message = format!(
+            "the leader's corruption check found this node's data differs from the leader's at \
+             LSN {lsn} (digest mismatch)"
+        );
+        let error = Message::Error { code: ErrorCode::Unhealthy as u16, message };
+        write_message(&mut self.stream, &error)
+    }
+
     /// Send the records of `ready` the follower still needs, reading any gap
     /// before them from the WAL.
     fn send_batches(&mut self, ready: &[Batch]) -> Result<()> {
-        let mut message = self.new_message(0);
+        let mut message = self.new_message(0)?;
         for record in ready.iter().flat_map(|b| b.iter()) {
             if record.lsn < self.next_lsn {
                 continue; // already sent (catch-up overlapped the channel)
@@ -240,6 +522,7 @@ impl<'a> Sender<'a> {
                 while self.next_lsn < record.lsn {
                     self.send_from_wal(record.lsn - 1, record.lsn - 1)?;
                 }
+                message = self.new_message(0)?;
             }
             message.push(record);
             self.next_lsn = record.lsn + 1;
@@ -266,7 +549,7 @@ impl<'a> Sender<'a> {
                 self.next_lsn - 1
             )));
         };
-        let mut message = self.new_message(leader_last);
+        let mut message = self.new_message(leader_last)?;
         for record in &records {
             message.push(record);
         }
@@ -275,27 +558,39 @@ impl<'a> Sender<'a> {
     }
 
     fn send_heartbeat(&mut self) -> Result<()> {
-        let mut message = self.new_message(self.next_lsn - 1);
+        let mut message = self.new_message(self.next_lsn - 1)?;
         self.write(&mut message)
     }
 
-    fn new_message(&self, leader_last_lsn: Lsn) -> AppendEntriesEncoder {
-        AppendEntriesEncoder::new(self.hub.commit_lsn(self.db.last_lsn()), leader_last_lsn)
+    /// A message continuing the follower's log after `next_lsn - 1`.
+    fn new_message(&self, leader_last_lsn: Lsn) -> Result<AppendEntriesEncoder> {
+        let prev_lsn = self.next_lsn - 1;
+        let prev_term = self.db.term_at(prev_lsn).ok_or_else(|| {
+            Error::Unexpected(format!("LSN {prev_lsn} is beyond this leader's log"))
+        })?;
+        Ok(AppendEntriesEncoder::new(&AppendEntriesHeader {
+            term: self.term,
+            prev_lsn,
+            prev_term,
+            commit_lsn: self.hub.commit_lsn(self.db),
+            leader_last_lsn,
+        }))
     }
 
     /// Send `message` if it holds records, and start it afresh.
     fn flush(&mut self, message: &mut AppendEntriesEncoder) -> Result<()> {
-        if let Some(last) = message.last_lsn() {
-            message.set_leader_last_lsn(last);
+        if message.count() > 0 {
+            message.set_leader_last_lsn(message.last_lsn());
             self.write(message)?;
-            *message = self.new_message(0);
+            *message = self.new_message(0)?;
         }
         Ok(())
     }
 
     fn write(&mut self, message: &mut AppendEntriesEncoder) -> Result<()> {
-        use std::io::Write;
         let count = message.count();
+        // Publish what this link will hold *before* it can be ACKed.
+        self.sent_through.fetch_max(message.last_lsn(), Ordering::AcqRel);
         let frame = message.finish();
         debug_assert!(frame.len() <= FRAME_BYTES_MAX as usize + 4);
         self.stream
@@ -314,56 +609,6 @@ impl<'a> Sender<'a> {
     }
 }
 
-/// Start the thread that reads this follower's ACKs into the hub. It closes
-/// the link if the follower is silent for [`REPLICATION_TIMEOUT_MS`].
-fn spawn_ack_reader(
-    stream: &TcpStream,
-    address: SocketAddr,
-    session: Session,
-    hub: &Arc<Hub>,
-    closed: &Arc<AtomicBool>,
-) -> Result<()> {
-    let mut reader = stream.try_clone().map_err(|e| Error::io("cloning follower socket", e))?;
-    reader
-        .set_read_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)))
-        .map_err(|e| Error::io("setting read timeout", e))?;
-    let hub = Arc::clone(hub);
-    let closed = Arc::clone(closed);
-    std::thread::Builder::new()
-        .name(format!("acks-{address}"))
-        .spawn(move || {
-            let why = read_acks(&mut reader, session, &hub);
-            if hub.is_current(session) {
-                log::warn!("[replication] follower {address}: {why}; closing the link");
-            }
-            closed.store(true, Ordering::Release);
-            let _ = reader.shutdown(Shutdown::Both);
-        })
-        .map_err(|e| Error::io("spawning ack reader", e))?;
-    Ok(())
-}
-
-/// Read ACKs until the link fails; return why it ended.
-fn read_acks(reader: &mut TcpStream, session: Session, hub: &Hub) -> String {
-    let mut buffered = std::io::BufReader::new(reader);
-    loop {
-        let frame = match read_frame(&mut buffered, FRAME_BYTES_MAX) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return "connection closed".into(),
-            Err(e) if is_timeout(&e) => {
-                return format!("no ACK for {REPLICATION_TIMEOUT_MS} ms (silent peer)")
-            }
-            Err(e) => return e.to_string(),
-        };
-        match Message::decode(&frame) {
-            Ok(Message::AppendEntriesAck { last_lsn }) => hub.record_ack(session, last_lsn),
-            Ok(Message::Error { message, .. }) => return format!("follower reported: {message}"),
-            Ok(other) => return format!("unexpected {} on a replication link", other.name()),
-            Err(e) => return e.to_string(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,13 +620,14 @@ mod tests {
     fn setup(count: u64) -> (tempfile::TempDir, Arc<Db>, Arc<Hub>, TcpStream, TcpStream) {
         let dir = tempfile::tempdir().unwrap();
         let (db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
+        db.set_leader_term(Some(1));
         for i in 1..=count {
             db.write(Op::Put { key: format!("k{i}").into(), value: b"v".to_vec() }).unwrap();
         }
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let follower_side = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (leader_side, _) = listener.accept().unwrap();
-        (dir, Arc::new(db), Arc::new(Hub::new(&[])), leader_side, follower_side)
+        (dir, Arc::new(db), Arc::new(Hub::new(&[], 1)), leader_side, follower_side)
     }
 
     fn batch(db: &Db, first: Lsn, last: Lsn) -> Batch {
@@ -401,8 +647,9 @@ mod tests {
 
     fn send(db: &Arc<Db>, hub: &Arc<Hub>, stream: TcpStream, next_lsn: Lsn, ready: &[Batch]) {
         let address = stream.peer_addr().unwrap();
-        let session = hub.attach(address, next_lsn - 1);
-        let mut sender = Sender::new(stream, address, db, hub, session, next_lsn);
+        let session = hub.attach(address, 1, None);
+        let sent = Arc::new(AtomicU64::new(next_lsn - 1));
+        let mut sender = Sender::new(stream, (address, db, hub), (session, 1), next_lsn, sent);
         sender.send_batches(ready).unwrap();
     }
 

@@ -1,18 +1,22 @@
 //! Replication: lessons 3 (AppendEntries), 4 (commit index, write concern)
-//! and 5 (follower catch-up).
+//! and 5 (follower catch-up), made safe across a change of leader by terms
+//! and the log-matching check (`docs/FAILOVER.md`).
 //!
 //! ## The conversation
 //!
 //! ```text
-//! follower                                   leader
-//!    | --- FOLLOWER_HELLO [last_lsn] ----------> |  (follower dials; same port as clients)
-//!    |                                           |  records_after(last_lsn) via the index
-//!    | <-- APPEND_ENTRIES [records ...] -------- |  catch-up, in bounded batches
-//!    | --- APPEND_ENTRIES_ACK [last_lsn] ------> |
-//!    | <-- APPEND_ENTRIES [new records] -------- |  live stream from the channel
-//!    | --- APPEND_ENTRIES_ACK [last_lsn] ------> |
-//!    | <-- APPEND_ENTRIES [] (heartbeat) ------- |  when idle, every 500 ms
-//!    | --- APPEND_ENTRIES_ACK [last_lsn] ------> |
+//! follower                                              leader (term 2)
+//!    | --- FOLLOWER_HELLO [last_lsn, last_term, term] -----> |  (follower dials; same port as clients)
+//!    | <-- LEADER_HELLO [cluster, term 2, last_lsn, members]  |
+//!    | <-- APPEND_ENTRIES [term 2, prev_lsn, prev_term] ----- |  probe: do our logs agree at prev?
+//!    | --- APPEND_ENTRIES_REFUSE [last_lsn, conflict] ------> |  no: the leader jumps back a term
+//!    | <-- APPEND_ENTRIES [term 2, prev_lsn', prev_term'] --- |
+//!    | --- APPEND_ENTRIES_ACK [prev_lsn'] ------------------> |  yes: the common point
+//!    | <-- APPEND_ENTRIES [records after prev_lsn' ...] ----- |  catch-up from the WAL (the follower
+//!    | --- APPEND_ENTRIES_ACK [last_lsn] -------------------> |   truncates what conflicts first)
+//!    | <-- APPEND_ENTRIES [new records] --------------------- |  live stream from the channel
+//!    | <-- APPEND_ENTRIES [] (heartbeat) ------------------- |  when idle, every 500 ms
+//!    | --- APPEND_ENTRIES_ACK [last_lsn, digest] -----------> |
 //! ```
 //!
 //! The follower opens the connection, as PostgreSQL's walreceiver and a
@@ -24,29 +28,45 @@
 //! ## Ordering rules
 //!
 //! - Nothing is sent before it is durable on the leader (see [`crate::db`]).
-//! - A follower applies a batch only if its first LSN is exactly its own
-//!   `last_lsn + 1`; anything else closes the link and the follower says
-//!   HELLO again, which resynchronises from its real position.
-//! - A follower ACKs only what it has written *and* fsynced.
-//! - `commit_lsn` is the highest LSN held by a majority of the cluster.
+//! - A follower applies a batch only if its log holds the batch's
+//!   `(prev_lsn, prev_term)`; it removes a conflicting suffix first, but
+//!   never a record at or below its commit LSN.
+//! - A follower ACKs only what it has written *and* fsynced, and only up to
+//!   where its log is known to match the leader's; the leader counts an ACK
+//!   only up to what it sent on that link.
+//! - `commit_lsn` is the highest LSN held by a majority of the cluster and
+//!   written in the leader's current term (or before such a record).
+//! - A message from an older term is refused; a newer term is stored
+//!   durably before anything else, and a leader that sees one steps down.
 //!
 //! ## Modules
 //!
+//! - [`state`]: the durable term, vote, role and members; term and vote rules.
+//! - [`log_match`]: the log-matching rules, as pure functions.
+//! - [`replica`]: the node's role and every change of it (promote, follow,
+//!   step down).
+//! - [`peers`]: votes for a promotion; a leader's announcements.
 //! - [`hub`]: the leader's table of followers, acks, commit LSN, write concern.
 //! - [`lag`]: how long an acknowledged write takes to reach every follower.
-//! - [`leader`]: one follower's session on the leader — catch-up, then the
-//!   live stream from its channel, with the WAL as the overflow buffer.
-//! - [`follower`]: the follower's side — dial, hello, apply, ack, redial.
+//! - [`leader`]: one follower's session on the leader — probe, catch-up, then
+//!   the live stream from its channel, with the WAL as the overflow buffer.
+//! - [`follower`]: the follower's side — dial, hello, check, repair, apply,
+//!   ack, redial.
 //!
 //! ## Left out (on purpose, for now)
 //!
-//! No elections: the leader is fixed by configuration. A follower whose log
-//! is *ahead* of the leader's is refused rather than truncated.
+//! No automatic election: a human promotes a follower (`kv_client promote`),
+//! with the votes and checks that keep it safe. The term and vote rules are
+//! already those an election needs.
 
 pub mod follower;
 pub mod hub;
 pub mod lag;
 pub mod leader;
+pub mod log_match;
+pub mod peers;
+pub mod replica;
+pub mod state;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};

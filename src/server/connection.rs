@@ -20,8 +20,10 @@ use crate::limits::{CLIENT_READ_TIMEOUT_MS, FRAME_BYTES_MAX};
 use crate::protocol::frame::{is_timeout, read_frame};
 use crate::protocol::{write_message, Message};
 use crate::replication::leader::{serve_follower, Hello};
-use crate::server::{fsync_name, Node, NodeRole};
-use crate::status::StatusReport;
+use crate::replication::parse_peer;
+use crate::replication::replica::RoleView;
+use crate::server::{fsync_name, Node};
+use crate::status::{LeaderLink, StatusReport};
 use crate::wal::Op;
 
 /// Bytes buffered for reading and writing on a client connection (64 KiB).
@@ -64,13 +66,15 @@ fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Resu
             writer.get_ref().set_read_timeout(None).map_err(setup)?;
         }
         let message = Message::decode(&frame).map_err(|e| refuse(&mut writer, e))?;
-        if let Message::FollowerHello { last_lsn, listen_port, cluster_id } = message {
+        if let Message::FollowerHello { last_lsn, last_term, term, listen_port, cluster_id } =
+            message
+        {
             if !is_first {
                 let e =
                     Error::Unexpected("FOLLOWER_HELLO must be a connection's first message".into());
                 return Err(refuse(&mut writer, e));
             }
-            let hello = Hello { last_lsn, listen_port, cluster_id };
+            let hello = Hello { last_lsn, last_term, term, listen_port, cluster_id };
             return hand_over_to_replication(writer, peer, node, hello);
         }
         let reply = match handle_request(node, message) {
@@ -93,27 +97,28 @@ fn refuse(writer: &mut BufWriter<TcpStream>, err: Error) -> Error {
 }
 
 /// Lesson 5: the first message was FOLLOWER_HELLO; this connection now
-/// belongs to replication (on a leader) or is refused (on a follower).
+/// belongs to replication. A follower refuses it (naming its leader), after
+/// taking note of a newer term.
 fn hand_over_to_replication(
     mut writer: BufWriter<TcpStream>,
     peer: SocketAddr,
     node: &Arc<Node>,
     hello: Hello,
 ) -> Result<()> {
-    match &node.role {
-        NodeRole::Leader { hub, cluster_id } => {
+    match node.replica.view() {
+        RoleView::Leader { .. } => {
             writer.flush().map_err(|e| Error::io("flushing", e))?;
             let stream = writer.into_inner().map_err(|e| Error::io("flushing", e.into_error()))?;
-            serve_follower(stream, peer, hello, *cluster_id, &node.db, hub);
+            serve_follower(stream, peer, hello, &node.replica);
             Ok(())
         }
-        NodeRole::Follower { link } => Err(refuse(
-            &mut writer,
-            Error::Unexpected(format!(
-                "FOLLOWER_HELLO sent to a follower; replicate from the leader {}",
-                link.leader()
-            )),
-        )),
+        RoleView::Follower { leader, .. } => {
+            let why = match leader {
+                Some(l) => format!("FOLLOWER_HELLO sent to a follower; replicate from the leader {l}"),
+                None => "FOLLOWER_HELLO sent to a follower that knows no leader yet".into(),
+            };
+            Err(refuse(&mut writer, Error::Unexpected(why)))
+        }
     }
 }
 
@@ -123,10 +128,26 @@ fn handle_request(node: &Node, request: Message) -> Result<Message> {
     match request {
         Message::Put { key, value } => write(node, Op::Put { key, value }),
         Message::Delete { key } => write(node, Op::Delete { key }),
-        Message::Get { key } => Ok(match node.db.get(&key) {
-            Some(value) => Message::Value { value },
-            None => Message::NotFound,
-        }),
+        Message::Get { key } => {
+            if let Some(why) = node.replica.unhealthy() {
+                return Err(Error::Unhealthy(why));
+            }
+            Ok(match node.db.get(&key) {
+                Some(value) => Message::Value { value },
+                None => Message::NotFound,
+            })
+        }
+        Message::Promote { force } => {
+            Ok(Message::Done { message: node.replica.promote(force)? })
+        }
+        Message::Follow { leader } => {
+            let leader = parse_peer(&leader)?;
+            Ok(Message::Done { message: node.replica.follow(leader)? })
+        }
+        Message::RequestVote { term, last_lsn, last_term, candidate } => {
+            node.replica.handle_vote(term, &candidate, last_lsn, last_term)
+        }
+        Message::LeaderAnnounce { term, leader } => node.replica.handle_announce(term, &leader),
         Message::Status => {
             let json = serde_json::to_string(&status(node))
                 .map_err(|e| Error::Unexpected(format!("encoding status: {e}")))?;
@@ -139,14 +160,28 @@ fn handle_request(node: &Node, request: Message) -> Result<Message> {
 }
 
 /// A client write: only a leader takes it, then waits for the write concern.
+/// If the leader steps down meanwhile, a `majority`/`all` write fails.
 fn write(node: &Node, op: Op) -> Result<Message> {
-    let hub = match &node.role {
-        NodeRole::Leader { hub, .. } => hub,
-        NodeRole::Follower { link } => {
-            return Err(Error::ReadOnly { leader: link.leader().to_string() })
-        }
+    let hub = match node.replica.view() {
+        RoleView::Leader { hub, .. } => hub,
+        RoleView::Follower { .. } => return Err(node.replica.not_leader()),
     };
-    let lsn = node.db.write(op)?;
+    let (lsn, term) = match node.db.write(op) {
+        Ok(written) => written,
+        Err(Error::NotLeader { .. }) => return Err(node.replica.not_leader()),
+        Err(e) => return Err(e),
+    };
+    if term != hub.term() {
+        // Stamped by a newer leadership of this node than the hub we read:
+        // wait on the hub that owns the term.
+        return match node.replica.view() {
+            RoleView::Leader { hub, .. } if hub.term() == term => {
+                hub.wait_for(lsn, node.write_concern, node.write_timeout)?;
+                Ok(Message::Ok { lsn })
+            }
+            _ => Err(Error::Deposed { lsn, term, why: "the term changed".into() }),
+        };
+    }
     hub.wait_for(lsn, node.write_concern, node.write_timeout)?;
     hub.acknowledged(lsn);
     Ok(Message::Ok { lsn })
@@ -158,7 +193,11 @@ pub fn status(node: &Node) -> StatusReport {
     let (last_lsn, digest) = db.digest();
     let mut report = StatusReport {
         role: String::new(),
+        term: node.replica.term(),
+        last_term: db.term_at(last_lsn).unwrap_or(0),
         address: node.address.to_string(),
+        members: node.replica.members(),
+        unhealthy: node.replica.unhealthy(),
         cluster_id: db.cluster_id().map(|id| id.to_string()),
         last_lsn,
         digest: format!("{digest:016x}"),
@@ -170,17 +209,23 @@ pub fn status(node: &Node) -> StatusReport {
         followers: Vec::new(),
         replication_lag: None,
     };
-    match &node.role {
-        NodeRole::Leader { hub, .. } => {
+    match node.replica.view() {
+        RoleView::Leader { hub, term } => {
             report.role = "leader".into();
-            report.commit_lsn = hub.commit_lsn(last_lsn);
+            report.term = term;
+            report.commit_lsn = hub.commit_lsn(db);
             report.write_concern = Some(node.write_concern.name().into());
             report.followers = hub.rows(last_lsn);
             report.replication_lag = hub.lag_summary();
+            report.leader = Some(LeaderLink {
+                address: node.address.to_string(),
+                state: "leader".into(),
+                leader_last_lsn: last_lsn,
+            });
         }
-        NodeRole::Follower { link } => {
+        RoleView::Follower { link, .. } => {
             report.role = "follower".into();
-            report.leader = Some(link.report());
+            report.leader = link.map(|l| l.report());
         }
     }
     report

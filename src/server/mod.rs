@@ -6,8 +6,8 @@
 //! loop. The cost — one thread and one descriptor per connection — is
 //! bounded by `--max-connections`.
 //!
-//! - [`run`] opens the data directory, binds, starts the follower thread on
-//!   a follower, and runs the accept loop on the calling thread.
+//! - [`run`] opens the data directory, binds, starts replication in the
+//!   node's role ([`Replica`]), and runs the accept loop on the calling thread.
 //! - [`connection`] reads requests, answers them, and hands a replication
 //!   connection (first message FOLLOWER_HELLO) to [`crate::replication::leader`].
 
@@ -19,13 +19,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::ClusterId;
 use crate::db::{Db, FsyncPolicy};
 use crate::error::{Error, Result};
 use crate::limits::CONNECTION_STACK_BYTES;
 use crate::protocol::{write_message, Message};
-use crate::replication::follower::{self, FollowerLink};
-use crate::replication::hub::{Hub, WriteConcern};
+use crate::replication::hub::WriteConcern;
+use crate::replication::replica::{Replica, RoleView, Startup};
 
 /// Everything `kvstore` is started with.
 #[derive(Debug, Clone)]
@@ -41,7 +40,7 @@ pub struct Config {
     pub max_connections: usize,
 }
 
-/// What this node does in the cluster.
+/// What this node was told to be on the command line.
 #[derive(Debug, Clone)]
 pub enum Role {
     /// Accepts writes; streams them to the followers that connect. `peers`
@@ -49,18 +48,16 @@ pub enum Role {
     Leader { peers: Vec<SocketAddr> },
     /// Replicates from `leader`; serves reads, refuses writes.
     Follower { leader: SocketAddr },
-}
-
-/// A node's role with its live replication state.
-pub enum NodeRole {
-    Leader { hub: Arc<Hub>, cluster_id: ClusterId },
-    Follower { link: Arc<FollowerLink> },
+    /// No `--role`: the role stored in the data dir (a new node: a
+    /// standalone leader).
+    Stored,
 }
 
 /// What every connection thread shares.
 pub struct Node {
     pub db: Arc<Db>,
-    pub role: NodeRole,
+    /// The node's role, term and members, and every change of them.
+    pub replica: Arc<Replica>,
     pub address: SocketAddr,
     pub write_concern: WriteConcern,
     pub write_timeout: Duration,
@@ -85,6 +82,11 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
              (a write cut short by a crash; it was never acknowledged)"
         );
     }
+    if let Some(records) = recovery.upgraded_from_v1 {
+        log::info!(
+            "[wal] {wal_path} was upgraded from WAL format 1: {records} record(s), read as term 1"
+        );
+    }
     if recovery.index_slots_rebuilt > 0 {
         log::info!(
             "[wal] index rebuilt from the WAL: {} slot(s) written",
@@ -92,9 +94,10 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
         );
     }
     log::info!(
-        "[wal] opened {wal_path}: {} record(s), last LSN {}, {} key(s)",
+        "[wal] opened {wal_path}: {} record(s), last LSN {} (term {}), {} key(s)",
         recovery.records,
         recovery.last_lsn,
+        recovery.last_term,
         db.key_count()
     );
     let db = Arc::new(db);
@@ -104,36 +107,36 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
     let listener = TcpListener::bind(&bind).map_err(|e| Error::io(format!("binding {bind}"), e))?;
     let address = listener.local_addr().map_err(|e| Error::io("reading bound address", e))?;
 
-    // 3. Replication.
-    let role = match &config.role {
-        Role::Leader { peers } => {
-            let (cluster_id, created) = db.ensure_cluster_id()?;
-            if created {
-                log::info!("[server] new cluster: id {cluster_id}");
-            }
-            let list: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
-            log::info!(
-                "[server] listening on {address} as leader, expecting followers [{}], \
-                 write concern {}, fsync {}",
-                list.join(", "),
-                config.write_concern.name(),
-                fsync_name(config.fsync)
-            );
-            NodeRole::Leader { hub: Arc::new(Hub::new(peers)), cluster_id }
-        }
-        Role::Follower { leader } => {
-            log::info!(
-                "[server] listening on {address} as follower of {leader}, fsync {}",
-                fsync_name(config.fsync)
-            );
-            let link = Arc::new(FollowerLink::new(*leader));
-            follower::spawn(Arc::clone(&db), Arc::clone(&link), address.port())?;
-            NodeRole::Follower { link }
-        }
+    // 3. Replication: the role from the flags and the stored state.
+    let startup = match &config.role {
+        Role::Leader { peers } => Startup::Leader { peers: peers.clone() },
+        Role::Follower { leader } => Startup::Follower { leader: *leader },
+        Role::Stored => Startup::Stored,
     };
+    let replica = Replica::start(Arc::clone(&db), address, startup)?;
+    let members = replica.members();
+    let term = replica.term();
+    match replica.view() {
+        RoleView::Leader { .. } => log::info!(
+            "[server] listening on {address} as leader of term {term}, expecting followers \
+             [{}], write concern {}, fsync {}",
+            members.iter().filter(|m| **m != address.to_string()).cloned().collect::<Vec<_>>().join(", "),
+            config.write_concern.name(),
+            fsync_name(config.fsync)
+        ),
+        RoleView::Follower { leader: Some(leader), .. } => log::info!(
+            "[server] listening on {address} as follower of {leader} in term {term}, fsync {}",
+            fsync_name(config.fsync)
+        ),
+        RoleView::Follower { leader: None, .. } => log::info!(
+            "[server] listening on {address} as follower in term {term}, waiting to learn the \
+             leader, fsync {}",
+            fsync_name(config.fsync)
+        ),
+    }
     let node = Node {
         db,
-        role,
+        replica,
         address,
         write_concern: config.write_concern,
         write_timeout: config.write_timeout,

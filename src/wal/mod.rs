@@ -4,12 +4,18 @@
 //! - [`log`]: the log file — append, fsync, crash recovery, `records_after`.
 //! - [`index`]: a memory-mapped array of byte offsets, one slot per LSN, so
 //!   `records_after(lsn)` jumps straight to its first record.
+//! - [`terms`]: the term history, term → first LSN, for the log-matching
+//!   check of AppendEntries.
 //!
 //! Nothing outside this module touches file offsets or the index.
 
 pub mod index;
 pub mod log;
 pub mod record;
+pub mod terms;
 
-pub use log::{scan_log, ScanEnd, Wal, WalRecovery, INDEX_FILE_NAME, LOG_FILE_NAME};
+pub use log::{
+    scan_log, Scan, ScanEnd, Wal, WalRecovery, INDEX_FILE_NAME, LOG_FILE_NAME, WAL_FORMAT_VERSION,
+};
+pub use terms::TermHistory;
 pub use record::{Op, Record};

@@ -1,28 +1,41 @@
-//! A WAL record: one change, numbered by its LSN (week 9).
+//! A WAL record: one change, numbered by its LSN and stamped with the term
+//! of the leader that wrote it (week 9; terms: `docs/FAILOVER.md`).
 //!
-//! The record's bytes are the lesson's layout, used both inside the WAL file
-//! and inside AppendEntries messages, so a follower stores exactly what the
-//! leader logged:
+//! The record's bytes are the lesson's layout plus the term, used both
+//! inside the WAL file and inside AppendEntries messages, so a follower
+//! stores exactly what the leader logged:
 //!
 //! ```text
-//! [lsn u64][cmd u8][key_len u32][key][value_len u32][value]
+//! [lsn u64][term u64][cmd u8][key_len u32][key][value_len u32][value]
 //! ```
 //!
 //! `cmd` is 0x01 for PUT and 0x03 for DELETE (the same numbers as the client
 //! request types). A DELETE has `value_len = 0`. All integers are big-endian.
+//!
+//! Why the term is in every record: two nodes can hold *different* records
+//! at the same LSN (a leader lost its unsynced tail and wrote new records
+//! there). The pair (LSN, term) names one record for the whole cluster —
+//! only one leader ever writes in a term, and it never writes two records
+//! at one LSN — so comparing terms is how two logs find where they agree.
+//!
+//! The WAL's format version 1 had no term (`[lsn][cmd]...`); [`Record::decode_v1`]
+//! reads it, as term 1, when an old data directory is upgraded.
 
 use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use crate::Lsn;
+use crate::{Lsn, Term};
 
 /// `cmd` byte of a PUT record.
 pub const CMD_PUT: u8 = 0x01;
 /// `cmd` byte of a DELETE record.
 pub const CMD_DELETE: u8 = 0x03;
 
-/// Bytes of a record's fixed fields: lsn 8 + cmd 1 + key_len 4 + value_len 4.
-pub const RECORD_FIXED_BYTES: usize = 17;
+/// Bytes of a record's fixed fields: lsn 8 + term 8 + cmd 1 + key_len 4 + value_len 4.
+pub const RECORD_FIXED_BYTES: usize = 25;
+
+/// Bytes of a format-1 record's fixed fields (no term): 8 + 1 + 4 + 4.
+pub const RECORD_V1_FIXED_BYTES: usize = 17;
 
 /// What a record does to the map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +74,8 @@ impl Op {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub lsn: Lsn,
+    /// The term of the leader that wrote this record (1 or more).
+    pub term: Term,
     pub op: Op,
 }
 
@@ -74,13 +89,14 @@ impl Record {
             }
     }
 
-    /// Append the lesson layout to `out`.
+    /// Append the record's layout to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let (cmd, key, value): (u8, &[u8], &[u8]) = match &self.op {
             Op::Put { key, value } => (CMD_PUT, key, value),
             Op::Delete { key } => (CMD_DELETE, key, &[]),
         };
         out.extend_from_slice(&self.lsn.to_be_bytes());
+        out.extend_from_slice(&self.term.to_be_bytes());
         out.push(cmd);
         out.extend_from_slice(&(key.len() as u32).to_be_bytes());
         out.extend_from_slice(key);
@@ -88,26 +104,42 @@ impl Record {
         out.extend_from_slice(value);
     }
 
-    /// Read one record in the lesson layout from `d`.
+    /// Read one record from `d`.
     pub fn decode(d: &mut Decoder<'_>) -> Result<Record> {
         let lsn = d.u64("record lsn")?;
         if lsn == 0 {
             return Err(Error::Malformed("record has LSN 0, the first LSN is 1".into()));
         }
-        let cmd = d.u8("record cmd")?;
-        let key = d.bytes_u32("record key", KEY_BYTES_MAX)?;
-        let value = d.bytes_u32("record value", VALUE_BYTES_MAX)?;
-        let op = match cmd {
-            CMD_PUT => Op::Put { key, value },
-            CMD_DELETE if value.is_empty() => Op::Delete { key },
-            CMD_DELETE => {
-                return Err(Error::Malformed("DELETE record carries a value".into()));
-            }
-            other => {
-                return Err(Error::Malformed(format!("unknown record cmd 0x{other:02x}")));
-            }
-        };
-        Ok(Record { lsn, op })
+        let term = d.u64("record term")?;
+        if term == 0 {
+            return Err(Error::Malformed(format!("record at LSN {lsn} has term 0")));
+        }
+        let op = decode_op(d)?;
+        Ok(Record { lsn, term, op })
+    }
+
+    /// Read one record of WAL format version 1 (no term field) as term 1:
+    /// every record written before terms existed came from the first leader.
+    pub fn decode_v1(d: &mut Decoder<'_>) -> Result<Record> {
+        let lsn = d.u64("record lsn")?;
+        if lsn == 0 {
+            return Err(Error::Malformed("record has LSN 0, the first LSN is 1".into()));
+        }
+        let op = decode_op(d)?;
+        Ok(Record { lsn, term: 1, op })
+    }
+}
+
+/// The fields after the LSN (and term): cmd, key, value.
+fn decode_op(d: &mut Decoder<'_>) -> Result<Op> {
+    let cmd = d.u8("record cmd")?;
+    let key = d.bytes_u32("record key", KEY_BYTES_MAX)?;
+    let value = d.bytes_u32("record value", VALUE_BYTES_MAX)?;
+    match cmd {
+        CMD_PUT => Ok(Op::Put { key, value }),
+        CMD_DELETE if value.is_empty() => Ok(Op::Delete { key }),
+        CMD_DELETE => Err(Error::Malformed("DELETE record carries a value".into())),
+        other => Err(Error::Malformed(format!("unknown record cmd 0x{other:02x}"))),
     }
 }
 
@@ -119,8 +151,9 @@ mod tests {
     fn arb_record() -> impl Strategy<Value = Record> {
         let key = proptest::collection::vec(any::<u8>(), 0..64);
         let value = proptest::collection::vec(any::<u8>(), 0..256);
-        (1..u64::MAX, key, value, any::<bool>()).prop_map(|(lsn, key, value, put)| Record {
+        (1..u64::MAX, 1..u64::MAX, key, value, any::<bool>()).prop_map(|(lsn, term, key, value, put)| Record {
             lsn,
+            term,
             op: if put { Op::Put { key, value } } else { Op::Delete { key } },
         })
     }
@@ -147,17 +180,34 @@ mod tests {
 
     #[test]
     fn lesson_layout_is_exact() {
-        // Goal: the bytes match the lesson's layout field by field.
-        let r = Record { lsn: 1, op: Op::Put { key: b"k".to_vec(), value: b"v".to_vec() } };
+        // Goal: the bytes match the documented layout field by field.
+        let r = Record { lsn: 1, term: 2, op: Op::Put { key: b"k".to_vec(), value: b"v".to_vec() } };
         let mut bytes = Vec::new();
         r.encode(&mut bytes);
-        assert_eq!(bytes, [0, 0, 0, 0, 0, 0, 0, 1, 0x01, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'v']);
+        assert_eq!(
+            bytes,
+            [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0x01, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'v']
+        );
+    }
+
+    #[test]
+    fn version_1_records_read_as_term_1() {
+        // Goal: the lesson layout without a term (WAL format 1) still decodes.
+        let bytes = [0, 0, 0, 0, 0, 0, 0, 7, 0x01, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'v'];
+        let r = Record::decode_v1(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!((r.lsn, r.term), (7, 1));
+    }
+
+    #[test]
+    fn term_zero_is_refused() {
+        let bytes = [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0x03, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(Record::decode(&mut Decoder::new(&bytes)).is_err());
     }
 
     #[test]
     fn key_length_beyond_limit_is_refused_before_allocation() {
         // Goal: a key_len of 4 GiB is an error, not an allocation.
-        let mut bytes = vec![0, 0, 0, 0, 0, 0, 0, 1, 0x01];
+        let mut bytes = vec![0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x01];
         bytes.extend_from_slice(&u32::MAX.to_be_bytes());
         let err = Record::decode(&mut Decoder::new(&bytes)).unwrap_err();
         assert!(matches!(err, Error::TooLarge { what: "record key", .. }), "{err}");
@@ -165,9 +215,10 @@ mod tests {
 
     #[test]
     fn delete_with_value_and_unknown_cmd_are_refused() {
-        let mut bytes = vec![0, 0, 0, 0, 0, 0, 0, 1, CMD_DELETE, 0, 0, 0, 0, 0, 0, 0, 1, b'x'];
+        let mut bytes = vec![0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, CMD_DELETE];
+        bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, b'x']);
         assert!(Record::decode(&mut Decoder::new(&bytes)).is_err());
-        bytes[8] = 0x7f;
+        bytes[16] = 0x7f;
         assert!(Record::decode(&mut Decoder::new(&bytes)).is_err());
     }
 }

@@ -1,0 +1,167 @@
+//! Talking to other members outside a replication link: the votes of a
+//! promotion, and a leader's announcements (`docs/FAILOVER.md`).
+//!
+//! ## Promotion, in two rounds
+//!
+//! `kv_client promote` on node P:
+//!
+//! 1. **Ask where every log ends.** P sends REQUEST_VOTE in its *current*
+//!    term to every member it knows. Nobody changes state for a term they
+//!    are already in; each answers with where its log ends. Without
+//!    `--force`, P refuses to go on if fewer than a majority answered, or
+//!    if a reachable member's log is ahead of P's (a later last term, or
+//!    the same last term and a higher LSN): promoting the most up-to-date
+//!    node of a majority is what guarantees that no write acknowledged
+//!    with `majority` is lost, because every such write is on at least one
+//!    node of every majority.
+//! 2. **Ask for votes in the new term.** P stores term + 1 and its vote for
+//!    itself, and sends REQUEST_VOTE in the new term. A member grants at
+//!    most one vote per term, so two nodes promoted at once cannot both win
+//!    the same term. Every member that hears the new term adopts it, and
+//!    from then on refuses AppendEntries from the old leader: that is what
+//!    fences the old leader off even before it learns it was deposed.
+//!
+//! ## Announcements
+//!
+//! Followers dial their leader, never the other way round. So that a
+//! deposed leader, or a member still pointed at it, learns of the new
+//! leader without an operator, a leader sends LEADER_ANNOUNCE `(term, its
+//! address)` every [`ANNOUNCE_INTERVAL_MS`] to each member that is not
+//! following it. A member in an older term adopts the term and follows the
+//! announcer; every member answers with the term and leader it knows, so an
+//! announcer that is itself out of date learns it and steps down.
+
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::limits::{ANNOUNCE_INTERVAL_MS, FRAME_BYTES_MAX, PEER_REQUEST_TIMEOUT_MS};
+use crate::protocol::{read_frame, Message};
+use crate::replication::hub::{same_node, Hub};
+use crate::replication::parse_peer;
+use crate::replication::replica::Replica;
+use crate::{Lsn, Term};
+
+/// Send REQUEST_VOTE `(term, ours)` from `me` to every member in `members`,
+/// all at once; return each member's answer (or why there was none).
+pub fn request_votes(
+    members: &[String],
+    term: Term,
+    ours: (Term, Lsn),
+    me: &str,
+) -> Vec<(String, Result<Message>)> {
+    let request =
+        Message::RequestVote { term, last_lsn: ours.1, last_term: ours.0, candidate: me.into() };
+    std::thread::scope(|s| {
+        let asks: Vec<_> = members
+            .iter()
+            .map(|m| {
+                let request = &request;
+                s.spawn(move || (m.clone(), ask(m, request)))
+            })
+            .collect();
+        asks.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| (String::new(), Err(Error::Link("panic".into())))))
+            .collect()
+    })
+}
+
+/// Round 1's checks: a majority answered, and nobody reachable is ahead.
+pub fn check_promotion(
+    answers: &[(String, Result<Message>)],
+    ours: (Term, Lsn),
+    member_count: usize,
+) -> Result<()> {
+    let majority = member_count / 2 + 1;
+    let mut answered = 1; // ourselves
+    let mut silent = Vec::new();
+    for (member, answer) in answers {
+        match answer {
+            Ok(Message::Vote { last_lsn, last_term, .. }) => {
+                answered += 1;
+                if (*last_term, *last_lsn) > ours {
+                    return Err(Error::Unexpected(format!(
+                        "promotion refused: {member} holds LSN {last_lsn} of term {last_term}, \
+                         more than this node (LSN {} of term {}); promote {member} instead, or \
+                         use --force (records only {member} holds would be lost)",
+                        ours.1, ours.0
+                    )));
+                }
+            }
+            Ok(other) => silent.push(format!("{member} ({} instead of VOTE)", other.name())),
+            Err(e) => silent.push(format!("{member} ({e})")),
+        }
+    }
+    if answered < majority {
+        return Err(Error::Unexpected(format!(
+            "promotion refused: only {answered} of {member_count} members answered (this node \
+             included), {majority} needed to be sure no acknowledged write is lost; no answer \
+             from {}; use --force to promote anyway",
+            silent.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// One request, one reply, on a fresh connection with short timeouts.
+pub fn ask(member: &str, request: &Message) -> Result<Message> {
+    let address = parse_peer(member)?;
+    let timeout = Duration::from_millis(PEER_REQUEST_TIMEOUT_MS);
+    let stream = TcpStream::connect_timeout(&address, timeout)
+        .map_err(|e| Error::io(format!("connecting to {member}"), e))?;
+    let setup = |e| Error::io(format!("configuring socket to {member}"), e);
+    stream.set_read_timeout(Some(timeout)).map_err(setup)?;
+    stream.set_write_timeout(Some(timeout)).map_err(setup)?;
+    stream.set_nodelay(true).map_err(setup)?;
+    let mut out = Vec::with_capacity(64);
+    request.encode_frame(&mut out);
+    (&stream).write_all(&out).map_err(|e| Error::io(format!("sending to {member}"), e))?;
+    let mut reader = BufReader::new(&stream);
+    let frame = read_frame(&mut reader, FRAME_BYTES_MAX)?
+        .ok_or_else(|| Error::Link(format!("{member} closed the connection")))?;
+    match Message::decode(&frame)? {
+        Message::Error { message, .. } => Err(Error::Link(format!("{member}: {message}"))),
+        reply => Ok(reply),
+    }
+}
+
+/// Start the announcer of a leadership: it ends when `hub` is deposed.
+pub fn spawn_announcer(replica: Arc<Replica>, hub: Arc<Hub>) -> Result<()> {
+    std::thread::Builder::new()
+        .name(format!("announce-t{}", hub.term()))
+        .spawn(move || announce_loop(&replica, &hub))
+        .map(|_| ())
+        .map_err(|e| Error::io("spawning announcer thread", e))
+}
+
+fn announce_loop(replica: &Replica, hub: &Hub) {
+    let me = replica.address();
+    let announce = Message::LeaderAnnounce { term: hub.term(), leader: me.to_string() };
+    while !hub.is_deposed() {
+        let connected = hub.connected();
+        for member in replica.members() {
+            let Ok(address) = parse_peer(&member) else { continue };
+            if same_node(address, me) || connected.iter().any(|c| same_node(*c, address)) {
+                continue;
+            }
+            match ask(&member, &announce) {
+                Ok(Message::LeaderAnnounce { term, leader }) if term > hub.term() => {
+                    let leader = parse_peer(&leader).ok().filter(|l| !same_node(*l, me));
+                    let from = format!("member {member}");
+                    if let Err(e) = replica.observe_term(term, leader, &from) {
+                        log::error!("[failover] cannot adopt term {term}: {e}");
+                    }
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => log::debug!("[failover] announcing term {} to {member}: {e}", hub.term()),
+            }
+            if hub.is_deposed() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(ANNOUNCE_INTERVAL_MS));
+    }
+}

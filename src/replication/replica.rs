@@ -1,0 +1,520 @@
+//! The node's role in the cluster, and every change of it (`docs/FAILOVER.md`).
+//!
+//! A node is either the **leader** of a term (it takes writes and serves
+//! followers through a [`Hub`]) or a **follower** (it replicates from the
+//! leader it knows, or waits to learn one). Every change of role goes
+//! through one function that says why in one log line:
+//!
+//! | change                  | happens when                                                   |
+//! |-------------------------|----------------------------------------------------------------|
+//! | follower → leader       | `kv_client promote` won a majority of votes (or `--force`)     |
+//! | leader → follower       | a message carried a newer term; or `kv_client follow HOST:PORT` |
+//! | follower → follower     | a LEADER_ANNOUNCE or `follow` names another leader              |
+//!
+//! ## Ordering rules, enforced here
+//!
+//! - A newer term is stored durably (the [`NodeState`] file) **before**
+//!   anything is done with the message that carried it; a vote is stored
+//!   before it is sent.
+//! - A leader that steps down first closes the gate for client writes
+//!   ([`Db::set_leader_term`]), then fails every write still waiting for its
+//!   write concern and closes its follower links ([`Hub::depose`]).
+//! - The state mutex is never held across network I/O: a promotion asks for
+//!   votes without it, then checks that nothing changed meanwhile.
+//!
+//! The term and vote rules themselves are plain functions of
+//! [`NodeState`]; the log-matching rules live in
+//! [`crate::replication::log_match`]. This module wires them to threads.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::protocol::Message;
+use crate::replication::follower::{self, FollowerLink};
+use crate::replication::hub::{same_node, Hub};
+use crate::replication::parse_peer;
+use crate::replication::peers;
+use crate::replication::state::{NodeState, StoredRole};
+use crate::{Lsn, Term};
+
+/// How the node was told to start (command-line flags; they win over the
+/// stored role, except that a deposed leader does not depose its successor).
+#[derive(Debug, Clone)]
+pub enum Startup {
+    /// `--role=leader --peers=...`.
+    Leader { peers: Vec<SocketAddr> },
+    /// `--role=follower --leader=...`.
+    Follower { leader: SocketAddr },
+    /// No `--role`: the stored role, or a standalone leader on a new node.
+    Stored,
+}
+
+/// The role as a connection thread needs to see it, right now.
+#[derive(Clone)]
+pub enum RoleView {
+    Leader { hub: Arc<Hub>, term: Term },
+    Follower { term: Term, leader: Option<SocketAddr>, link: Option<Arc<FollowerLink>> },
+}
+
+enum Live {
+    Leader { hub: Arc<Hub> },
+    Follower { link: Option<Arc<FollowerLink>> },
+}
+
+struct RoleState {
+    stored: NodeState,
+    live: Live,
+}
+
+/// One node's role, term and membership, shared by all its threads.
+pub struct Replica {
+    /// Ourselves, for the threads a role change starts.
+    me: Weak<Replica>,
+    db: Arc<Db>,
+    address: SocketAddr,
+    state: Mutex<RoleState>,
+    /// Why reads are refused, once the leader found our data differs.
+    unhealthy: Mutex<Option<String>>,
+}
+
+impl Replica {
+    /// Decide the starting role from `startup` and the stored state, store
+    /// it, and start the threads it needs (follower link or announcer).
+    pub fn start(db: Arc<Db>, address: SocketAddr, startup: Startup) -> Result<Arc<Replica>> {
+        let stored = NodeState::load(db.data_dir())?;
+        let me = address.to_string();
+        let replica = Arc::new_cyclic(|me| Replica {
+            me: me.clone(),
+            db,
+            address,
+            state: Mutex::new(RoleState {
+                stored: stored.clone(),
+                live: Live::Follower { link: None },
+            }),
+            unhealthy: Mutex::new(None),
+        });
+        let deposed_leader = stored.role == Some(StoredRole::Follower)
+            && stored.leader.as_deref().is_some_and(|l| !replica.is_me(l));
+        match startup {
+            Startup::Leader { peers } if deposed_leader => {
+                let leader = stored.leader.clone().unwrap_or_default();
+                log::warn!(
+                    "[failover] --role=leader ignored: this node stepped down in term {} and \
+                     {leader} leads now; starting as its follower (to lead again: kv_client \
+                     --port {} promote)",
+                    stored.term,
+                    address.port()
+                );
+                let mut st = replica.state.lock();
+                if st.stored.members.is_empty() {
+                    st.stored.members = members_of(&me, &peers);
+                }
+                replica.follow_locked(&mut st, parse_peer(&leader).ok(), "restarted")?;
+            }
+            Startup::Leader { peers } => {
+                let mut st = replica.state.lock();
+                st.stored.members = members_of(&me, &peers);
+                // The same leader restarting keeps its term; a node that was
+                // not leader claims a new one (a fresh node: term 1).
+                let term = match stored.role {
+                    Some(StoredRole::Leader) if stored.term > 0 => stored.term,
+                    _ => stored.term + 1,
+                };
+                replica.lead_locked(&mut st, term, "started with --role=leader")?;
+            }
+            Startup::Follower { leader } => {
+                let mut st = replica.state.lock();
+                let known = st.stored.members.iter().any(|m| same_address(m, leader));
+                if !known {
+                    st.stored.members = members_of(&me, &[leader]);
+                }
+                replica.follow_locked(&mut st, Some(leader), "started with --role=follower")?;
+            }
+            Startup::Stored => {
+                let mut st = replica.state.lock();
+                match stored.role {
+                    Some(StoredRole::Leader) => {
+                        replica.lead_locked(&mut st, stored.term.max(1), "restarted as leader")?
+                    }
+                    Some(StoredRole::Follower) => {
+                        let leader = stored.leader.as_deref().and_then(|l| parse_peer(l).ok());
+                        replica.follow_locked(&mut st, leader, "restarted as follower")?
+                    }
+                    None => {
+                        st.stored.members = vec![me.clone()];
+                        replica.lead_locked(&mut st, stored.term + 1, "standalone node")?
+                    }
+                }
+            }
+        }
+        if let Live::Leader { hub } = &replica.state.lock().live {
+            peers::spawn_announcer(Arc::clone(&replica), Arc::clone(hub))?;
+        }
+        Ok(replica)
+    }
+
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    /// The address clients and members reach this node on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn view(&self) -> RoleView {
+        let st = self.state.lock();
+        match &st.live {
+            Live::Leader { hub } => RoleView::Leader { hub: Arc::clone(hub), term: hub.term() },
+            Live::Follower { link } => RoleView::Follower {
+                term: st.stored.term,
+                leader: link.as_ref().map(|l| l.leader()),
+                link: link.clone(),
+            },
+        }
+    }
+
+    pub fn term(&self) -> Term {
+        self.state.lock().stored.term
+    }
+
+    /// Every member this node knows, itself included.
+    pub fn members(&self) -> Vec<String> {
+        self.state.lock().stored.members.clone()
+    }
+
+    /// The error a write gets on a node that is not the leader.
+    pub fn not_leader(&self) -> Error {
+        let st = self.state.lock();
+        let leader = match &st.live {
+            Live::Leader { .. } => None,
+            Live::Follower { link } => link.as_ref().map(|l| l.leader().to_string()),
+        };
+        match leader {
+            Some(leader) => Error::ReadOnly { leader },
+            None => Error::NotLeader { term: Some(st.stored.term), leader: None },
+        }
+    }
+
+    /// Why reads are refused, if they are.
+    pub fn unhealthy(&self) -> Option<String> {
+        self.unhealthy.lock().clone()
+    }
+
+    /// The leader found our data differs from its own: refuse reads until
+    /// an operator repairs this node (restart after replacing its data).
+    pub fn mark_unhealthy(&self, why: &str) {
+        let mut u = self.unhealthy.lock();
+        if u.is_none() {
+            log::error!("[corruption] this node refuses reads from now on: {why}");
+            *u = Some(why.to_string());
+        }
+    }
+
+    /// A message from `from` carried `term`. If it is newer than ours, store
+    /// it before anything else and, if we lead, step down; then follow
+    /// `leader` if it is given. Returns true if the term was newer.
+    pub fn observe_term(&self, term: Term, leader: Option<SocketAddr>, from: &str) -> Result<bool> {
+        let mut st = self.state.lock();
+        if !st.stored.observe_term(term) {
+            return Ok(false);
+        }
+        // Stop taking writes at once; the stored term comes next, before
+        // anything else is done with the message.
+        self.db.set_leader_term(None);
+        let why = format!("{from} is in term {term}");
+        st.stored.role = Some(StoredRole::Follower);
+        st.stored.leader = leader.map(|l| l.to_string());
+        st.stored.store(self.db.data_dir())?;
+        log::info!("[failover] adopted term {term}: {why}");
+        self.follow_locked(&mut st, leader, &why)?;
+        Ok(true)
+    }
+
+    /// A leader (LEADER_HELLO) sent us the cluster's members: remember them.
+    pub fn set_members(&self, members: Vec<String>) -> Result<()> {
+        let mut st = self.state.lock();
+        if st.stored.members != members && !members.is_empty() {
+            st.stored.members = members;
+            st.stored.store(self.db.data_dir())?;
+        }
+        Ok(())
+    }
+
+    /// `kv_client follow HOST:PORT`: follow `leader` from now on (a leader
+    /// steps down first).
+    pub fn follow(&self, leader: SocketAddr) -> Result<String> {
+        if same_node(leader, self.address) {
+            return Err(Error::Unexpected(format!(
+                "FOLLOW names this node itself ({leader}); use promote to make it leader"
+            )));
+        }
+        let mut st = self.state.lock();
+        if let Live::Follower { link: Some(link) } = &st.live {
+            if same_node(link.leader(), leader) {
+                return Ok(format!("already following {leader} (term {})", st.stored.term));
+            }
+        }
+        self.follow_locked(&mut st, Some(leader), "kv_client follow")?;
+        Ok(format!("now following {leader} (term {})", st.stored.term))
+    }
+
+    /// A REQUEST_VOTE arrived: apply the term and vote rules of [`NodeState`]
+    /// (storing the result before the reply is sent) and answer.
+    pub fn handle_vote(
+        &self,
+        term: Term,
+        candidate: &str,
+        last_lsn: Lsn,
+        last_term: Term,
+    ) -> Result<Message> {
+        if term > self.term() {
+            self.observe_term(term, None, &format!("candidate {candidate}"))?;
+        }
+        let mut st = self.state.lock();
+        let ours = (self.db.last_term(), self.db.last_lsn());
+        let leads = matches!(st.live, Live::Leader { .. });
+        let granted =
+            !leads && st.stored.grant_vote(term, candidate, (last_term, last_lsn), ours);
+        if granted {
+            st.stored.store(self.db.data_dir())?;
+            log::info!(
+                "[failover] voted for {candidate} in term {term} (its log ends at LSN \
+                 {last_lsn} of term {last_term}; ours at LSN {} of term {})",
+                ours.1,
+                ours.0
+            );
+        }
+        Ok(Message::Vote { term: st.stored.term, granted, last_lsn: ours.1, last_term: ours.0 })
+    }
+
+    /// A LEADER_ANNOUNCE arrived: `leader` says it leads `term`. Follow it
+    /// if that is news; answer with the term and leader we now know.
+    pub fn handle_announce(&self, term: Term, leader: &str) -> Result<Message> {
+        let leader_addr = parse_peer(leader)?;
+        if term > self.term() {
+            self.observe_term(term, Some(leader_addr), &format!("leader {leader}"))?;
+        } else if term == self.term() {
+            let mut st = self.state.lock();
+            let following = match &st.live {
+                Live::Follower { link: Some(l) } => same_node(l.leader(), leader_addr),
+                Live::Follower { link: None } => false,
+                Live::Leader { .. } => true, // two leaders of one term: never follow
+            };
+            if !following {
+                self.follow_locked(&mut st, Some(leader_addr), &format!("{leader} leads term {term}"))?;
+            }
+        }
+        let st = self.state.lock();
+        let known = match &st.live {
+            Live::Leader { .. } => self.address.to_string(),
+            Live::Follower { link } => link.as_ref().map(|l| l.leader().to_string()).unwrap_or_default(),
+        };
+        Ok(Message::LeaderAnnounce { term: st.stored.term, leader: known })
+    }
+
+    /// `kv_client promote`: become the leader of a new term. See the
+    /// module doc of [`peers`] for the two rounds; returns what was done.
+    pub fn promote(self: &Arc<Self>, force: bool) -> Result<String> {
+        let (term, others) = {
+            let st = self.state.lock();
+            if let Live::Leader { hub } = &st.live {
+                return Err(Error::Unexpected(format!(
+                    "this node is already the leader of term {}",
+                    hub.term()
+                )));
+            }
+            let others: Vec<String> =
+                st.stored.members.iter().filter(|m| !self.is_me(m)).cloned().collect();
+            (st.stored.term, others)
+        };
+        let ours = (self.db.last_term(), self.db.last_lsn());
+        let member_count = others.len() + 1;
+        let majority = member_count / 2 + 1;
+        let me = self.address.to_string();
+
+        // Round 1: where does every reachable member's log end? (A query in
+        // our current term changes nobody's state.)
+        let answers = peers::request_votes(&others, term, ours, &me);
+        if !force {
+            peers::check_promotion(&answers, ours, member_count)?;
+        }
+
+        // Round 2: ask for votes in the new term (this deposes the old
+        // leader at every member that hears it).
+        let new_term = {
+            let mut st = self.state.lock();
+            let new_term = st.stored.term.max(term) + 1;
+            st.stored.observe_term(new_term);
+            st.stored.voted_for = Some(me.clone());
+            st.stored.store(self.db.data_dir())?;
+            new_term
+        };
+        let votes = peers::request_votes(&others, new_term, ours, &me);
+        let granted: Vec<&str> = votes
+            .iter()
+            .filter(|(_, v)| matches!(v, Ok(Message::Vote { granted: true, .. })))
+            .map(|(m, _)| m.as_str())
+            .collect();
+        if let Some(newer) = votes.iter().find_map(|(_, v)| match v {
+            Ok(Message::Vote { term, .. }) if *term > new_term => Some(*term),
+            _ => None,
+        }) {
+            self.observe_term(newer, None, "a member")?;
+            return Err(Error::Unexpected(format!(
+                "promotion abandoned: a member is already in term {newer}; try again"
+            )));
+        }
+        if granted.len() + 1 < majority && !force {
+            return Err(Error::Unexpected(format!(
+                "promotion to term {new_term} refused: {} of {member_count} members voted for \
+                 this node (itself included), {majority} needed; nothing changed but the \
+                 term (use --force to promote anyway)",
+                granted.len() + 1
+            )));
+        }
+        let mut st = self.state.lock();
+        if st.stored.term != new_term {
+            return Err(Error::Unexpected(format!(
+                "promotion abandoned: term moved to {} while votes were counted",
+                st.stored.term
+            )));
+        }
+        let why = if force && granted.len() + 1 < majority {
+            format!(
+                "kv_client promote --force (only {} of {member_count} votes)",
+                granted.len() + 1
+            )
+        } else if granted.is_empty() {
+            "kv_client promote (a cluster of one)".to_string()
+        } else {
+            format!("kv_client promote, with votes from {}", granted.join(", "))
+        };
+        self.lead_locked(&mut st, new_term, &why)?;
+        if let Live::Leader { hub } = &st.live {
+            peers::spawn_announcer(Arc::clone(self), Arc::clone(hub))?;
+        }
+        Ok(format!(
+            "promoted to leader of term {new_term} ({why}); last LSN {} (term {})",
+            ours.1, ours.0
+        ))
+    }
+
+    /// Become (or stay) a follower of `leader` (`None`: wait to learn one).
+    fn follow_locked(
+        &self,
+        st: &mut RoleState,
+        leader: Option<SocketAddr>,
+        why: &str,
+    ) -> Result<()> {
+        // 1. Already following this leader: keep the link, store the role.
+        if let Live::Follower { link: Some(link) } = &st.live {
+            if leader.is_some_and(|l| same_node(l, link.leader())) && !link.is_stopped() {
+                st.stored.role = Some(StoredRole::Follower);
+                st.stored.leader = leader.map(|l| l.to_string());
+                return st.stored.store(self.db.data_dir());
+            }
+        }
+        // 2. A leader steps down: no more writes, fail the waiting ones.
+        let old = std::mem::replace(&mut st.live, Live::Follower { link: None });
+        match old {
+            Live::Leader { hub } => {
+                self.db.set_leader_term(None);
+                hub.depose(why);
+                log::warn!(
+                    "[failover] stepping down as leader of term {}: {why}; now {}",
+                    hub.term(),
+                    match leader {
+                        Some(l) => format!("following {l}"),
+                        None => "waiting to learn the new leader".into(),
+                    }
+                );
+            }
+            Live::Follower { link: Some(link) } => {
+                link.stop();
+                if let Some(l) = leader.filter(|l| !same_node(*l, link.leader())) {
+                    log::info!("[failover] now following {l} instead of {}: {why}", link.leader());
+                }
+            }
+            Live::Follower { link: None } => {
+                if let Some(l) = leader {
+                    log::info!("[failover] following {l} in term {}: {why}", st.stored.term);
+                }
+            }
+        }
+        // 3. Store the role, then start the link.
+        st.stored.role = Some(StoredRole::Follower);
+        st.stored.leader = leader.map(|l| l.to_string());
+        st.stored.store(self.db.data_dir())?;
+        let link = match leader {
+            Some(leader) => {
+                let link = Arc::new(FollowerLink::new(leader));
+                follower::spawn(Arc::clone(&self.db), self.self_handle()?, Arc::clone(&link))?;
+                Some(link)
+            }
+            None => None,
+        };
+        st.live = Live::Follower { link };
+        Ok(())
+    }
+
+    /// Become the leader of `term` (stored first), with a new hub.
+    fn lead_locked(&self, st: &mut RoleState, term: Term, why: &str) -> Result<()> {
+        if let Live::Follower { link: Some(link) } = &st.live {
+            link.stop();
+        }
+        let (cluster_id, created) = self.db.ensure_cluster_id()?;
+        if created {
+            log::info!("[server] new cluster: id {cluster_id}");
+        }
+        st.stored.term = term;
+        st.stored.role = Some(StoredRole::Leader);
+        st.stored.leader = Some(self.address.to_string());
+        st.stored.voted_for = Some(self.address.to_string());
+        if st.stored.members.is_empty() {
+            st.stored.members = vec![self.address.to_string()];
+        }
+        st.stored.store(self.db.data_dir())?;
+        let peers: Vec<SocketAddr> = st
+            .stored
+            .members
+            .iter()
+            .filter(|m| !self.is_me(m))
+            .filter_map(|m| parse_peer(m).ok())
+            .collect();
+        let hub = Arc::new(Hub::new(&peers, term));
+        self.db.set_leader_term(Some(term));
+        log::info!(
+            "[failover] leader of term {term} ({why}); log ends at LSN {} of term {}",
+            self.db.last_lsn(),
+            self.db.last_term()
+        );
+        st.live = Live::Leader { hub };
+        Ok(())
+    }
+
+    fn is_me(&self, member: &str) -> bool {
+        same_address(member, self.address)
+    }
+
+    /// An `Arc` of ourselves, for a thread we start.
+    pub fn self_handle(&self) -> Result<Arc<Replica>> {
+        self.me.upgrade().ok_or_else(|| Error::Unexpected("the node is shutting down".into()))
+    }
+}
+
+/// The members list for a leader at `me` with `peers`: itself first.
+fn members_of(me: &str, peers: &[SocketAddr]) -> Vec<String> {
+    let mut members = vec![me.to_string()];
+    members.extend(peers.iter().map(|p| p.to_string()));
+    members
+}
+
+/// True if the member text `member` names the node at `address`.
+fn same_address(member: &str, address: SocketAddr) -> bool {
+    parse_peer(member).is_ok_and(|m| same_node(m, address))
+}
