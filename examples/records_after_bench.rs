@@ -49,6 +49,7 @@ fn measure(count: u64, args: &Args) -> Result<(), kvstore::error::Error> {
         let batch: Vec<Record> = (lsn..=count.min(lsn + 9_999))
             .map(|l| Record {
                 lsn: l,
+                term: 1,
                 op: Op::Put { key: format!("key:{l:012}").into(), value: value.clone() },
             })
             .collect();

@@ -518,13 +518,14 @@ mod tests {
         // every write exactly once.
         let dir = tempfile::tempdir().unwrap();
         let (db, _) = Db::open(dir.path(), FsyncPolicy::Always).unwrap();
+        db.set_leader_term(Some(1));
         let mut lsns: Vec<Lsn> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8)
                 .map(|t| {
                     let db = &db;
                     s.spawn(move || {
                         (0..50)
-                            .map(|i| db.write(put(&format!("{t}-{i}"), "v")).unwrap())
+                            .map(|i| db.write(put(&format!("{t}-{i}"), "v")).unwrap().0)
                             .collect::<Vec<_>>()
                     })
                 })
@@ -544,7 +545,7 @@ mod tests {
     fn replicated_records_must_continue_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let (db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
-        let rec = |lsn| Record { lsn, op: put("k", "v") };
+        let rec = |lsn| Record { lsn, term: 1, op: put("k", "v") };
         assert!(matches!(
             db.append_replicated(vec![rec(2)]),
             Err(Error::NotContiguous { expected: 1, got: 2 })
@@ -567,6 +568,7 @@ mod tests {
         // dropped (the sender reads them from the WAL), and it stays subscribed.
         let dir = tempfile::tempdir().unwrap();
         let (db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
+        db.set_leader_term(Some(1));
         let rx = db.subscribe();
         for i in 0..FOLLOWER_CHANNEL_BATCHES_MAX + 100 {
             db.write(put(&i.to_string(), "v")).unwrap();
@@ -581,11 +583,78 @@ mod tests {
     fn subscribers_see_batches_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let (db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
+        db.set_leader_term(Some(1));
         let rx = db.subscribe();
         db.write(put("a", "1")).unwrap();
         db.write(put("b", "2")).unwrap();
         let lsns: Vec<Lsn> =
             rx.try_iter().flat_map(|b| b.iter().map(|r| r.lsn).collect::<Vec<_>>()).collect();
         assert_eq!(lsns, vec![1, 2]);
+    }
+
+    #[test]
+    fn truncation_removes_records_from_the_log_and_the_map() {
+        // Goal: divergence repair leaves the WAL, the map, the digest and
+        // the next LSN exactly as if the removed records never existed.
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
+        db.append_replicated(
+            (1..=5).map(|lsn| Record { lsn, term: 1, op: put("k", &lsn.to_string()) }).collect(),
+        )
+        .unwrap();
+        let (_, digest_at_3) = {
+            let dir3 = tempfile::tempdir().unwrap();
+            let (db3, _) = Db::open(dir3.path(), FsyncPolicy::Never).unwrap();
+            db3.append_replicated(
+                (1..=3)
+                    .map(|lsn| Record { lsn, term: 1, op: put("k", &lsn.to_string()) })
+                    .collect(),
+            )
+            .unwrap();
+            db3.digest()
+        };
+        assert_eq!(db.digest_at(3), Some(digest_at_3));
+        assert_eq!(db.truncate_after(3).unwrap(), 2);
+        assert_eq!((db.last_lsn(), db.get(b"k")), (3, Some(b"3".to_vec())));
+        assert_eq!(db.digest(), (3, digest_at_3));
+        assert_eq!(db.digest_at(4), None);
+        // The log continues at LSN 4, in a newer term.
+        db.append_replicated(vec![Record { lsn: 4, term: 2, op: put("k", "new") }]).unwrap();
+        drop(db);
+        let (db, recovery) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
+        assert_eq!((recovery.last_lsn, recovery.last_term), (4, 2));
+        assert_eq!(db.get(b"k"), Some(b"new".to_vec()));
+    }
+
+    #[test]
+    fn a_committed_record_is_never_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
+        db.append_replicated(
+            (1..=5).map(|lsn| Record { lsn, term: 1, op: put("k", "v") }).collect(),
+        )
+        .unwrap();
+        db.advance_commit_lsn(4);
+        match db.truncate_after(3) {
+            Err(Error::WouldLoseCommitted { truncate_after: 3, commit_lsn: 4 }) => {}
+            other => panic!("expected WouldLoseCommitted, got {other:?}"),
+        }
+        assert_eq!(db.last_lsn(), 5, "nothing removed");
+        assert_eq!(db.truncate_after(4).unwrap(), 1, "after the commit LSN is fine");
+    }
+
+    #[test]
+    fn writes_need_the_leader_gate_and_carry_its_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
+        assert!(matches!(db.write(put("a", "1")), Err(Error::NotLeader { .. })));
+        db.set_leader_term(Some(7));
+        assert_eq!(db.write(put("a", "1")).unwrap(), (1, 7));
+        assert_eq!(db.term_at(1), Some(7));
+        // A leader takes no replicated records; terms never go down.
+        assert!(db.append_replicated(vec![Record { lsn: 2, term: 7, op: put("b", "2") }]).is_err());
+        db.set_leader_term(None);
+        let old = Record { lsn: 2, term: 6, op: put("b", "2") };
+        assert!(matches!(db.append_replicated(vec![old]), Err(Error::Malformed(_))));
     }
 }

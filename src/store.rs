@@ -105,8 +105,11 @@ mod tests {
     fn digest_depends_on_state_not_history() {
         // Goal: two different histories that end in the same pairs have the
         // same digest; any difference in the pairs changes it.
-        let put =
-            |lsn, k: &str, v: &str| Record { lsn, op: Op::Put { key: k.into(), value: v.into() } };
+        let put = |lsn, k: &str, v: &str| Record {
+            lsn,
+            term: 1,
+            op: Op::Put { key: k.into(), value: v.into() },
+        };
         let mut a = Store::new();
         a.apply(&put(1, "x", "1"));
         a.apply(&put(2, "y", "2"));
@@ -114,7 +117,7 @@ mod tests {
         b.apply(&put(1, "y", "old"));
         b.apply(&put(2, "gone", "soon"));
         b.apply(&put(3, "x", "1"));
-        b.apply(&Record { lsn: 4, op: Op::Delete { key: b"gone".to_vec() } });
+        b.apply(&Record { lsn: 4, term: 1, op: Op::Delete { key: b"gone".to_vec() } });
         b.apply(&put(5, "y", "2"));
         assert_eq!(a.digest(), b.digest());
         b.apply(&put(6, "y", "3"));
@@ -125,12 +128,15 @@ mod tests {
     #[test]
     fn put_overwrite_delete() {
         let mut s = Store::new();
-        let put =
-            |lsn, v: &str| Record { lsn, op: Op::Put { key: b"k".to_vec(), value: v.into() } };
+        let put = |lsn, v: &str| Record {
+            lsn,
+            term: 1,
+            op: Op::Put { key: b"k".to_vec(), value: v.into() },
+        };
         s.apply(&put(1, "a"));
         s.apply(&put(2, "b"));
         assert_eq!(s.get(b"k"), Some(&b"b".to_vec()));
-        s.apply(&Record { lsn: 3, op: Op::Delete { key: b"k".to_vec() } });
+        s.apply(&Record { lsn: 3, term: 1, op: Op::Delete { key: b"k".to_vec() } });
         assert_eq!(s.get(b"k"), None);
         assert_eq!(s.applied_lsn(), 3);
     }

@@ -464,6 +464,8 @@ fn hostile_frames_to_leader_and_follower_never_disturb_a_good_client() {
                 let mut hello = Vec::new();
                 Message::FollowerHello {
                     last_lsn: u64::MAX - rng.below(10),
+                    last_term: u64::MAX,
+                    term: u64::MAX,
                     listen_port: Some(1),
                     cluster_id: Some(kvstore::cluster::ClusterId([7; 16])),
                 }
@@ -473,7 +475,14 @@ fn hostile_frames_to_leader_and_follower_never_disturb_a_good_client() {
             4 => {
                 // AppendEntries sent *to* a node, with a plausible record
                 let mut ae = Vec::new();
-                kvstore::protocol::message::encode_append_entries(&mut ae, 1, 1, &[]);
+                let header = kvstore::protocol::AppendEntriesHeader {
+                    term: u64::MAX,
+                    prev_lsn: 0,
+                    prev_term: 0,
+                    commit_lsn: 1,
+                    leader_last_lsn: 1,
+                };
+                kvstore::protocol::message::encode_append_entries(&mut ae, &header, &[]);
                 frame(&ae, None)
             }
             5 => frame(&[0x01, 0, 0, 0, 200, b'k'], None), // PUT whose key_len lies

@@ -295,8 +295,14 @@ impl FakeFollower {
         use std::io::Write;
         let mut stream = std::net::TcpStream::connect(leader.addr).unwrap();
         let mut hello = Vec::new();
-        Message::FollowerHello { last_lsn, listen_port: None, cluster_id: None }
-            .encode_frame(&mut hello);
+        Message::FollowerHello {
+            last_lsn,
+            last_term: u64::from(last_lsn > 0),
+            term: 0,
+            listen_port: None,
+            cluster_id: None,
+        }
+        .encode_frame(&mut hello);
         stream.write_all(&hello).unwrap();
         let reader = std::io::BufReader::new(stream.try_clone().unwrap());
         FakeFollower { stream, reader }
@@ -316,8 +322,9 @@ impl FakeFollower {
             panic!("expected AppendEntries");
         };
         let mut ack = Vec::new();
-        let last = ae.records.last().map_or(ack_lsn, |r| r.lsn);
-        Message::AppendEntriesAck { last_lsn: last }.encode_frame(&mut ack);
+        let last = ae.records.last().map_or(ack_lsn.min(ae.prev_lsn), |r| r.lsn);
+        Message::AppendEntriesAck { last_lsn: last, term: ae.term, digest_lsn: 0, digest: 0 }
+            .encode_frame(&mut ack);
         self.stream.write_all(&ack).unwrap();
         ae
     }
@@ -347,7 +354,8 @@ fn a_follower_that_stops_reading_still_gets_every_record_once() {
         let reading = std::sync::Arc::clone(&reading);
         std::thread::spawn(move || {
             let mut ack = Vec::new();
-            Message::AppendEntriesAck { last_lsn: 0 }.encode_frame(&mut ack);
+            let zero = Message::AppendEntriesAck { last_lsn: 0, term: 0, digest_lsn: 0, digest: 0 };
+            zero.encode_frame(&mut ack);
             while !reading.load(std::sync::atomic::Ordering::Acquire) {
                 let _ = acks.write_all(&ack);
                 std::thread::park_timeout(std::time::Duration::from_millis(200));

@@ -418,8 +418,12 @@ fn a_zero_length_frame_gets_bad_request_and_a_close() {
 fn replication_messages_from_a_client_get_unexpected_and_a_close() {
     // Goal: send APPEND_ENTRIES_ACK / APPEND_ENTRIES as a client; expect ERROR 9, EOF, no write.
     let mut besieged = Besieged::start();
-    // APPEND_ENTRIES_ACK [last_lsn u64 = 5].
-    let ack = frame(&[0x21, 0, 0, 0, 0, 0, 0, 0, 5]);
+    // APPEND_ENTRIES_ACK [last_lsn u64 = 5][term u64 = 1][digest_lsn u64][digest u64].
+    let mut ack = vec![0x21];
+    for field in [5u64, 1, 0, 0] {
+        ack.extend(field.to_be_bytes());
+    }
+    let ack = frame(&ack);
     let (code, message) = besieged.refused(&ack);
     assert_eq!(code, ErrorCode::Unexpected as u16, "{message}");
     assert!(message.contains("APPEND_ENTRIES_ACK"), "{message}");
@@ -428,10 +432,14 @@ fn replication_messages_from_a_client_get_unexpected_and_a_close() {
     // must not reach the WAL through a client connection.
     let next = besieged.good_writes + 1;
     let mut ae = vec![0x20];
+    ae.extend(9u64.to_be_bytes()); // term
+    ae.extend((next - 1).to_be_bytes()); // prev_lsn
+    ae.extend(1u64.to_be_bytes()); // prev_term
     ae.extend(0u64.to_be_bytes()); // commit_lsn
     ae.extend(next.to_be_bytes()); // leader_last_lsn
     ae.extend(1u32.to_be_bytes()); // num_records
     ae.extend(next.to_be_bytes()); // record: lsn
+    ae.extend(9u64.to_be_bytes()); // record: term
     ae.extend([0x01, 0, 0, 0, 6]); // cmd PUT, key_len 6
     ae.extend(b"intrud"); // key
     ae.extend([0, 0, 0, 1, b'x']); // value
@@ -446,7 +454,9 @@ fn follower_hello_after_a_request_is_refused() {
     // Goal: send GET then FOLLOWER_HELLO in one write; expect NOT_FOUND, then ERROR 9 and EOF.
     let mut besieged = Besieged::start();
     let mut requests = frame(&[0x02, 0, 0, 0, 1, b'k']); // GET k
-    requests.extend(frame(&[0x22, 0, 0, 0, 0, 0, 0, 0, 0])); // FOLLOWER_HELLO, last_lsn 0
+    let mut hello = vec![0x22]; // FOLLOWER_HELLO: last_lsn, last_term, term 0; port 0; no cluster
+    hello.extend([0u8; 8 * 3 + 2 + 16]);
+    requests.extend(frame(&hello));
     let mut stream = raw_connect(&besieged.node);
     stream.write_all(&requests).unwrap();
     assert_eq!(read_bytes(&mut stream, 5), [0, 0, 0, 1, 0x12], "the GET is answered first");
@@ -465,14 +475,17 @@ fn random_garbage_never_crashes_the_server_or_reaches_the_wal() {
     let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     // Known types, except FOLLOWER_HELLO (0x22), which legitimately turns a
     // connection into a replication stream instead of a request/reply one.
-    let types = [0x01, 0x02, 0x03, 0x04, 0x10, 0x11, 0x12, 0x13, 0x14, 0x20, 0x21, 0x23];
+    // Nor the administrative ones (PROMOTE, FOLLOW, REQUEST_VOTE,
+    // LEADER_ANNOUNCE), whose effect on the role is their purpose.
+    let types =
+        [0x01, 0x02, 0x03, 0x04, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x20, 0x21, 0x23, 0x24, 0x26];
     for attempt in 0..400 {
         let len = (rng.next() % (1 << (rng.next() % 11))) as usize; // 0..1024, mostly short
         let bytes = if attempt % 2 == 0 {
             rng.bytes(len)
         } else {
             let type_byte = match rng.next() % 4 {
-                0 => 0x24 + (rng.next() % 0xdc) as u8, // an unknown type, 0x24..=0xff
+                0 => 0x28 + (rng.next() % 0xd8) as u8, // an unknown type, 0x28..=0xff
                 _ => types[rng.next() as usize % types.len()],
             };
             let mut payload = vec![type_byte];
@@ -497,7 +510,7 @@ fn random_garbage_never_crashes_the_server_or_reaches_the_wal() {
                     let message = Message::decode(&payload.unwrap())
                         .unwrap_or_else(|e| panic!("attempt {attempt}: bad reply frame: {e}"));
                     if let Message::Error { code, .. } = message {
-                        assert!((1..=9).contains(&code), "attempt {attempt}: code {code}");
+                        assert!((1..=12).contains(&code), "attempt {attempt}: code {code}");
                     }
                 }
             }
@@ -530,14 +543,15 @@ fn too_large_a_value_is_refused_and_nothing_is_written() {
 fn killed_node_with_records(node: &mut Node, puts: u64) -> Vec<(Lsn, u64, String)> {
     let mut client = node.client();
     let mut expected = Vec::new();
-    let mut offset = 0u64;
+    let mut offset = 16u64; // after the file header
     for i in 1..=puts {
         let (key, value) = (format!("key{i}"), format!("value{i}"));
         assert_eq!(client.put(key.as_bytes(), value.as_bytes()).unwrap(), i);
         let text = format!(r#"PUT    key="{key}" value="{value}""#);
         expected.push((i, offset, text));
-        // Entry: [body_len u32][crc u32], body: lsn 8, cmd 1, key_len 4, key, value_len 4, value.
-        offset += 8 + 17 + (key.len() + value.len()) as u64;
+        // Entry: [body_len u32][crc u32], body: lsn 8, term 8, cmd 1, key_len 4, key,
+        // value_len 4, value.
+        offset += 8 + 25 + (key.len() + value.len()) as u64;
     }
     assert_eq!(client.delete(b"key1").unwrap(), puts + 1);
     expected.push((puts + 1, offset, r#"DELETE key="key1""#.to_string()));
@@ -553,7 +567,8 @@ fn assert_dump_records<'a>(dump: &'a str, expected: &[(Lsn, u64, String)]) -> &'
     for (line, (lsn, offset, text)) in lines.iter().zip(expected) {
         let fields: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(fields[0], format!("lsn={lsn}"), "{line}");
-        assert_eq!(fields[1], format!("offset={offset}"), "{line}");
+        assert_eq!(fields[1], "term=1", "a standalone node's first term: {line}");
+        assert_eq!(fields[2], format!("offset={offset}"), "{line}");
         assert!(line.ends_with(text.as_str()), "{line:?} should end with {text:?}");
     }
     lines[lines.len() - 1]
@@ -569,7 +584,10 @@ fn wal_dump_prints_one_line_per_record_and_the_count() {
     let dump = stdout(&out);
     let summary = assert_dump_records(&dump, &expected);
     let end = std::fs::metadata(node.data_dir.join("wal.log")).unwrap().len();
-    assert_eq!(summary, format!("-- 6 record(s), last LSN 6, clean end at offset {end}"));
+    assert_eq!(
+        summary,
+        format!("-- 6 record(s), last LSN 6, clean end at offset {end}; format 2")
+    );
 }
 
 #[test]
@@ -626,7 +644,7 @@ fn start_up_truncates_a_torn_tail_logs_it_and_keeps_every_earlier_record() {
 
 #[test]
 fn a_corrupt_middle_record_stops_start_up_with_its_offset() {
-    // Goal: flip a byte in record 1 of 3, start kvstore; it exits non-zero naming offset 0.
+    // Goal: flip a byte in record 1 of 3, start kvstore; it exits non-zero naming offset 16.
     let (_dir, mut node) = standalone(&[]);
     let mut client = node.client();
     for i in 0..3 {
@@ -636,13 +654,13 @@ fn a_corrupt_middle_record_stops_start_up_with_its_offset() {
     node.kill();
     let log = node.data_dir.join("wal.log");
     let mut bytes = std::fs::read(&log).unwrap();
-    bytes[8 + 20] ^= 0xff; // inside the first record's body
+    bytes[16 + 8 + 20] ^= 0xff; // inside the first record's body (after the file header)
     std::fs::write(&log, bytes).unwrap();
 
     let dir = node.data_dir.to_str().unwrap();
     let (status, err) = run_kvstore_until_exit(&["--port", "0", "--data-dir", dir]);
     assert!(!status.success(), "kvstore started on a corrupt WAL: {err}");
-    assert!(err.contains("corrupt WAL record") && err.contains("at byte offset 0"), "{err}");
+    assert!(err.contains("corrupt WAL record") && err.contains("at byte offset 16"), "{err}");
     let dump = kv_client(&["wal-dump", dir]);
     assert_eq!(dump.status.code(), Some(2), "wal-dump reports corruption as an error");
 }

@@ -59,6 +59,10 @@ struct Args {
     /// Most connections served at once; the next one gets an ERROR and is closed.
     #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT)]
     max_connections: usize,
+    /// The address other members reach this node on (port, or host:port),
+    /// if not the one it binds: behind NAT, a container or a proxy.
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -124,6 +128,10 @@ fn config(args: Args) -> Result<Config, String> {
     if args.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
+    let advertise = match &args.advertise {
+        Some(a) => Some(parse_peer(a).map_err(|e| e.to_string())?),
+        None => None,
+    };
     Ok(Config {
         host: args.host,
         port: args.port,
@@ -140,5 +148,6 @@ fn config(args: Args) -> Result<Config, String> {
         },
         write_timeout: Duration::from_millis(args.write_timeout_ms),
         max_connections: args.max_connections,
+        advertise,
     })
 }

@@ -24,9 +24,9 @@
 //! | 0x22 | FOLLOWER_HELLO     | `[last_lsn u64][last_term u64][term u64][listen_port u16][cluster_id 16 bytes]` |
 //! | 0x23 | LEADER_HELLO       | `[cluster_id 16 bytes][term u64][last_lsn u64][member_count u16][member address]...` |
 //! | 0x24 | APPEND_ENTRIES_REFUSE | `[term u64][last_lsn u64][conflict_lsn u64][conflict_term u64]` |
-//! | 0x25 | REQUEST_VOTE       | `[term u64][last_lsn u64][last_term u64][candidate address]` |
+//! | 0x25 | REQUEST_VOTE       | `[cluster_id 16 bytes][term u64][last_lsn u64][last_term u64][candidate address]` |
 //! | 0x26 | VOTE               | `[term u64][granted u8][last_lsn u64][last_term u64]`   |
-//! | 0x27 | LEADER_ANNOUNCE    | `[term u64][leader address]`                            |
+//! | 0x27 | LEADER_ANNOUNCE    | `[cluster_id 16 bytes][term u64][leader address]`       |
 //!
 //! A record inside APPEND_ENTRIES has the WAL's layout (see
 //! [`crate::wal::record`]): `[lsn u64][term u64][cmd u8][key_len u32][key][value_len u32][value]`.
@@ -176,8 +176,10 @@ pub enum Message {
         conflict_term: Term,
     },
     /// "Make me leader of `term`": sent by a node being promoted to every
-    /// member it knows, with where its log ends.
+    /// member it knows, with where its log ends. A node of another cluster
+    /// is refused before its term is even looked at.
     RequestVote {
+        cluster_id: Option<ClusterId>,
         term: Term,
         last_lsn: Lsn,
         last_term: Term,
@@ -192,8 +194,10 @@ pub enum Message {
         last_term: Term,
     },
     /// "I am the leader of `term`, at `leader`": a leader tells members
-    /// that are not following it, so a deposed leader learns it was.
+    /// that are not following it, so a deposed leader learns it was. The
+    /// answer is a LEADER_ANNOUNCE too: the term and leader the member knows.
     LeaderAnnounce {
+        cluster_id: Option<ClusterId>,
         term: Term,
         leader: String,
     },
@@ -303,7 +307,7 @@ impl Message {
                 out.push(TYPE_FOLLOWER_HELLO);
                 put_u64s(out, &[*last_lsn, *last_term, *term]);
                 out.extend_from_slice(&listen_port.unwrap_or(0).to_be_bytes());
-                out.extend_from_slice(&cluster_id.map_or([0; CLUSTER_ID_BYTES], |id| id.0));
+                put_cluster_id(out, *cluster_id);
             }
             Message::LeaderHello { cluster_id, term, last_lsn, members } => {
                 out.push(TYPE_LEADER_HELLO);
@@ -318,8 +322,9 @@ impl Message {
                 out.push(TYPE_APPEND_ENTRIES_REFUSE);
                 put_u64s(out, &[*term, *last_lsn, *conflict_lsn, *conflict_term]);
             }
-            Message::RequestVote { term, last_lsn, last_term, candidate } => {
+            Message::RequestVote { cluster_id, term, last_lsn, last_term, candidate } => {
                 out.push(TYPE_REQUEST_VOTE);
+                put_cluster_id(out, *cluster_id);
                 put_u64s(out, &[*term, *last_lsn, *last_term]);
                 put_address(out, candidate);
             }
@@ -329,8 +334,9 @@ impl Message {
                 out.push(u8::from(*granted));
                 put_u64s(out, &[*last_lsn, *last_term]);
             }
-            Message::LeaderAnnounce { term, leader } => {
+            Message::LeaderAnnounce { cluster_id, term, leader } => {
                 out.push(TYPE_LEADER_ANNOUNCE);
+                put_cluster_id(out, *cluster_id);
                 put_u64s(out, &[*term]);
                 put_address(out, leader);
             }
@@ -410,6 +416,7 @@ impl Message {
                 conflict_term: d.u64("refuse conflict_term")?,
             },
             TYPE_REQUEST_VOTE => Message::RequestVote {
+                cluster_id: decode_cluster_id(&mut d, "request vote cluster_id")?,
                 term: d.u64("request vote term")?,
                 last_lsn: d.u64("request vote last_lsn")?,
                 last_term: d.u64("request vote last_term")?,
@@ -422,6 +429,7 @@ impl Message {
                 last_term: d.u64("vote last_term")?,
             },
             TYPE_LEADER_ANNOUNCE => Message::LeaderAnnounce {
+                cluster_id: decode_cluster_id(&mut d, "announce cluster_id")?,
                 term: d.u64("announce term")?,
                 leader: decode_address(&mut d, "announce leader")?,
             },
@@ -448,7 +456,13 @@ pub fn encode_append_entries(out: &mut Vec<u8>, header: &AppendEntriesHeader, re
     out.push(TYPE_APPEND_ENTRIES);
     put_u64s(
         out,
-        &[header.term, header.prev_lsn, header.prev_term, header.commit_lsn, header.leader_last_lsn],
+        &[
+            header.term,
+            header.prev_lsn,
+            header.prev_term,
+            header.commit_lsn,
+            header.leader_last_lsn,
+        ],
     );
     out.extend_from_slice(&(records.len() as u32).to_be_bytes());
     for record in records {
@@ -567,11 +581,7 @@ fn decode_bool(d: &mut Decoder<'_>, what: &str) -> Result<bool> {
 fn decode_address(d: &mut Decoder<'_>, what: &'static str) -> Result<String> {
     let len = d.u16(what)?;
     if usize::from(len) > ADDRESS_BYTES_MAX {
-        return Err(Error::TooLarge {
-            what,
-            len: u64::from(len),
-            max: ADDRESS_BYTES_MAX as u64,
-        });
+        return Err(Error::TooLarge { what, len: u64::from(len), max: ADDRESS_BYTES_MAX as u64 });
     }
     let bytes = d.take(usize::from(len), what)?;
     String::from_utf8(bytes.to_vec()).map_err(|_| Error::Malformed(format!("{what} is not UTF-8")))
@@ -581,6 +591,11 @@ fn put_address(out: &mut Vec<u8>, address: &str) {
     let bytes = &address.as_bytes()[..address.len().min(ADDRESS_BYTES_MAX)];
     out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
     out.extend_from_slice(bytes);
+}
+
+/// 16 id bytes; all zeros for "none".
+fn put_cluster_id(out: &mut Vec<u8>, id: Option<ClusterId>) {
+    out.extend_from_slice(&id.map_or([0; CLUSTER_ID_BYTES], |id| id.0));
 }
 
 fn put_u64s(out: &mut Vec<u8>, values: &[u64]) {
@@ -684,20 +699,24 @@ mod tests {
                 conflict_lsn: f[2],
                 conflict_term: f[3]
             }),
-            (any::<[u64; 3]>(), address()).prop_map(|(f, candidate)| Message::RequestVote {
-                term: f[0],
-                last_lsn: f[1],
-                last_term: f[2],
-                candidate
-            }),
+            (proptest::option::of(arb_cluster_id()), any::<[u64; 3]>(), address()).prop_map(
+                |(cluster_id, f, candidate)| Message::RequestVote {
+                    cluster_id,
+                    term: f[0],
+                    last_lsn: f[1],
+                    last_term: f[2],
+                    candidate
+                }
+            ),
             (any::<[u64; 3]>(), any::<bool>()).prop_map(|(f, granted)| Message::Vote {
                 term: f[0],
                 granted,
                 last_lsn: f[1],
                 last_term: f[2]
             }),
-            (any::<u64>(), address())
-                .prop_map(|(term, leader)| Message::LeaderAnnounce { term, leader }),
+            (proptest::option::of(arb_cluster_id()), any::<u64>(), address()).prop_map(
+                |(cluster_id, term, leader)| Message::LeaderAnnounce { cluster_id, term, leader }
+            ),
         ]
     }
 
@@ -825,8 +844,13 @@ mod tests {
             Record { lsn: 7, term: 1, op: Op::Delete { key: b"b".to_vec() } },
         ];
         let mut payload = Vec::new();
-        let header =
-            AppendEntriesHeader { term: 1, prev_lsn: 4, prev_term: 1, commit_lsn: 0, leader_last_lsn: 7 };
+        let header = AppendEntriesHeader {
+            term: 1,
+            prev_lsn: 4,
+            prev_term: 1,
+            commit_lsn: 0,
+            leader_last_lsn: 7,
+        };
         encode_append_entries(&mut payload, &header, &records);
         assert!(matches!(Message::decode(&payload), Err(Error::Malformed(_))));
         // The first record must follow prev_lsn too.

@@ -246,8 +246,12 @@ impl Follower<'_> {
         let term = ae.term;
 
         let history = self.db.term_history();
-        let verdict =
-            log_match::check_append(&history, ae.prev_lsn, ae.prev_term, ae.records.iter().map(|r| r.term));
+        let verdict = log_match::check_append(
+            &history,
+            ae.prev_lsn,
+            ae.prev_term,
+            ae.records.iter().map(|r| r.term),
+        );
         let (truncate_after, skip, matched) = match verdict {
             Verdict::Refuse(r) => {
                 log::info!(
@@ -417,8 +421,7 @@ impl Inbox {
         let buffered = self.reader.buffer();
         buffered.len() >= 4
             && buffered.len() - 4
-                >= u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]])
-                    as usize
+                >= u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]) as usize
     }
 
     /// Read the leader's next message. An ERROR from the leader (it refused
@@ -507,4 +510,3 @@ struct CatchUp {
     received: u64,
     started: Instant,
 }
-

@@ -139,12 +139,7 @@ impl Hub {
         let peers = expected.iter().map(|&address| Peer::new(address, true)).collect();
         Hub {
             term,
-            state: Mutex::new(HubState {
-                peers,
-                next_session_id: 1,
-                commit_lsn: 0,
-                deposed: None,
-            }),
+            state: Mutex::new(HubState { peers, next_session_id: 1, commit_lsn: 0, deposed: None }),
             acked: Condvar::new(),
             expected_count: expected.len(),
             lag: Mutex::new(LagTracker::new()),
@@ -519,7 +514,9 @@ mod tests {
         let hub = std::sync::Arc::new(Hub::new(&[addr(9002)], 3));
         let waiter = {
             let hub = std::sync::Arc::clone(&hub);
-            std::thread::spawn(move || hub.wait_for(1, WriteConcern::Majority, Duration::from_secs(30)))
+            std::thread::spawn(move || {
+                hub.wait_for(1, WriteConcern::Majority, Duration::from_secs(30))
+            })
         };
         while !hub.depose("a newer term") {}
         match waiter.join().unwrap() {

@@ -108,15 +108,7 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
             return;
         }
     };
-    if hello.term > term {
-        let err = Error::StaleTerm { theirs: term, ours: hello.term, leader: None };
-        let from = format!("follower {address}");
-        if let Err(e) = replica.observe_term(hello.term, None, &from) {
-            log::error!("[failover] cannot store term {}: {e}", hello.term);
-        }
-        let _ = write_message(&mut stream, &Message::error(&err));
-        return;
-    }
+    // The cluster first: a stranger's term must not move ours.
     let Some(cluster_id) = db.cluster_id() else {
         let err = Error::Unexpected("this leader has no cluster id yet".into());
         let _ = write_message(&mut stream, &Message::error(&err));
@@ -129,6 +121,24 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
             peer: format!("follower {address}"),
         };
         log::error!("[replication] refusing follower {address}: {err}");
+        let _ = write_message(&mut stream, &Message::error(&err));
+        return;
+    }
+    if hello.term > term && hello.cluster_id.is_none() {
+        let err = Error::Malformed(format!(
+            "a node without a cluster id cannot be in term {} (this leader is in term {term})",
+            hello.term
+        ));
+        log::error!("[replication] refusing follower {address}: {err}");
+        let _ = write_message(&mut stream, &Message::error(&err));
+        return;
+    }
+    if hello.term > term {
+        let err = Error::StaleTerm { theirs: term, ours: hello.term, leader: None };
+        let from = format!("follower {address}");
+        if let Err(e) = replica.observe_term(hello.term, None, &from) {
+            log::error!("[failover] cannot store term {}: {e}", hello.term);
+        }
         let _ = write_message(&mut stream, &Message::error(&err));
         return;
     }
@@ -172,7 +182,10 @@ impl Link<'_> {
         let (address, term) = (self.address, self.term);
         // 3. Our half of the handshake.
         let members = self.replica.members();
-        write_message(&mut stream, &Message::LeaderHello { cluster_id, term, last_lsn: target, members })?;
+        write_message(
+            &mut stream,
+            &Message::LeaderHello { cluster_id, term, last_lsn: target, members },
+        )?;
         let reader = stream.try_clone().map_err(|e| Error::io("cloning follower socket", e))?;
         let mut reader = BufReader::new(reader);
 
@@ -222,9 +235,9 @@ impl Link<'_> {
         let history = self.db.term_history();
         let mut prev = log_match::first_probe(&history, hello.last_lsn, hello.last_term);
         for _ in 0..PROBE_ROUNDS_MAX {
-            let prev_term = history.term_at(prev).ok_or_else(|| {
-                Error::Unexpected(format!("probe at LSN {prev} beyond our log"))
-            })?;
+            let prev_term = history
+                .term_at(prev)
+                .ok_or_else(|| Error::Unexpected(format!("probe at LSN {prev} beyond our log")))?;
             let header = AppendEntriesHeader {
                 term: self.term,
                 prev_lsn: prev,
@@ -348,7 +361,9 @@ impl AckReader {
                     let _ = replica.observe_term(term, None, &format!("follower {}", self.address));
                     return format!("it is in term {term}, newer than ours");
                 }
-                Ok(Message::Error { message, .. }) => return format!("follower reported: {message}"),
+                Ok(Message::Error { message, .. }) => {
+                    return format!("follower reported: {message}")
+                }
                 Ok(other) => return format!("unexpected {} on a replication link", other.name()),
                 Err(e) => return e.to_string(),
             };

@@ -113,7 +113,11 @@ pub fn check_append(
             None => return Verdict::Accept { truncate_after: None, skip: i, matched },
         }
     }
-    Verdict::Accept { truncate_after: None, skip: matched.saturating_sub(prev_lsn) as usize, matched }
+    Verdict::Accept {
+        truncate_after: None,
+        skip: matched.saturating_sub(prev_lsn) as usize,
+        matched,
+    }
 }
 
 /// The leader's first `prev_lsn` for a follower that said its log ends at

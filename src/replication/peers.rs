@@ -5,9 +5,10 @@
 //!
 //! `kv_client promote` on node P:
 //!
-//! 1. **Ask where every log ends.** P sends REQUEST_VOTE in its *current*
-//!    term to every member it knows. Nobody changes state for a term they
-//!    are already in; each answers with where its log ends. Without
+//! 1. **Ask where every log ends.** P sends REQUEST_VOTE in term 0 to
+//!    every member it knows ([`query_positions`]): no node is ever in term
+//!    0, so nobody changes state or grants anything; each answers with its
+//!    term and where its log ends. Without
 //!    `--force`, P refuses to go on if fewer than a majority answered, or
 //!    if a reachable member's log is ahead of P's (a later last term, or
 //!    the same last term and a higher LSN): promoting the most up-to-date
@@ -36,6 +37,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::ClusterId;
 use crate::error::{Error, Result};
 use crate::limits::{ANNOUNCE_INTERVAL_MS, FRAME_BYTES_MAX, PEER_REQUEST_TIMEOUT_MS};
 use crate::protocol::{read_frame, Message};
@@ -44,16 +46,33 @@ use crate::replication::parse_peer;
 use crate::replication::replica::Replica;
 use crate::{Lsn, Term};
 
+/// Ask every member where its log ends, changing nothing anywhere: a
+/// REQUEST_VOTE in term 0, which every node answers without granting.
+pub fn query_positions(
+    members: &[String],
+    cluster_id: Option<ClusterId>,
+    ours: (Term, Lsn),
+    me: &str,
+) -> Vec<(String, Result<Message>)> {
+    request_votes(members, cluster_id, 0, ours, me)
+}
+
 /// Send REQUEST_VOTE `(term, ours)` from `me` to every member in `members`,
 /// all at once; return each member's answer (or why there was none).
 pub fn request_votes(
     members: &[String],
+    cluster_id: Option<ClusterId>,
     term: Term,
     ours: (Term, Lsn),
     me: &str,
 ) -> Vec<(String, Result<Message>)> {
-    let request =
-        Message::RequestVote { term, last_lsn: ours.1, last_term: ours.0, candidate: me.into() };
+    let request = Message::RequestVote {
+        cluster_id,
+        term,
+        last_lsn: ours.1,
+        last_term: ours.0,
+        candidate: me.into(),
+    };
     std::thread::scope(|s| {
         let asks: Vec<_> = members
             .iter()
@@ -138,7 +157,11 @@ pub fn spawn_announcer(replica: Arc<Replica>, hub: Arc<Hub>) -> Result<()> {
 
 fn announce_loop(replica: &Replica, hub: &Hub) {
     let me = replica.address();
-    let announce = Message::LeaderAnnounce { term: hub.term(), leader: me.to_string() };
+    let announce = Message::LeaderAnnounce {
+        cluster_id: replica.db().cluster_id(),
+        term: hub.term(),
+        leader: me.to_string(),
+    };
     while !hub.is_deposed() {
         let connected = hub.connected();
         for member in replica.members() {
@@ -147,7 +170,7 @@ fn announce_loop(replica: &Replica, hub: &Hub) {
                 continue;
             }
             match ask(&member, &announce) {
-                Ok(Message::LeaderAnnounce { term, leader }) if term > hub.term() => {
+                Ok(Message::LeaderAnnounce { term, leader, .. }) if term > hub.term() => {
                     let leader = parse_peer(&leader).ok().filter(|l| !same_node(*l, me));
                     let from = format!("member {member}");
                     if let Err(e) = replica.observe_term(term, leader, &from) {

@@ -31,6 +31,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+use crate::cluster::ClusterId;
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::protocol::Message;
@@ -116,15 +117,8 @@ impl Replica {
                 replica.follow_locked(&mut st, parse_peer(&leader).ok(), "restarted")?;
             }
             Startup::Leader { peers } => {
-                let mut st = replica.state.lock();
-                st.stored.members = members_of(&me, &peers);
-                // The same leader restarting keeps its term; a node that was
-                // not leader claims a new one (a fresh node: term 1).
-                let term = match stored.role {
-                    Some(StoredRole::Leader) if stored.term > 0 => stored.term,
-                    _ => stored.term + 1,
-                };
-                replica.lead_locked(&mut st, term, "started with --role=leader")?;
+                replica.state.lock().stored.members = members_of(&me, &peers);
+                replica.take_office("started with --role=leader")?;
             }
             Startup::Follower { leader } => {
                 let mut st = replica.state.lock();
@@ -138,7 +132,8 @@ impl Replica {
                 let mut st = replica.state.lock();
                 match stored.role {
                     Some(StoredRole::Leader) => {
-                        replica.lead_locked(&mut st, stored.term.max(1), "restarted as leader")?
+                        drop(st);
+                        replica.take_office("restarted as leader")?
                     }
                     Some(StoredRole::Follower) => {
                         let leader = stored.leader.as_deref().and_then(|l| parse_peer(l).ok());
@@ -155,6 +150,60 @@ impl Replica {
             peers::spawn_announcer(Arc::clone(&replica), Arc::clone(hub))?;
         }
         Ok(replica)
+    }
+
+    /// Start as leader, in a new term: every time a node takes office it
+    /// does so in a term of its own, so records it writes after a crash
+    /// that lost its unsynced tail never share (LSN, term) with the lost
+    /// ones. But first ask the members (without changing their state)
+    /// where they stand: if one is in a newer term, a leader was promoted
+    /// while we were down, and if one holds more of the log than we do, we
+    /// lost records a majority may hold. Either way we start as a follower
+    /// instead, and say why.
+    fn take_office(&self, why: &str) -> Result<()> {
+        let (term, others) = {
+            let st = self.state.lock();
+            let others: Vec<String> =
+                st.stored.members.iter().filter(|m| !self.is_me(m)).cloned().collect();
+            (st.stored.term, others)
+        };
+        let ours = (self.db.last_term(), self.db.last_lsn());
+        let me = self.address.to_string();
+        let answers = if others.is_empty() {
+            Vec::new()
+        } else {
+            peers::query_positions(&others, self.db.cluster_id(), ours, &me)
+        };
+        for (member, answer) in &answers {
+            let Ok(Message::Vote { term: theirs, last_lsn, last_term, .. }) = answer else {
+                continue;
+            };
+            if *theirs > term {
+                log::warn!(
+                    "[failover] not taking office: member {member} is in term {theirs}, newer \
+                     than ours ({term}): another node was promoted; starting as a follower until \
+                     its leader announces itself"
+                );
+                self.observe_term(*theirs, None, &format!("member {member}"))?;
+                return Ok(());
+            }
+            if (*last_term, *last_lsn) > ours {
+                log::warn!(
+                    "[failover] not taking office: member {member} holds LSN {last_lsn} of term \
+                     {last_term}, more than this node (LSN {} of term {}), so this node lost \
+                     records others have; starting as a follower (promote the most up-to-date \
+                     node: kv_client --port {} promote)",
+                    ours.1,
+                    ours.0,
+                    parse_peer(member).map(|a| a.port()).unwrap_or(0)
+                );
+                let mut st = self.state.lock();
+                return self.follow_locked(&mut st, None, "a member holds more of the log");
+            }
+        }
+        let mut st = self.state.lock();
+        let term = st.stored.term + 1;
+        self.lead_locked(&mut st, term, why)
     }
 
     pub fn db(&self) -> &Arc<Db> {
@@ -263,6 +312,19 @@ impl Replica {
         Ok(format!("now following {leader} (term {})", st.stored.term))
     }
 
+    /// Refuse a vote request or announcement from another cluster before
+    /// its term can do anything (a node with no cluster id yet accepts).
+    pub fn check_cluster(&self, theirs: Option<ClusterId>, peer: &str) -> Result<()> {
+        match (self.db.cluster_id(), theirs) {
+            (Some(ours), theirs) if theirs != Some(ours) => Err(Error::OtherCluster {
+                ours: ours.to_string(),
+                theirs: theirs.map_or("(none)".into(), |t| t.to_string()),
+                peer: peer.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// A REQUEST_VOTE arrived: apply the term and vote rules of [`NodeState`]
     /// (storing the result before the reply is sent) and answer.
     pub fn handle_vote(
@@ -278,8 +340,7 @@ impl Replica {
         let mut st = self.state.lock();
         let ours = (self.db.last_term(), self.db.last_lsn());
         let leads = matches!(st.live, Live::Leader { .. });
-        let granted =
-            !leads && st.stored.grant_vote(term, candidate, (last_term, last_lsn), ours);
+        let granted = !leads && st.stored.grant_vote(term, candidate, (last_term, last_lsn), ours);
         if granted {
             st.stored.store(self.db.data_dir())?;
             log::info!(
@@ -306,15 +367,25 @@ impl Replica {
                 Live::Leader { .. } => true, // two leaders of one term: never follow
             };
             if !following {
-                self.follow_locked(&mut st, Some(leader_addr), &format!("{leader} leads term {term}"))?;
+                self.follow_locked(
+                    &mut st,
+                    Some(leader_addr),
+                    &format!("{leader} leads term {term}"),
+                )?;
             }
         }
         let st = self.state.lock();
         let known = match &st.live {
             Live::Leader { .. } => self.address.to_string(),
-            Live::Follower { link } => link.as_ref().map(|l| l.leader().to_string()).unwrap_or_default(),
+            Live::Follower { link } => {
+                link.as_ref().map(|l| l.leader().to_string()).unwrap_or_default()
+            }
         };
-        Ok(Message::LeaderAnnounce { term: st.stored.term, leader: known })
+        Ok(Message::LeaderAnnounce {
+            cluster_id: self.db.cluster_id(),
+            term: st.stored.term,
+            leader: known,
+        })
     }
 
     /// `kv_client promote`: become the leader of a new term. See the
@@ -337,9 +408,8 @@ impl Replica {
         let majority = member_count / 2 + 1;
         let me = self.address.to_string();
 
-        // Round 1: where does every reachable member's log end? (A query in
-        // our current term changes nobody's state.)
-        let answers = peers::request_votes(&others, term, ours, &me);
+        // Round 1: where does every reachable member's log end?
+        let answers = peers::query_positions(&others, self.db.cluster_id(), ours, &me);
         if !force {
             peers::check_promotion(&answers, ours, member_count)?;
         }
@@ -354,7 +424,7 @@ impl Replica {
             st.stored.store(self.db.data_dir())?;
             new_term
         };
-        let votes = peers::request_votes(&others, new_term, ours, &me);
+        let votes = peers::request_votes(&others, self.db.cluster_id(), new_term, ours, &me);
         let granted: Vec<&str> = votes
             .iter()
             .filter(|(_, v)| matches!(v, Ok(Message::Vote { granted: true, .. })))
@@ -499,6 +569,11 @@ impl Replica {
 
     fn is_me(&self, member: &str) -> bool {
         same_address(member, self.address)
+    }
+
+    /// The address members know this node by (`--advertise`, or the bound one).
+    pub fn identity(&self) -> SocketAddr {
+        self.address
     }
 
     /// An `Arc` of ourselves, for a thread we start.

@@ -96,7 +96,8 @@ impl NodeState {
             None => true,
             Some(v) => v == candidate,
         };
-        if term != self.term || !free || theirs < ours {
+        // Term 0 is a query (where does your log end?), never an election.
+        if term == 0 || term != self.term || !free || theirs < ours {
             return false;
         }
         self.voted_for = Some(candidate.to_string());
@@ -208,6 +209,8 @@ mod tests {
         assert!(s.grant_vote(5, "a", (3, 1), ours), "asking twice is fine");
         assert!(!s.grant_vote(5, "c", (9, 900), ours), "already voted in term 5");
         assert!(!s.grant_vote(4, "c", (9, 900), ours), "an old term");
+        let mut fresh = NodeState::new();
+        assert!(!fresh.grant_vote(0, "a", (1, 1), (0, 0)), "term 0 is only a query");
     }
 
     #[test]

@@ -114,7 +114,9 @@ fn hand_over_to_replication(
         }
         RoleView::Follower { leader, .. } => {
             let why = match leader {
-                Some(l) => format!("FOLLOWER_HELLO sent to a follower; replicate from the leader {l}"),
+                Some(l) => {
+                    format!("FOLLOWER_HELLO sent to a follower; replicate from the leader {l}")
+                }
                 None => "FOLLOWER_HELLO sent to a follower that knows no leader yet".into(),
             };
             Err(refuse(&mut writer, Error::Unexpected(why)))
@@ -137,17 +139,19 @@ fn handle_request(node: &Node, request: Message) -> Result<Message> {
                 None => Message::NotFound,
             })
         }
-        Message::Promote { force } => {
-            Ok(Message::Done { message: node.replica.promote(force)? })
-        }
+        Message::Promote { force } => Ok(Message::Done { message: node.replica.promote(force)? }),
         Message::Follow { leader } => {
             let leader = parse_peer(&leader)?;
             Ok(Message::Done { message: node.replica.follow(leader)? })
         }
-        Message::RequestVote { term, last_lsn, last_term, candidate } => {
+        Message::RequestVote { cluster_id, term, last_lsn, last_term, candidate } => {
+            node.replica.check_cluster(cluster_id, &format!("candidate {candidate}"))?;
             node.replica.handle_vote(term, &candidate, last_lsn, last_term)
         }
-        Message::LeaderAnnounce { term, leader } => node.replica.handle_announce(term, &leader),
+        Message::LeaderAnnounce { cluster_id, term, leader } => {
+            node.replica.check_cluster(cluster_id, &format!("leader {leader}"))?;
+            node.replica.handle_announce(term, &leader)
+        }
         Message::Status => {
             let json = serde_json::to_string(&status(node))
                 .map_err(|e| Error::Unexpected(format!("encoding status: {e}")))?;

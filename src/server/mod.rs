@@ -38,6 +38,9 @@ pub struct Config {
     pub write_concern: WriteConcern,
     pub write_timeout: Duration,
     pub max_connections: usize,
+    /// The address other members reach this node on, if not the bound one
+    /// (behind NAT, a container, or a proxy).
+    pub advertise: Option<SocketAddr>,
 }
 
 /// What this node was told to be on the command line.
@@ -113,14 +116,23 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
         Role::Follower { leader } => Startup::Follower { leader: *leader },
         Role::Stored => Startup::Stored,
     };
-    let replica = Replica::start(Arc::clone(&db), address, startup)?;
+    let identity = config.advertise.unwrap_or(address);
+    if identity != address {
+        log::info!("[server] members reach this node at {identity} (--advertise)");
+    }
+    let replica = Replica::start(Arc::clone(&db), identity, startup)?;
     let members = replica.members();
     let term = replica.term();
     match replica.view() {
         RoleView::Leader { .. } => log::info!(
             "[server] listening on {address} as leader of term {term}, expecting followers \
              [{}], write concern {}, fsync {}",
-            members.iter().filter(|m| **m != address.to_string()).cloned().collect::<Vec<_>>().join(", "),
+            members
+                .iter()
+                .filter(|m| **m != identity.to_string())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
             config.write_concern.name(),
             fsync_name(config.fsync)
         ),

@@ -17,5 +17,5 @@ pub mod terms;
 pub use log::{
     scan_log, Scan, ScanEnd, Wal, WalRecovery, INDEX_FILE_NAME, LOG_FILE_NAME, WAL_FORMAT_VERSION,
 };
-pub use terms::TermHistory;
 pub use record::{Op, Record};
+pub use terms::TermHistory;

@@ -151,11 +151,13 @@ mod tests {
     fn arb_record() -> impl Strategy<Value = Record> {
         let key = proptest::collection::vec(any::<u8>(), 0..64);
         let value = proptest::collection::vec(any::<u8>(), 0..256);
-        (1..u64::MAX, 1..u64::MAX, key, value, any::<bool>()).prop_map(|(lsn, term, key, value, put)| Record {
-            lsn,
-            term,
-            op: if put { Op::Put { key, value } } else { Op::Delete { key } },
-        })
+        (1..u64::MAX, 1..u64::MAX, key, value, any::<bool>()).prop_map(
+            |(lsn, term, key, value, put)| Record {
+                lsn,
+                term,
+                op: if put { Op::Put { key, value } } else { Op::Delete { key } },
+            },
+        )
     }
 
     proptest! {
@@ -181,12 +183,16 @@ mod tests {
     #[test]
     fn lesson_layout_is_exact() {
         // Goal: the bytes match the documented layout field by field.
-        let r = Record { lsn: 1, term: 2, op: Op::Put { key: b"k".to_vec(), value: b"v".to_vec() } };
+        let r =
+            Record { lsn: 1, term: 2, op: Op::Put { key: b"k".to_vec(), value: b"v".to_vec() } };
         let mut bytes = Vec::new();
         r.encode(&mut bytes);
         assert_eq!(
             bytes,
-            [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0x01, 0, 0, 0, 1, b'k', 0, 0, 0, 1, b'v']
+            [
+                0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0x01, 0, 0, 0, 1, b'k', 0, 0, 0, 1,
+                b'v'
+            ]
         );
     }
 
