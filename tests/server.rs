@@ -584,10 +584,7 @@ fn wal_dump_prints_one_line_per_record_and_the_count() {
     let dump = stdout(&out);
     let summary = assert_dump_records(&dump, &expected);
     let end = std::fs::metadata(node.data_dir.join("wal.log")).unwrap().len();
-    assert_eq!(
-        summary,
-        format!("-- 6 record(s), last LSN 6, clean end at offset {end}; format 2")
-    );
+    assert_eq!(summary, format!("-- 6 record(s), last LSN 6, clean end at offset {end}; format 2"));
 }
 
 #[test]

@@ -335,6 +335,9 @@ impl Hub {
         let candidate = majority.min(db.last_lsn());
         if candidate > st.commit_lsn && db.term_at(candidate) == Some(self.term) {
             st.commit_lsn = candidate;
+            // The node's own record of it: after a step-down, its repair
+            // must not remove what it knew to be committed.
+            db.advance_commit_lsn(candidate);
         }
         st.commit_lsn
     }

@@ -53,6 +53,8 @@ pub struct Node {
     args: Vec<String>,
     /// Shell commands run before exec'ing kvstore (e.g. `ulimit -f ...`).
     shell_prefix: Option<String>,
+    /// Extra environment for the process (e.g. `KVSTORE_FAILPOINT`).
+    env: Vec<(String, String)>,
     child: Mutex<Option<Child>>,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -71,11 +73,48 @@ impl Node {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             args: args.iter().map(|s| s.to_string()).collect(),
             shell_prefix: None,
+            env: Vec::new(),
             child: Mutex::new(None),
             logs: Arc::new(Mutex::new(Vec::new())),
         };
         node.spawn(port);
         node
+    }
+
+    /// Start with extra environment variables, without waiting for it to
+    /// listen (a failpoint may make it die first). Use [`Node::wait_exit`]
+    /// or [`Node::wait_for_log`] next.
+    pub fn launch_with_env(
+        name: &str,
+        port: u16,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
+        let mut node = Node {
+            name: name.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            shell_prefix: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            child: Mutex::new(None),
+            logs: Arc::new(Mutex::new(Vec::new())),
+        };
+        node.launch(port);
+        node
+    }
+
+    /// Wait until the process exits; return its status text.
+    pub fn wait_exit(&self) -> String {
+        eventually(&format!("{} exits", self.name), DEADLINE, || self.exit_status())
+    }
+
+    /// Start again on the same data dir and port, with other flags.
+    pub fn restart_with(&mut self, args: &[&str]) {
+        self.args = args.iter().map(|s| s.to_string()).collect();
+        self.env.clear();
+        self.restart();
     }
 
     /// Start through `sh -c "PREFIX; exec kvstore ..."`: the shell sets
@@ -87,6 +126,7 @@ impl Node {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             args: args.iter().map(|s| s.to_string()).collect(),
             shell_prefix: Some(prefix.to_string()),
+            env: Vec::new(),
             child: Mutex::new(None),
             logs: Arc::new(Mutex::new(Vec::new())),
         };
@@ -95,6 +135,20 @@ impl Node {
     }
 
     fn spawn(&mut self, port: u16) {
+        let from = self.launch(port);
+        let line = self.wait_for_log_from(from, "listening on");
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{}: cannot parse address from {line:?}", self.name));
+        self.addr = addr;
+    }
+
+    /// Start the process; return the log line index its output starts at.
+    fn launch(&mut self, port: u16) -> usize {
+        let from = self.logs.lock().len();
         let bin = env!("CARGO_BIN_EXE_kvstore");
         let mut command = match &self.shell_prefix {
             Some(prefix) => {
@@ -110,6 +164,7 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", std::env::var("KVSTORE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -125,15 +180,7 @@ impl Node {
             }
         });
         *self.child.lock() = Some(child);
-        let from = self.logs.lock().len();
-        let line = self.wait_for_log_from(from, "listening on");
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("{}: cannot parse address from {line:?}", self.name));
-        self.addr = addr;
+        from
     }
 
     pub fn port(&self) -> u16 {
@@ -311,4 +358,34 @@ pub fn wal_dump(node: &Node) -> String {
     let out = kv_client(&["wal-dump", node.data_dir.to_str().unwrap()]);
     assert!(out.status.success(), "wal-dump failed: {}", stderr(&out));
     stdout(&out)
+}
+
+/// `wal-dump` of a data dir as `lsn -> "term=T <op>"` (offsets left out, so
+/// two nodes' dumps compare record by record).
+pub fn wal_records(node: &Node) -> std::collections::BTreeMap<Lsn, String> {
+    wal_dump(node)
+        .lines()
+        .filter(|l| l.starts_with("lsn="))
+        .map(|line| {
+            let mut parts = line.split_whitespace();
+            let lsn = parts.next().unwrap().trim_start_matches("lsn=").parse().unwrap();
+            let term = parts.next().unwrap().to_string();
+            let _offset = parts.next();
+            let op: Vec<&str> = parts.collect();
+            (lsn, format!("{term} {}", op.join(" ")))
+        })
+        .collect()
+}
+
+/// Wait until every node reports the same last LSN and digest; return them.
+pub fn wait_converged(nodes: &[&Node]) -> (Lsn, String) {
+    eventually("all nodes at the same LSN with the same digest", DEADLINE, || {
+        let reports: Vec<StatusReport> =
+            nodes.iter().map(|n| n.client().status().ok()).collect::<Option<_>>()?;
+        let first = &reports[0];
+        reports
+            .iter()
+            .all(|r| r.last_lsn == first.last_lsn && r.digest == first.digest)
+            .then(|| (first.last_lsn, first.digest.clone()))
+    })
 }
