@@ -544,3 +544,81 @@ fn corrupt_value_keeping_checksums(dir: &std::path::Path, from: &[u8], to: &[u8]
     }
     std::fs::write(&path, bytes).unwrap();
 }
+
+#[test]
+fn promote_refuses_when_a_member_holds_more_or_too_few_answer_unless_forced() {
+    // Goal: promotion's safety checks, as an operator meets them: a node
+    // that is behind a reachable member is refused (naming that member),
+    // one that cannot reach a majority is refused (naming who did not
+    // answer), and --force overrides both. Method: follower3 misses LSN
+    // 6..10; the leader dies; promote follower3 with follower2 up, then
+    // with follower2 down, then forced.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let mut leader = leader(&dirs, &[p2, p3], &[]);
+    let mut f2 = follower("follower2", &dirs, p2, &leader);
+    let mut f3 = follower("follower3", &dirs, p3, &leader);
+    let mut client = leader.client();
+    write_keys(&mut client, 0, 5);
+    f3.wait_for_lsn(5);
+    f3.kill();
+    write_keys(&mut client, 5, 5);
+    f2.wait_for_lsn(10);
+    leader.kill();
+    f3.restart();
+
+    let out = kv(&f3, &["promote"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let why = stderr(&out);
+    assert!(why.contains(&format!("127.0.0.1:{p2} holds LSN 10 of term 1")), "{why}");
+    assert!(why.contains(&format!("promote 127.0.0.1:{p2} instead")), "{why}");
+    assert_eq!(f3.status().role, "follower", "nothing changed");
+
+    f2.kill();
+    let out = kv(&f3, &["promote"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    let why = stderr(&out);
+    assert!(why.contains("only 1 of 3 members answered"), "{why}");
+    assert_eq!(f3.status().role, "follower", "nothing changed");
+
+    let out = kv(&f3, &["promote", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("--force"), "{}", stdout(&out));
+    let status = f3.status();
+    assert_eq!((status.role.as_str(), status.term), ("leader", 2));
+    assert_eq!(status.leader.unwrap().address, f3.addr.to_string());
+    assert_eq!(f3.client().put(b"after", b"force").unwrap(), 6, "it leads from its own LSN 5");
+}
+
+#[test]
+fn follow_turns_a_leader_into_a_follower_and_fails_its_waiting_writes() {
+    // Goal: `kv_client follow` on a leader steps it down at once: a
+    // `majority` write waiting for a follower that never comes fails with
+    // code 11 (Deposed) instead of waiting out its timeout, and new writes
+    // are refused naming the new leader.
+    let dirs = tempfile::tempdir().unwrap();
+    let other = Node::start("other", &dirs.path().join("other"), &[]);
+    let absent = free_port();
+    let leader =
+        leader(&dirs, &[absent], &["--write-concern=majority", "--write-timeout-ms=30000"]);
+    let waiting = {
+        let addr = leader.addr;
+        std::thread::spawn(move || Client::connect(addr).unwrap().put(b"k", b"v"))
+    };
+    leader.wait_for_lsn(1);
+    let out = kv(&leader, &["follow", &other.addr.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    match waiting.join().unwrap() {
+        Err(Error::Server { code: ErrorCode::Deposed, message }) => {
+            assert!(message.contains("stopped being the leader of term 1"), "{message}")
+        }
+        other => panic!("expected Deposed, got {other:?}"),
+    }
+    match leader.client().put(b"x", b"1") {
+        Err(Error::Server { code: ErrorCode::ReadOnly, message }) => {
+            assert!(message.contains(&other.addr.to_string()), "{message}")
+        }
+        other => panic!("expected ReadOnly, got {other:?}"),
+    }
+    leader.wait_for_log("stepping down as leader of term 1: kv_client follow");
+}

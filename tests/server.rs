@@ -706,3 +706,62 @@ fn connection_over_the_limit_gets_too_many_connections_until_one_closes() {
     assert_eq!(value, Some(b"1".to_vec()));
     assert_eq!(second.get(b"a").unwrap(), Some(b"1".to_vec()));
 }
+
+// ---- WAL format versions -------------------------------------------------------------
+
+/// A format-1 `wal.log` (no header, no term) holding PUT key{i} = value{i}.
+fn format_1_log(count: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 1..=count {
+        let (key, value) = (format!("key{i}"), format!("value{i}"));
+        let mut body = i.to_be_bytes().to_vec();
+        body.push(0x01);
+        body.extend((key.len() as u32).to_be_bytes());
+        body.extend(key.as_bytes());
+        body.extend((value.len() as u32).to_be_bytes());
+        body.extend(value.as_bytes());
+        out.extend((body.len() as u32).to_be_bytes());
+        out.extend(crc32fast::hash(&body).to_be_bytes());
+        out.extend(body);
+    }
+    out
+}
+
+#[test]
+fn a_data_dir_of_wal_format_1_is_upgraded_and_its_records_read_as_term_1() {
+    // Goal: a data dir written before terms existed starts, says it was
+    // upgraded, serves every key, and its records show term 1.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wal.log"), format_1_log(3)).unwrap();
+    let before = kv_client(&["wal-dump", dir.path().to_str().unwrap()]);
+    assert!(stdout(&before).contains("format 1"), "{}", stdout(&before));
+    let node = Node::start("old", dir.path(), &[]);
+    node.wait_for_log("upgraded");
+    node.wait_for_log("from format 1 to format 2: 3 record(s), each read as term 1");
+    assert_eq!(node.client().get(b"key3").unwrap(), Some(b"value3".to_vec()));
+    assert_eq!(node.client().put(b"key4", b"value4").unwrap(), 4);
+    let dump = stdout(&kv_client(&["wal-dump", dir.path().to_str().unwrap()]));
+    assert!(dump.lines().next().unwrap().starts_with("lsn=1        term=1 "), "{dump}");
+    assert!(dump.contains("lsn=4        term=2 "), "a new term after the upgrade: {dump}");
+    assert!(dump.ends_with("; format 2"), "{dump}");
+}
+
+#[test]
+fn a_data_dir_from_a_newer_wal_format_is_refused_untouched() {
+    // Goal: a WAL whose header names format 3 stops start-up with an error
+    // naming both versions, and the file is left exactly as it was.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = b"KVSTOWAL".to_vec();
+    log.extend(3u32.to_be_bytes());
+    log.extend(0u32.to_be_bytes());
+    log.extend(b"records of a format this build cannot know");
+    let path = dir.path().join("wal.log");
+    std::fs::write(&path, &log).unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let (status, err) = run_kvstore_until_exit(&["--port", "0", "--data-dir", dir_arg]);
+    assert!(!status.success(), "kvstore started on a format-3 WAL: {err}");
+    assert!(err.contains("WAL format version 3, but this kvstore reads versions 1 to 2"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), log, "nothing was changed");
+    let dump = kv_client(&["wal-dump", dir_arg]);
+    assert_eq!(dump.status.code(), Some(2), "{}", stdout(&dump));
+}

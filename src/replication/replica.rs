@@ -86,7 +86,10 @@ impl Replica {
     /// Decide the starting role from `startup` and the stored state, store
     /// it, and start the threads it needs (follower link or announcer).
     pub fn start(db: Arc<Db>, address: SocketAddr, startup: Startup) -> Result<Arc<Replica>> {
-        let stored = NodeState::load(db.data_dir())?;
+        let mut stored = NodeState::load(db.data_dir())?;
+        // A node is never in a term older than a record it holds (a log
+        // upgraded from format 1 holds term-1 records and no STATE file).
+        stored.term = stored.term.max(db.last_term());
         let me = address.to_string();
         let replica = Arc::new_cyclic(|me| Replica {
             me: me.clone(),

@@ -85,11 +85,6 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
              (a write cut short by a crash; it was never acknowledged)"
         );
     }
-    if let Some(records) = recovery.upgraded_from_v1 {
-        log::info!(
-            "[wal] {wal_path} was upgraded from WAL format 1: {records} record(s), read as term 1"
-        );
-    }
     if recovery.index_slots_rebuilt > 0 {
         log::info!(
             "[wal] index rebuilt from the WAL: {} slot(s) written",

@@ -542,7 +542,8 @@ fn upgrade_v1(dir: &Path, log_path: &Path) -> Result<u64> {
     })?;
     if let ScanEnd::TornTail { offset, bytes } = scan.end {
         log::warn!(
-            "[wal] format-1 log {} has a torn tail of {bytes} byte(s) at offset {offset};              it is left out of the upgrade (it was never acknowledged)",
+            "[wal] format-1 log {} has a torn tail of {bytes} byte(s) at offset {offset}; \
+             it is left out of the upgrade (it was never acknowledged)",
             log_path.display()
         );
     }
@@ -553,7 +554,8 @@ fn upgrade_v1(dir: &Path, log_path: &Path) -> Result<u64> {
     })?;
     sync_dir(dir)?;
     log::info!(
-        "[wal] upgraded {} from format 1 to format {WAL_FORMAT_VERSION}: {count} record(s),          each read as term 1",
+        "[wal] upgraded {} from format 1 to format {WAL_FORMAT_VERSION}: {count} record(s), \
+         each read as term 1",
         log_path.display()
     );
     Ok(count)
