@@ -6,6 +6,11 @@
 //! being offline, says which LSN it has (FOLLOWER_HELLO) and the leader sends
 //! everything after it. These are the lessons of week 10 (see `README.md`).
 //!
+//! Every record also carries the **term** of the leader that wrote it, and
+//! every AppendEntries the `(prev_lsn, prev_term)` it continues, so that a
+//! follower whose log diverged from its leader's finds out and repairs it,
+//! and a leader can be replaced safely (`docs/FAILOVER.md`).
+//!
 //! ## Map of the modules
 //!
 //! | module          | owns                                                         | lesson            |
@@ -13,14 +18,16 @@
 //! | [`limits`]      | every bound the server enforces, each with its reason        | —                 |
 //! | [`error`]       | the one error type and the codes sent on the wire            | —                 |
 //! | [`protocol`]    | length-prefixed frames and every message's byte layout       | week 2, lesson 3  |
-//! | [`wal`]         | the log file, crash recovery, the memory-mapped LSN index    | week 9, lesson 5  |
+//! | [`wal`]         | the log file, crash recovery, the LSN index, the term history | week 9, lesson 5 |
 //! | [`store`]       | the hash map; no I/O                                         | week 1            |
 //! | [`db`]          | the one write path: WAL append → fsync → apply → notify      | week 9, lesson 3  |
 //! | [`server`]      | accept loop, one thread per connection, request dispatch     | week 2            |
-//! | [`replication`] | leader side (hub, one sender per follower), follower side    | lessons 3, 4, 5   |
+//! | [`replication`] | leader side (hub, one sender per follower), follower side; terms, log matching, promotion | lessons 3, 4, 5; failover |
 //! | [`status`]      | the STATUS report shown by `kv_client status`                | lesson 4          |
 //! | [`cluster`]     | the cluster id that keeps two histories apart                | —                 |
 //! | [`codec`]       | checked big-endian reads of untrusted bytes                  | week 2            |
+//! | [`fsutil`]      | small files written atomically and durably                    | —                 |
+//! | [`failpoint`]   | named places where a crash test can abort the process         | —                 |
 //! | [`client`]      | a small blocking client used by kv_client, tests, examples   | week 2            |
 //!
 //! ## Map of the threads in a running `kvstore`
@@ -31,7 +38,14 @@
 //!   that follower's **sender** (it streams AppendEntries), and spawns an
 //!   **ack reader** that records the follower's APPEND_ENTRIES_ACKs.
 //! - `follower`: on a follower only; dials the leader, sends FOLLOWER_HELLO,
-//!   applies AppendEntries through the write path and answers with ACKs.
+//!   checks each AppendEntries against its log (repairing it if it
+//!   diverged), applies it through the write path and answers with ACKs. A
+//!   change of leader stops it and starts another.
+//! - `announce-tN`: on the leader of term N; tells members that are not
+//!   following it that it leads, so a deposed leader learns it was.
+//!
+//! `kv_client promote` and `follow` are answered on their connection's
+//! thread, which asks the other members for votes with short timeouts.
 //!
 //! Client writes wait for the WAL's group commit (see [`db`]); no lock is ever
 //! held across socket I/O.

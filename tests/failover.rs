@@ -622,3 +622,33 @@ fn follow_turns_a_leader_into_a_follower_and_fails_its_waiting_writes() {
     }
     leader.wait_for_log("stepping down as leader of term 1: kv_client follow");
 }
+
+#[test]
+fn roles_survive_a_restart_without_flags_and_a_leader_returns_in_a_new_term() {
+    // Goal: after a failover, nodes restarted with no --role keep the role
+    // they had (it is stored with the term), and a leader that restarts
+    // takes office again in a term of its own.
+    let dirs = tempfile::tempdir().unwrap();
+    let p2 = free_port();
+    let mut leader = leader(&dirs, &[p2], &[]);
+    let mut f2 = follower("follower2", &dirs, p2, &leader);
+    leader.client().put(b"a", b"1").unwrap();
+    f2.wait_for_lsn(1);
+    let out = kv(&f2, &["follow", &leader.addr.to_string()]);
+    assert!(stdout(&out).contains("already following"), "{}", stdout(&out));
+    // Swap the roles: promote follower2; the old leader follows it.
+    let out = kv(&f2, &["promote"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    leader.wait_for_log(&format!("following 127.0.0.1:{p2}"));
+    f2.restart_with(&[]);
+    f2.wait_for_log("leader of term 3 (restarted as leader)");
+    leader.restart_with(&[]);
+    leader.wait_for_log(&format!("listening on {} as follower of 127.0.0.1:{p2}", leader.addr));
+    assert_eq!(f2.client().put(b"b", b"2").unwrap(), 2);
+    wait_converged(&[&leader, &f2]);
+    let (s1, s2) = (leader.status(), f2.status());
+    assert_eq!((s1.role.as_str(), s1.term), ("follower", 3));
+    assert_eq!((s2.role.as_str(), s2.term), ("leader", 3));
+    let history = assert_same_history(&[&leader, &f2]);
+    assert!(history[&2].starts_with("term=3 "), "{}", history[&2]);
+}

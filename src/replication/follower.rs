@@ -302,8 +302,8 @@ impl Follower<'_> {
                 log::warn!(
                     "[catch-up] our log diverges from leader {} after LSN {after}: LSN {}..{} \
                      were written in {our_terms}, the leader has term {their_term} from LSN {}; \
-                     truncating {removed} record(s) that were never committed (commit LSN \
-                     {commit_lsn})",
+                     truncating {removed} record(s), all above the commit LSN this node knows \
+                     ({commit_lsn})",
                     self.leader,
                     after + 1,
                     ours_last,

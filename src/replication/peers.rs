@@ -162,6 +162,7 @@ fn announce_loop(replica: &Replica, hub: &Hub) {
         term: hub.term(),
         leader: me.to_string(),
     };
+    let mut warned = false; // about a second leader of our term, once
     while !hub.is_deposed() {
         let connected = hub.connected();
         for member in replica.members() {
@@ -177,6 +178,17 @@ fn announce_loop(replica: &Replica, hub: &Hub) {
                         log::error!("[failover] cannot adopt term {term}: {e}");
                     }
                     return;
+                }
+                Ok(Message::LeaderAnnounce { term, leader, .. })
+                    if term == hub.term()
+                        && !warned
+                        && parse_peer(&leader).is_ok_and(|l| !same_node(l, me)) =>
+                {
+                    warned = true;
+                    log::error!(
+                        "[failover] {member} says {leader} also leads term {term}; two leaders \
+                         claim one term (see the error on {leader})"
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => log::debug!("[failover] announcing term {} to {member}: {e}", hub.term()),

@@ -69,6 +69,8 @@ enum Live {
 struct RoleState {
     stored: NodeState,
     live: Live,
+    /// The last term in which a second leader was reported (logged once).
+    second_leader_logged: Term,
 }
 
 /// One node's role, term and membership, shared by all its threads.
@@ -98,6 +100,7 @@ impl Replica {
             state: Mutex::new(RoleState {
                 stored: stored.clone(),
                 live: Live::Follower { link: None },
+                second_leader_logged: 0,
             }),
             unhealthy: Mutex::new(None),
         });
@@ -367,7 +370,20 @@ impl Replica {
             let following = match &st.live {
                 Live::Follower { link: Some(l) } => same_node(l.leader(), leader_addr),
                 Live::Follower { link: None } => false,
-                Live::Leader { .. } => true, // two leaders of one term: never follow
+                Live::Leader { .. } if st.second_leader_logged == term => true,
+                Live::Leader { .. } => {
+                    // Only a node started with --role=leader while cut off
+                    // from a cluster that promoted another can get here:
+                    // terms taken at start-up are not voted on.
+                    st.second_leader_logged = term;
+                    log::error!(
+                        "[failover] two leaders claim term {term}: this node and {leader}; \
+                         their records of term {term} may differ without log matching \
+                         noticing (the corruption check will); stop one of them and \
+                         promote the other (kv_client promote)"
+                    );
+                    true
+                }
             };
             if !following {
                 self.follow_locked(
