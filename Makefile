@@ -4,6 +4,7 @@
 #   make test       every test: unit, property and integration
 #   make lint       rustfmt check + clippy with warnings as errors
 #   make demo       lesson 5's late-joiner scenario, end to end (PORT=9001 to move it)
+#   make demo-failover   a manual failover: promote, follow, the old leader's repair (PORT too)
 #   make soak       the fault tests at full counts (100 leader crashes, 1M writes, ...)
 #   make fuzz       coverage-guided fuzzing of the decoders (nightly + cargo-fuzz; FUZZ_SECONDS=60)
 #   make bench      the benchmark scenarios of docs/BENCHMARKS.md
@@ -12,7 +13,7 @@
 CARGO ?= cargo
 PORT ?= 9001
 
-.PHONY: all build test lint demo soak fuzz bench bench-compare examples clean
+.PHONY: all build test lint demo demo-failover soak fuzz bench bench-compare examples clean
 
 all: build
 
@@ -31,6 +32,9 @@ lint:
 
 demo: build
 	PORT=$(PORT) bash examples/demo.sh
+
+demo-failover: build
+	PORT=$(PORT) bash examples/demo_failover.sh
 
 examples: build
 	$(CARGO) build --release --examples

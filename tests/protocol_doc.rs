@@ -8,6 +8,8 @@
 //! - each `hex-wal-entry` block is one `wal.log` entry, equal to what
 //!   `encode_entry` writes for the record it holds, with a CRC checked by an
 //!   independent CRC-32;
+//! - the `hex-wal-header` block followed by the entries is the whole
+//!   `wal.log` a real WAL writes for those records;
 //! - the `hex-wal-index` block is the start of the `wal.idx` a real WAL
 //!   writes for those entries;
 //! - every annotation that states a number or a text agrees with the bytes
@@ -23,31 +25,38 @@ use kvstore::error::ErrorCode;
 use kvstore::limits;
 use kvstore::protocol::Message;
 use kvstore::status::StatusReport;
-use kvstore::wal::log::encode_entry;
+use kvstore::wal::log::{encode_entry, FILE_HEADER_BYTES, WAL_FORMAT_VERSION, WAL_MAGIC};
 use kvstore::wal::{Record, Wal, INDEX_FILE_NAME, LOG_FILE_NAME};
 
 /// Fewer frame examples than this means the document lost some.
 const FRAME_EXAMPLES_MIN: usize = 12;
 
 /// Every message type, as `Message::name` spells it: each needs an example.
-const MESSAGE_NAMES: [&str; 13] = [
+const MESSAGE_NAMES: [&str; 20] = [
     "PUT",
     "GET",
     "DELETE",
     "STATUS",
+    "PROMOTE",
+    "FOLLOW",
     "OK",
     "VALUE",
     "NOT_FOUND",
     "ERROR",
     "STATUS_REPLY",
+    "DONE",
     "APPEND_ENTRIES",
     "APPEND_ENTRIES_ACK",
     "FOLLOWER_HELLO",
     "LEADER_HELLO",
+    "APPEND_ENTRIES_REFUSE",
+    "REQUEST_VOTE",
+    "VOTE",
+    "LEADER_ANNOUNCE",
 ];
 
 /// The info strings of hex examples these tests check.
-const HEX_INFO_STRINGS: [&str; 3] = ["hex", "hex-wal-entry", "hex-wal-index"];
+const HEX_INFO_STRINGS: [&str; 4] = ["hex", "hex-wal-header", "hex-wal-entry", "hex-wal-index"];
 
 /// One fenced code block of the document.
 struct Block {
@@ -253,10 +262,10 @@ fn wal_entry_examples_are_what_the_wal_writes() {
 #[test]
 fn wal_files_written_for_the_example_records_match_the_doc() {
     // Goal: a real WAL that logs the example records writes exactly the
-    // example entries into wal.log and the example slots into wal.idx.
-    // Method: append the records of the ```hex-wal-entry blocks (which must
-    // be LSN 1, 2, ...) to a WAL in a fresh directory, then compare the
-    // files with the blocks.
+    // example header and entries into wal.log and the example slots into
+    // wal.idx. Method: append the records of the ```hex-wal-entry blocks
+    // (which must be LSN 1, 2, ...) to a WAL in a fresh directory, then
+    // compare the files with the blocks.
     let doc = doc();
     let blocks = blocks(&doc);
     let (entries, records): (Vec<Vec<u8>>, Vec<Record>) =
@@ -270,8 +279,14 @@ fn wal_files_written_for_the_example_records_match_the_doc() {
     wal.append(&records).unwrap();
     wal.sync().unwrap();
     drop(wal);
+    let header_blocks: Vec<_> = blocks_with_info(&blocks, "hex-wal-header").collect();
+    assert_eq!(header_blocks.len(), 1, "one ```hex-wal-header example");
+    let header = hex_bytes(header_blocks[0]);
+    assert_eq!(header.len() as u64, FILE_HEADER_BYTES, "the wal.log header's length");
+    assert_eq!(&header[..8], WAL_MAGIC, "the wal.log magic");
+    assert_eq!(header[8..12], WAL_FORMAT_VERSION.to_be_bytes(), "the current format version");
     let log = std::fs::read(dir.path().join(LOG_FILE_NAME)).unwrap();
-    assert_eq!(log, entries.concat(), "wal.log differs from the example entries");
+    assert_eq!(log, [header, entries.concat()].concat(), "wal.log differs from the examples");
 
     let index_blocks: Vec<_> = blocks_with_info(&blocks, "hex-wal-index").collect();
     assert_eq!(index_blocks.len(), 1, "one ```hex-wal-index example");
@@ -305,14 +320,24 @@ fn status_json_examples_are_status_reports_as_serialised() {
 fn error_code_and_limit_tables_match_the_code() {
     // Goal: the error-code table lists every ErrorCode with its number, and
     // the limits table gives each limit's exact value.
+    // Method: every wire code that `ErrorCode::from_u16` knows (unknown codes
+    // map to `Internal`, whose own number is 6) needs its row, and codes 1
+    // to 12 must all be known.
     let doc = doc();
-    for code in 1..=9u16 {
+    let mut known_codes = Vec::new();
+    for code in 1..=u16::MAX {
         let known = ErrorCode::from_u16(code);
-        assert_eq!(known as u16, code, "ErrorCode {known:?}");
+        if known as u16 != code {
+            continue;
+        }
+        known_codes.push(code);
         let row = format!("| {code} | `{known:?}` |");
         assert!(doc.contains(&row), "the error-code table lacks the row starting '{row}'");
     }
-    let limits: [(&str, u64); 13] = [
+    for code in 1..=12u16 {
+        assert!(known_codes.contains(&code), "ErrorCode::from_u16({code}) is not code {code}");
+    }
+    let limits: [(&str, u64); 20] = [
         ("FRAME_BYTES_MAX", limits::FRAME_BYTES_MAX.into()),
         ("KEY_BYTES_MAX", limits::KEY_BYTES_MAX.into()),
         ("VALUE_BYTES_MAX", limits::VALUE_BYTES_MAX.into()),
@@ -326,6 +351,13 @@ fn error_code_and_limit_tables_match_the_code() {
         ("RECONNECT_BACKOFF_MIN_MS", limits::RECONNECT_BACKOFF_MIN_MS),
         ("RECONNECT_BACKOFF_MAX_MS", limits::RECONNECT_BACKOFF_MAX_MS),
         ("INDEX_GROW_SLOTS", limits::INDEX_GROW_SLOTS),
+        ("ADDRESS_BYTES_MAX", limits::ADDRESS_BYTES_MAX as u64),
+        ("MEMBERS_MAX", limits::MEMBERS_MAX as u64),
+        ("DIGEST_RING_RECORDS", limits::DIGEST_RING_RECORDS as u64),
+        ("DIGEST_REPORT_INTERVAL_MS", limits::DIGEST_REPORT_INTERVAL_MS),
+        ("ANNOUNCE_INTERVAL_MS", limits::ANNOUNCE_INTERVAL_MS),
+        ("PEER_REQUEST_TIMEOUT_MS", limits::PEER_REQUEST_TIMEOUT_MS),
+        ("PROBE_ROUNDS_MAX", limits::PROBE_ROUNDS_MAX.into()),
     ];
     for (name, value) in limits {
         let tag = format!("`{name}`");
