@@ -6,6 +6,7 @@
 #   make demo       lesson 5's late-joiner scenario, end to end (PORT=9001 to move it)
 #   make demo-failover   a manual failover: promote, follow, the old leader's repair (PORT too)
 #   make soak       the fault tests at full counts (100 leader crashes, 1M writes, ...)
+#   make model      the cluster model of tests/model.rs, 100000 random histories (KVSTORE_SEED to replay)
 #   make fuzz       coverage-guided fuzzing of the decoders (nightly + cargo-fuzz; FUZZ_SECONDS=60)
 #   make bench      the benchmark scenarios of docs/BENCHMARKS.md
 #   make bench-compare   kvstore and Redis side by side, same machine, same run
@@ -13,7 +14,7 @@
 CARGO ?= cargo
 PORT ?= 9001
 
-.PHONY: all build test lint demo demo-failover soak fuzz bench bench-compare examples clean
+.PHONY: all build test lint demo demo-failover soak model fuzz bench bench-compare examples clean
 
 all: build
 
@@ -53,6 +54,9 @@ fuzz:
 		$(CARGO) +nightly fuzz run --fuzz-dir tests/fuzz $$target -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; \
 	done
+
+model:
+	KVSTORE_MODEL_RUNS=100000 $(CARGO) test --release --test model -- --nocapture
 
 soak:
 	KVSTORE_SOAK=1 $(CARGO) test --release --test faults -- --nocapture --test-threads=1 2>&1 \

@@ -43,8 +43,6 @@ pub enum Error {
     NotContiguous { expected: Lsn, got: Lsn },
     /// Leader and follower belong to different clusters.
     OtherCluster { ours: String, theirs: String, peer: String },
-    /// A follower's log is ahead of its leader's: the histories diverged.
-    Diverged { follower_lsn: Lsn, leader_lsn: Lsn },
     /// A repair would remove a record at or below the commit LSN.
     WouldLoseCommitted { truncate_after: Lsn, commit_lsn: Lsn },
     /// This node is not (or no longer) the leader.
@@ -61,6 +59,9 @@ pub enum Error {
     Server { code: ErrorCode, message: String },
     /// A request or reply arrived where it makes no sense.
     Unexpected(String),
+    /// An operator's request (promote, follow) was understood and refused;
+    /// the message says why and what to do instead.
+    Refused(String),
     /// A replication link ended (closed, silent, refused).
     Link(String),
     /// A key or value is larger than the limit.
@@ -88,10 +89,9 @@ impl Error {
             Error::WouldLoseCommitted { .. } => ErrorCode::Replication,
             Error::WriteTimeout { .. } => ErrorCode::WriteTimeout,
             Error::TooManyConnections { .. } => ErrorCode::TooManyConnections,
-            Error::NotContiguous { .. } | Error::Diverged { .. } | Error::OtherCluster { .. } => {
-                ErrorCode::Replication
-            }
+            Error::NotContiguous { .. } | Error::OtherCluster { .. } => ErrorCode::Replication,
             Error::Unexpected(_) => ErrorCode::Unexpected,
+            Error::Refused(_) => ErrorCode::Refused,
             Error::Link(_) => ErrorCode::Replication,
             Error::Server { code, .. } => *code,
             Error::Io { .. }
@@ -143,11 +143,6 @@ impl fmt::Display for Error {
                 "{peer} belongs to cluster {theirs}, this node to cluster {ours}; refusing to \
                  mix two histories (point it at the right cluster, or give it an empty data dir)"
             ),
-            Error::Diverged { follower_lsn, leader_lsn } => write!(
-                f,
-                "follower's last LSN {follower_lsn} is beyond the leader's last LSN \
-                 {leader_lsn}: the histories diverged; refusing to replicate"
-            ),
             Error::WouldLoseCommitted { truncate_after, commit_lsn } => write!(
                 f,
                 "refusing to truncate the log after LSN {truncate_after}: records up to LSN \
@@ -182,6 +177,7 @@ impl fmt::Display for Error {
             }
             Error::Server { message, .. } => write!(f, "{message}"),
             Error::Unexpected(what) => write!(f, "unexpected message: {what}"),
+            Error::Refused(why) => write!(f, "{why}"),
             Error::Link(why) => write!(f, "{why}"),
             Error::TooLarge { what, len, max } => {
                 write!(f, "{what} of {len} bytes exceeds the limit of {max} bytes")
@@ -218,9 +214,11 @@ pub enum ErrorCode {
     Internal = 6,
     /// The connection limit was reached.
     TooManyConnections = 7,
-    /// Replication refused: non-contiguous entries or diverged histories.
+    /// Replication refused: entries that do not continue the log, another
+    /// cluster, a repair that would remove committed records, a broken link.
     Replication = 8,
-    /// A message arrived that makes no sense here (e.g. AppendEntries to a leader).
+    /// A message arrived that makes no sense here (e.g. FOLLOWER_HELLO to a
+    /// follower); the connection is closed.
     Unexpected = 9,
     /// The message came from an older term: its sender was deposed.
     StaleTerm = 10,
@@ -228,6 +226,8 @@ pub enum ErrorCode {
     Deposed = 11,
     /// The node's data was found to differ from its leader's; reads refused.
     Unhealthy = 12,
+    /// A promote or follow was refused (nothing changed); the message says why.
+    Refused = 13,
 }
 
 impl ErrorCode {
@@ -245,6 +245,7 @@ impl ErrorCode {
             10 => ErrorCode::StaleTerm,
             11 => ErrorCode::Deposed,
             12 => ErrorCode::Unhealthy,
+            13 => ErrorCode::Refused,
             _ => ErrorCode::Internal,
         }
     }

@@ -143,8 +143,11 @@ fn cut_wal_before(node: &Node, lsn: Lsn) {
 }
 
 /// The silent-divergence setup: a leader with `--fsync never` and
-/// two followers take k1..k20 = a1..a20; the power fails (all three die);
-/// the leader's log loses its unsynced tail after LSN 15.
+/// two followers take k1..k15 = a1..a15; follower3 stops; k16..k20 reach
+/// the leader and follower2; then the power fails (all three die) and the
+/// leader's log loses its unsynced tail after LSN 15. The leader and
+/// follower3 (both at LSN 15) are a majority that can elect the leader
+/// again without follower2, which holds LSN 16..20 of term 1.
 fn lost_tail_cluster(dirs: &tempfile::TempDir) -> (Node, Node, Node) {
     let (p2, p3) = (free_port(), free_port());
     let mut leader = leader(dirs, &[p2, p3], &["--fsync=never"]);
@@ -152,11 +155,14 @@ fn lost_tail_cluster(dirs: &tempfile::TempDir) -> (Node, Node, Node) {
     let mut f3 = follower("follower3", dirs, p3, &leader);
     let mut client = leader.client();
     for i in 1..=20 {
+        if i == 16 {
+            f3.wait_for_lsn(15);
+            f3.kill();
+        }
         client.put(format!("k{i}").as_bytes(), format!("a{i}").as_bytes()).unwrap();
     }
     f2.wait_for_lsn(20);
-    f3.wait_for_lsn(20);
-    for node in [&mut leader, &mut f2, &mut f3] {
+    for node in [&mut leader, &mut f2] {
         node.kill();
     }
     cut_wal_before(&leader, 16);
@@ -165,30 +171,29 @@ fn lost_tail_cluster(dirs: &tempfile::TempDir) -> (Node, Node, Node) {
 
 #[test]
 fn followers_repair_a_log_that_diverged_when_the_leader_lost_its_tail() {
-    // Goal: the test (b): before terms, this left the followers
+    // Goal: the test (b): before terms, this left follower2
     // answering k16 = a16 and the leader b16 at the same LSN, silently.
-    // Method: after the power cut (see lost_tail_cluster) the leader comes
-    // back first, takes office in term 2 and writes k16..k25 = b16..b25 at
-    // LSN 16..25; then the followers come back: they must find that their
-    // LSN 16..20 (term 1) conflict with the leader's (term 2), say so,
-    // truncate them and take the leader's history.
+    // Method: after the power cut (see lost_tail_cluster) the leader and
+    // follower3 come back; with follower3's vote the leader takes office in
+    // term 2 and writes k16..k25 = b16..b25 at LSN 16..25; then follower2
+    // comes back: it must find that its LSN 16..20 (term 1) conflict with
+    // the leader's (term 2), say so, truncate them and take the leader's
+    // history.
     let dirs = tempfile::tempdir().unwrap();
     let (mut leader, mut f2, mut f3) = lost_tail_cluster(&dirs);
+    f3.restart();
     leader.restart();
-    leader.wait_for_log("leader of term 2");
+    leader.wait_for_log("leader of term 2 (started with --role=leader, with votes from");
     let mut client = leader.client();
     for i in 16..=25 {
         assert_eq!(client.put(format!("k{i}").as_bytes(), format!("b{i}").as_bytes()).unwrap(), i);
     }
     f2.restart();
-    f3.restart();
-    for f in [&f2, &f3] {
-        f.wait_for_log(
-            "our log diverges from leader 127.0.0.1:{} after LSN 15: LSN 16..20 were written in term 1, the leader has term 2 from LSN 16; truncating 5 record(s)"
-                .replace("{}", &leader.port().to_string())
-                .as_str(),
-        );
-    }
+    f2.wait_for_log(
+        "our log diverges from leader 127.0.0.1:{} after LSN 15: LSN 16..20 were written in term 1, the leader has term 2 from LSN 16; truncating 5 record(s)"
+            .replace("{}", &leader.port().to_string())
+            .as_str(),
+    );
     leader.wait_for_log("log diverges from ours after LSN 15");
     let (last, _) = wait_converged(&[&leader, &f2, &f3]);
     assert_eq!(last, 25);
@@ -380,8 +385,10 @@ fn a_crash_at_any_point_of_a_repair_restarts_consistent() {
     // divergence once, keep a copy of follower2's diverged data dir, and
     // replay the repair from that copy with each failpoint armed.
     let dirs = tempfile::tempdir().unwrap();
-    let (mut leader, f2, _f3) = lost_tail_cluster(&dirs);
+    let (mut leader, f2, mut f3) = lost_tail_cluster(&dirs);
+    f3.restart();
     leader.restart();
+    leader.wait_for_log("leader of term 2");
     let mut client = leader.client();
     for i in 16..=25 {
         client.put(format!("k{i}").as_bytes(), format!("b{i}").as_bytes()).unwrap();
@@ -546,6 +553,58 @@ fn corrupt_value_keeping_checksums(dir: &std::path::Path, from: &[u8], to: &[u8]
 }
 
 #[test]
+fn a_restarted_leader_waits_for_a_majority_before_taking_a_new_term() {
+    // Goal: a leader restarted while most members are down does not take a
+    // term nobody voted for (a majority may have given that term to another
+    // node meanwhile): it refuses writes, says why, and takes office as
+    // soon as a majority answers and votes. Refusals of promote and follow
+    // are ERROR replies that leave the connection open.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let mut leader = leader(&dirs, &[p2, p3], &[]);
+    let mut f2 = follower("follower2", &dirs, p2, &leader);
+    let mut f3 = follower("follower3", &dirs, p3, &leader);
+    leader.client().put(b"a", b"1").unwrap();
+    f2.wait_for_lsn(1);
+    f3.wait_for_lsn(1);
+    for node in [&mut leader, &mut f2, &mut f3] {
+        node.kill();
+    }
+    leader.restart();
+    leader.wait_for_log("not taking office yet: only 1 of 3 members answered");
+    let mut client = leader.client();
+    match client.put(b"b", b"2") {
+        Err(Error::Server { code: ErrorCode::ReadOnly, message }) => {
+            assert!(message.contains("not the leader"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match client.follow(&leader.addr.to_string()) {
+        Err(Error::Server { code: ErrorCode::Refused, message }) => {
+            assert!(message.contains("names this node itself"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(client.get(b"a").unwrap(), Some(b"1".to_vec()), "the connection stays open");
+    f2.restart();
+    leader.wait_for_log(&format!(
+        "leader of term 2 (started with --role=leader, with votes from 127.0.0.1:{p2})"
+    ));
+    let mut client = leader.client();
+    assert_eq!(client.put(b"b", b"2").unwrap(), 2);
+    match client.promote(false) {
+        Err(Error::Server { code: ErrorCode::Refused, message }) => {
+            assert!(message.contains("already the leader of term 2"), "{message}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    f3.restart();
+    let (last, _) = wait_converged(&[&leader, &f2, &f3]);
+    assert_eq!(last, 2);
+    assert_eq!(f3.status().term, 2);
+}
+
+#[test]
 fn promote_refuses_when_a_member_holds_more_or_too_few_answer_unless_forced() {
     // Goal: promotion's safety checks, as an operator meets them: a node
     // that is behind a reachable member is refused (naming that member),
@@ -641,7 +700,7 @@ fn roles_survive_a_restart_without_flags_and_a_leader_returns_in_a_new_term() {
     assert!(out.status.success(), "{}", stderr(&out));
     leader.wait_for_log(&format!("following 127.0.0.1:{p2}"));
     f2.restart_with(&[]);
-    f2.wait_for_log("leader of term 3 (restarted as leader)");
+    f2.wait_for_log("leader of term 3 (restarted as leader, with votes from");
     leader.restart_with(&[]);
     leader.wait_for_log(&format!("listening on {} as follower of 127.0.0.1:{p2}", leader.addr));
     assert_eq!(f2.client().put(b"b", b"2").unwrap(), 2);

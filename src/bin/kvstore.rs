@@ -50,10 +50,11 @@ struct Args {
     /// always: acknowledge a write only once it is fsynced. never: leave it to the kernel.
     #[arg(long, value_enum, default_value_t = FsyncArg::Always)]
     fsync: FsyncArg,
-    /// Leader only: how many nodes must have a write before the client hears OK.
+    /// While this node leads (from the start, or after a promotion): how many
+    /// nodes must have a write before the client hears OK.
     #[arg(long, value_enum, default_value_t = ConcernArg::Local)]
     write_concern: ConcernArg,
-    /// Leader only: how long a majority/all write waits for acknowledgements.
+    /// While this node leads: how long a majority/all write waits for acknowledgements.
     #[arg(long, default_value_t = WRITE_TIMEOUT_MS_DEFAULT)]
     write_timeout_ms: u64,
     /// Most connections served at once; the next one gets an ERROR and is closed.

@@ -87,12 +87,40 @@ pub fn request_votes(
     })
 }
 
+/// Why round 1 of a promotion found it unsafe to ask for votes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Objection {
+    /// A reachable member's log is ahead of ours: `(last_term, last_lsn)`.
+    Behind { member: String, theirs: (Term, Lsn), ours: (Term, Lsn) },
+    /// Fewer than a majority answered (this node included).
+    TooFew { answered: usize, members: usize, silent: Vec<String> },
+}
+
+impl std::fmt::Display for Objection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Objection::Behind { member, theirs, ours } => write!(
+                f,
+                "{member} holds LSN {} of term {}, more than this node (LSN {} of term {})",
+                theirs.1, theirs.0, ours.1, ours.0
+            ),
+            Objection::TooFew { answered, members, silent } => write!(
+                f,
+                "only {answered} of {members} members answered (this node included), {} \
+                 needed to be sure no acknowledged write is lost; no answer from {}",
+                members / 2 + 1,
+                silent.join(", ")
+            ),
+        }
+    }
+}
+
 /// Round 1's checks: a majority answered, and nobody reachable is ahead.
 pub fn check_promotion(
     answers: &[(String, Result<Message>)],
     ours: (Term, Lsn),
     member_count: usize,
-) -> Result<()> {
+) -> std::result::Result<(), Objection> {
     let majority = member_count / 2 + 1;
     let mut answered = 1; // ourselves
     let mut silent = Vec::new();
@@ -101,12 +129,8 @@ pub fn check_promotion(
             Ok(Message::Vote { last_lsn, last_term, .. }) => {
                 answered += 1;
                 if (*last_term, *last_lsn) > ours {
-                    return Err(Error::Unexpected(format!(
-                        "promotion refused: {member} holds LSN {last_lsn} of term {last_term}, \
-                         more than this node (LSN {} of term {}); promote {member} instead, or \
-                         use --force (records only {member} holds would be lost)",
-                        ours.1, ours.0
-                    )));
+                    let theirs = (*last_term, *last_lsn);
+                    return Err(Objection::Behind { member: member.clone(), theirs, ours });
                 }
             }
             Ok(other) => silent.push(format!("{member} ({} instead of VOTE)", other.name())),
@@ -114,12 +138,7 @@ pub fn check_promotion(
         }
     }
     if answered < majority {
-        return Err(Error::Unexpected(format!(
-            "promotion refused: only {answered} of {member_count} members answered (this node \
-             included), {majority} needed to be sure no acknowledged write is lost; no answer \
-             from {}; use --force to promote anyway",
-            silent.join(", ")
-        )));
+        return Err(Objection::TooFew { answered, members: member_count, silent });
     }
     Ok(())
 }

@@ -28,12 +28,14 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::cluster::ClusterId;
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::limits::ANNOUNCE_INTERVAL_MS;
 use crate::protocol::Message;
 use crate::replication::follower::{self, FollowerLink};
 use crate::replication::hub::{same_node, Hub};
@@ -152,64 +154,107 @@ impl Replica {
                 }
             }
         }
-        if let Live::Leader { hub } = &replica.state.lock().live {
-            peers::spawn_announcer(Arc::clone(&replica), Arc::clone(hub))?;
-        }
         Ok(replica)
     }
 
-    /// Start as leader, in a new term: every time a node takes office it
-    /// does so in a term of its own, so records it writes after a crash
-    /// that lost its unsynced tail never share (LSN, term) with the lost
-    /// ones. But first ask the members (without changing their state)
-    /// where they stand: if one is in a newer term, a leader was promoted
-    /// while we were down, and if one holds more of the log than we do, we
-    /// lost records a majority may hold. Either way we start as a follower
-    /// instead, and say why.
+    /// Start as leader (`--role=leader`, or a stored leader restarting).
+    ///
+    /// The first leader of a new cluster (term 0, empty log) takes term 1
+    /// at once, as the lessons' first command expects, and so does a node
+    /// with no other members. Any other node takes office only as a
+    /// promotion does: in a new term, voted for by a majority whose logs
+    /// are not ahead of its own ([`Replica::campaign`]). A term taken
+    /// without votes could be the term a majority gave another node while
+    /// this one was down or cut off, and two leaders of one term break log
+    /// matching. So a leader restarted without a majority in reach waits,
+    /// asking again every second; one that finds a member ahead of it
+    /// (it lost records others hold) starts as a follower instead.
     fn take_office(&self, why: &str) -> Result<()> {
-        let (term, others) = {
-            let st = self.state.lock();
-            let others: Vec<String> =
-                st.stored.members.iter().filter(|m| !self.is_me(m)).cloned().collect();
-            (st.stored.term, others)
-        };
-        let ours = (self.db.last_term(), self.db.last_lsn());
-        let me = self.address.to_string();
-        let answers = if others.is_empty() {
-            Vec::new()
-        } else {
-            peers::query_positions(&others, self.db.cluster_id(), ours, &me)
-        };
-        for (member, answer) in &answers {
-            let Ok(Message::Vote { term: theirs, last_lsn, last_term, .. }) = answer else {
-                continue;
-            };
-            if *theirs > term {
+        let mut st = self.state.lock();
+        let alone = !st.stored.members.iter().any(|m| !self.is_me(m));
+        let new_cluster = st.stored.term == 0 && self.db.last_lsn() == 0;
+        if alone || new_cluster {
+            let term = st.stored.term + 1;
+            return self.lead_locked(&mut st, term, why);
+        }
+        st.stored.role = Some(StoredRole::Leader);
+        st.stored.store(self.db.data_dir())?;
+        drop(st);
+        match self.campaign(false, why)? {
+            Ok(_) => Ok(()),
+            Err(Lost::Objection(peers::Objection::Behind { member, theirs, ours })) => {
                 log::warn!(
-                    "[failover] not taking office: member {member} is in term {theirs}, newer \
-                     than ours ({term}): another node was promoted; starting as a follower until \
-                     its leader announces itself"
-                );
-                self.observe_term(*theirs, None, &format!("member {member}"))?;
-                return Ok(());
-            }
-            if (*last_term, *last_lsn) > ours {
-                log::warn!(
-                    "[failover] not taking office: member {member} holds LSN {last_lsn} of term \
-                     {last_term}, more than this node (LSN {} of term {}), so this node lost \
-                     records others have; starting as a follower (promote the most up-to-date \
-                     node: kv_client --port {} promote)",
+                    "[failover] not taking office: member {member} holds LSN {} of term {}, \
+                     more than this node (LSN {} of term {}), so this node lost records others \
+                     have; starting as a follower (promote the most up-to-date node: kv_client \
+                     --port {} promote)",
+                    theirs.1,
+                    theirs.0,
                     ours.1,
                     ours.0,
-                    parse_peer(member).map(|a| a.port()).unwrap_or(0)
+                    parse_peer(&member).map(|a| a.port()).unwrap_or(0)
                 );
                 let mut st = self.state.lock();
-                return self.follow_locked(&mut st, None, "a member holds more of the log");
+                self.follow_locked(&mut st, None, "a member holds more of the log")
+            }
+            Err(lost @ Lost::NewerTerm { .. }) => {
+                log::warn!(
+                    "[failover] not taking office: {lost}; another node was promoted; waiting \
+                     as a follower until its leader announces itself"
+                );
+                Ok(())
+            }
+            Err(lost) => {
+                log::warn!(
+                    "[failover] not taking office yet: {lost}; asking again every {} ms \
+                     (writes are refused meanwhile)",
+                    ANNOUNCE_INTERVAL_MS
+                );
+                let me = self.self_handle()?;
+                let why = why.to_string();
+                std::thread::Builder::new()
+                    .name("take-office".into())
+                    .spawn(move || me.keep_asking_for_office(&why))
+                    .map(|_| ())
+                    .map_err(|e| Error::io("spawning the take-office thread", e))
             }
         }
-        let mut st = self.state.lock();
-        let term = st.stored.term + 1;
-        self.lead_locked(&mut st, term, why)
+    }
+
+    /// [`Replica::take_office`] found no majority: ask again until one
+    /// answers and votes, or until something else decides the role (a
+    /// newer term, `kv_client follow`, `promote`).
+    fn keep_asking_for_office(&self, why: &str) {
+        loop {
+            std::thread::sleep(Duration::from_millis(ANNOUNCE_INTERVAL_MS));
+            {
+                let st = self.state.lock();
+                let waiting = st.stored.role == Some(StoredRole::Leader)
+                    && matches!(st.live, Live::Follower { link: None });
+                if !waiting {
+                    return;
+                }
+            }
+            match self.campaign(false, why) {
+                Ok(Ok(_)) => return,
+                Ok(Err(Lost::Objection(peers::Objection::TooFew { .. })))
+                | Ok(Err(Lost::Outvoted { .. })) => continue,
+                Ok(Err(lost)) => {
+                    log::warn!("[failover] not taking office: {lost}; staying a follower");
+                    let mut st = self.state.lock();
+                    if st.stored.role == Some(StoredRole::Leader) {
+                        if let Err(e) = self.follow_locked(&mut st, None, "lost the vote") {
+                            log::error!("[failover] cannot store the follower role: {e}");
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    log::error!("[failover] asking for office failed: {e}");
+                    return;
+                }
+            }
+        }
     }
 
     pub fn db(&self) -> &Arc<Db> {
@@ -304,7 +349,7 @@ impl Replica {
     /// steps down first).
     pub fn follow(&self, leader: SocketAddr) -> Result<String> {
         if same_node(leader, self.address) {
-            return Err(Error::Unexpected(format!(
+            return Err(Error::Refused(format!(
                 "FOLLOW names this node itself ({leader}); use promote to make it leader"
             )));
         }
@@ -372,15 +417,14 @@ impl Replica {
                 Live::Follower { link: None } => false,
                 Live::Leader { .. } if st.second_leader_logged == term => true,
                 Live::Leader { .. } => {
-                    // Only a node started with --role=leader while cut off
-                    // from a cluster that promoted another can get here:
-                    // terms taken at start-up are not voted on.
+                    // Only `promote --force` behind a partition can get
+                    // here: every other way into office is voted on.
                     st.second_leader_logged = term;
                     log::error!(
                         "[failover] two leaders claim term {term}: this node and {leader}; \
                          their records of term {term} may differ without log matching \
-                         noticing (the corruption check will); stop one of them and \
-                         promote the other (kv_client promote)"
+                         noticing (the corruption check will); stop one of them and re-seed \
+                         it and its followers from the other (docs/FAILOVER.md, section 13)"
                     );
                     true
                 }
@@ -409,15 +453,24 @@ impl Replica {
 
     /// `kv_client promote`: become the leader of a new term. See the
     /// module doc of [`peers`] for the two rounds; returns what was done.
-    pub fn promote(self: &Arc<Self>, force: bool) -> Result<String> {
+    pub fn promote(&self, force: bool) -> Result<String> {
+        if let Live::Leader { hub } = &self.state.lock().live {
+            return Err(Error::Refused(format!(
+                "this node is already the leader of term {}; to hand over, promote another \
+                 member (this one then follows it)",
+                hub.term()
+            )));
+        }
+        self.campaign(force, "kv_client promote")?
+            .map_err(|lost| Error::Refused(format!("promotion refused: {lost}")))
+    }
+
+    /// Ask for office: round 1 (where does every member's log end?), then
+    /// round 2 (votes in a new term). `Ok(Err(..))` says why it was not
+    /// won; `Err` is a local failure (the state file cannot be written).
+    fn campaign(&self, force: bool, why: &str) -> Result<std::result::Result<String, Lost>> {
         let (term, others) = {
             let st = self.state.lock();
-            if let Live::Leader { hub } = &st.live {
-                return Err(Error::Unexpected(format!(
-                    "this node is already the leader of term {}",
-                    hub.term()
-                )));
-            }
             let others: Vec<String> =
                 st.stored.members.iter().filter(|m| !self.is_me(m)).cloned().collect();
             (st.stored.term, others)
@@ -429,68 +482,62 @@ impl Replica {
 
         // Round 1: where does every reachable member's log end?
         let answers = peers::query_positions(&others, self.db.cluster_id(), ours, &me);
+        if let Some((member, newer)) = newer_term(&answers, term) {
+            self.observe_term(newer, None, &format!("member {member}"))?;
+            return Ok(Err(Lost::NewerTerm { member, term: newer }));
+        }
         if !force {
-            peers::check_promotion(&answers, ours, member_count)?;
+            if let Err(objection) = peers::check_promotion(&answers, ours, member_count) {
+                return Ok(Err(Lost::Objection(objection)));
+            }
         }
 
         // Round 2: ask for votes in the new term (this deposes the old
         // leader at every member that hears it).
         let new_term = {
             let mut st = self.state.lock();
-            let new_term = st.stored.term.max(term) + 1;
+            // Term 1 belongs to the cluster's first leader, which took it
+            // without a vote: a vote is always for term 2 or later.
+            let new_term = st.stored.term.max(term).max(1) + 1;
             st.stored.observe_term(new_term);
             st.stored.voted_for = Some(me.clone());
             st.stored.store(self.db.data_dir())?;
             new_term
         };
         let votes = peers::request_votes(&others, self.db.cluster_id(), new_term, ours, &me);
+        if let Some((member, newer)) = newer_term(&votes, new_term) {
+            self.observe_term(newer, None, &format!("member {member}"))?;
+            return Ok(Err(Lost::NewerTerm { member, term: newer }));
+        }
         let granted: Vec<&str> = votes
             .iter()
             .filter(|(_, v)| matches!(v, Ok(Message::Vote { granted: true, .. })))
             .map(|(m, _)| m.as_str())
             .collect();
-        if let Some(newer) = votes.iter().find_map(|(_, v)| match v {
-            Ok(Message::Vote { term, .. }) if *term > new_term => Some(*term),
-            _ => None,
-        }) {
-            self.observe_term(newer, None, "a member")?;
-            return Err(Error::Unexpected(format!(
-                "promotion abandoned: a member is already in term {newer}; try again"
-            )));
-        }
         if granted.len() + 1 < majority && !force {
-            return Err(Error::Unexpected(format!(
-                "promotion to term {new_term} refused: {} of {member_count} members voted for \
-                 this node (itself included), {majority} needed; nothing changed but the \
-                 term (use --force to promote anyway)",
-                granted.len() + 1
-            )));
+            return Ok(Err(Lost::Outvoted {
+                term: new_term,
+                votes: granted.len() + 1,
+                members: member_count,
+            }));
         }
         let mut st = self.state.lock();
         if st.stored.term != new_term {
-            return Err(Error::Unexpected(format!(
-                "promotion abandoned: term moved to {} while votes were counted",
-                st.stored.term
-            )));
+            let term = st.stored.term;
+            return Ok(Err(Lost::NewerTerm { member: "a member".into(), term }));
         }
         let why = if force && granted.len() + 1 < majority {
-            format!(
-                "kv_client promote --force (only {} of {member_count} votes)",
-                granted.len() + 1
-            )
+            format!("{why} --force (only {} of {member_count} votes)", granted.len() + 1)
         } else if granted.is_empty() {
-            "kv_client promote (a cluster of one)".to_string()
+            format!("{why} (a cluster of one)")
         } else {
-            format!("kv_client promote, with votes from {}", granted.join(", "))
+            format!("{why}, with votes from {}", granted.join(", "))
         };
         self.lead_locked(&mut st, new_term, &why)?;
-        if let Live::Leader { hub } = &st.live {
-            peers::spawn_announcer(Arc::clone(self), Arc::clone(hub))?;
-        }
-        Ok(format!(
+        Ok(Ok(format!(
             "promoted to leader of term {new_term} ({why}); last LSN {} (term {})",
             ours.1, ours.0
-        ))
+        )))
     }
 
     /// Become (or stay) a follower of `leader` (`None`: wait to learn one).
@@ -582,8 +629,8 @@ impl Replica {
             self.db.last_lsn(),
             self.db.last_term()
         );
-        st.live = Live::Leader { hub };
-        Ok(())
+        st.live = Live::Leader { hub: Arc::clone(&hub) };
+        peers::spawn_announcer(self.self_handle()?, hub)
     }
 
     fn is_me(&self, member: &str) -> bool {
@@ -611,4 +658,61 @@ fn members_of(me: &str, peers: &[SocketAddr]) -> Vec<String> {
 /// True if the member text `member` names the node at `address`.
 fn same_address(member: &str, address: SocketAddr) -> bool {
     parse_peer(member).is_ok_and(|m| same_node(m, address))
+}
+
+/// Why a bid for office ([`Replica::campaign`]) was not won.
+#[derive(Debug)]
+enum Lost {
+    /// Round 1 found it unsafe to ask for votes.
+    Objection(peers::Objection),
+    /// Fewer than a majority voted for this node in `term`.
+    Outvoted { term: Term, votes: usize, members: usize },
+    /// `member` is in a newer `term`, which this node has now adopted.
+    NewerTerm { member: String, term: Term },
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lost::Objection(peers::Objection::Behind { member, .. }) => write!(
+                f,
+                "{}; promote {member} instead, or use --force (records only {member} holds \
+                 would be lost)",
+                self.objection()
+            ),
+            Lost::Objection(peers::Objection::TooFew { .. }) => {
+                write!(f, "{}; use --force to promote anyway", self.objection())
+            }
+            Lost::Outvoted { term, votes, members } => write!(
+                f,
+                "{votes} of {members} members voted for this node in term {term} (itself \
+                 included), {} needed; the members that heard the vote are in term {term} now \
+                 and no longer accept the old leader's records, so promote again (or use \
+                 --force)",
+                members / 2 + 1
+            ),
+            Lost::NewerTerm { member, term } => write!(
+                f,
+                "{member} is already in term {term}, newer than ours; this node adopted it and \
+                 follows the leader of term {term} once it announces itself"
+            ),
+        }
+    }
+}
+
+impl Lost {
+    fn objection(&self) -> String {
+        match self {
+            Lost::Objection(o) => o.to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// The first member whose answer carries a term newer than `ours`.
+fn newer_term(answers: &[(String, Result<Message>)], ours: Term) -> Option<(String, Term)> {
+    answers.iter().find_map(|(member, answer)| match answer {
+        Ok(Message::Vote { term, .. }) if *term > ours => Some((member.clone(), *term)),
+        _ => None,
+    })
 }
