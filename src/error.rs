@@ -49,6 +49,8 @@ pub enum Error {
     NotLeader { term: Option<Term>, leader: Option<String> },
     /// A message came from a term older than ours: its sender was deposed.
     StaleTerm { theirs: Term, ours: Term, leader: Option<String> },
+    /// This node led `term` and stepped down: a follower is in `newer`.
+    SteppedDown { term: Term, newer: Term },
     /// A `majority`/`all` write was waiting when its leader stepped down.
     Deposed { lsn: Lsn, term: Term, why: String },
     /// The leader found this node's data differs from its own.
@@ -83,7 +85,7 @@ impl Error {
             Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             Error::UnknownMessageType(_) => ErrorCode::UnknownType,
             Error::ReadOnly { .. } | Error::NotLeader { .. } => ErrorCode::ReadOnly,
-            Error::StaleTerm { .. } => ErrorCode::StaleTerm,
+            Error::StaleTerm { .. } | Error::SteppedDown { .. } => ErrorCode::StaleTerm,
             Error::Deposed { .. } => ErrorCode::Deposed,
             Error::Unhealthy(_) => ErrorCode::Unhealthy,
             Error::WouldLoseCommitted { .. } => ErrorCode::Replication,
@@ -165,6 +167,11 @@ impl fmt::Display for Error {
                 }?;
                 write!(f, "; the sender was deposed and must step down")
             }
+            Error::SteppedDown { term, newer } => write!(
+                f,
+                "this node led term {term} and steps down: the follower is in the newer term \
+                 {newer}; replicate from the leader of term {newer}"
+            ),
             Error::Deposed { lsn, term, why } => write!(
                 f,
                 "this node stopped being the leader of term {term} before LSN {lsn} reached the \

@@ -123,7 +123,15 @@ fn config(args: Args) -> Result<Config, String> {
         (Some(RoleArg::Leader) | None, None) => {
             let peers: Result<Vec<_>, _> =
                 args.peers.iter().filter(|p| !p.trim().is_empty()).map(|p| parse_peer(p)).collect();
-            Role::Leader { peers: peers.map_err(|e| e.to_string())? }
+            let peers = peers.map_err(|e| e.to_string())?;
+            if peers.len() >= kvstore::limits::MEMBERS_MAX {
+                return Err(format!(
+                    "--peers lists {} followers; a cluster has at most {} members",
+                    peers.len(),
+                    kvstore::limits::MEMBERS_MAX
+                ));
+            }
+            Role::Leader { peers }
         }
     };
     if args.max_connections == 0 {

@@ -131,7 +131,8 @@ pub enum Message {
     StatusReply {
         json: String,
     },
-    /// The answer to PROMOTE, FOLLOW and LEADER_ANNOUNCE: what was done.
+    /// The answer to PROMOTE and FOLLOW: what was done (LEADER_ANNOUNCE is
+    /// answered by a LEADER_ANNOUNCE).
     Done {
         message: String,
     },
@@ -587,8 +588,15 @@ fn decode_address(d: &mut Decoder<'_>, what: &'static str) -> Result<String> {
     String::from_utf8(bytes.to_vec()).map_err(|_| Error::Malformed(format!("{what} is not UTF-8")))
 }
 
+/// An address: every one we send is a `SocketAddr` printed (at most 47
+/// bytes) or one a peer sent us (checked when decoded), so the limit only
+/// guards against a bug; it cuts at a character boundary, never inside one.
 fn put_address(out: &mut Vec<u8>, address: &str) {
-    let bytes = &address.as_bytes()[..address.len().min(ADDRESS_BYTES_MAX)];
+    let mut end = address.len().min(ADDRESS_BYTES_MAX);
+    while !address.is_char_boundary(end) {
+        end -= 1;
+    }
+    let bytes = &address.as_bytes()[..end];
     out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
     out.extend_from_slice(bytes);
 }

@@ -134,7 +134,7 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
         return;
     }
     if hello.term > term {
-        let err = Error::StaleTerm { theirs: term, ours: hello.term, leader: None };
+        let err = Error::SteppedDown { term, newer: hello.term };
         let from = format!("follower {address}");
         if let Err(e) = replica.observe_term(hello.term, None, &from) {
             log::error!("[failover] cannot store term {}: {e}", hello.term);
@@ -201,9 +201,14 @@ impl Link<'_> {
                 hello.last_term
             );
         }
+        let agreed = if matched == hello.last_lsn {
+            String::new()
+        } else {
+            format!("our logs agree up to LSN {matched}, so ")
+        };
         log::info!(
-            "[catch-up] follower {address} requests records after LSN {}; sending {} record(s) \
-             (leader last LSN {target}, term {term})",
+            "[catch-up] follower {address} requests records after LSN {}; {agreed}sending {} \
+             record(s) (leader last LSN {target}, term {term})",
             hello.last_lsn,
             target.saturating_sub(matched)
         );
@@ -250,15 +255,24 @@ impl Link<'_> {
                 .write_all(probe.finish())
                 .map_err(|e| Error::io(format!("probing {}", self.address), e))?;
             match read_reply(reader)? {
-                Message::AppendEntriesAck { last_lsn, .. } if last_lsn == prev => return Ok(prev),
-                Message::AppendEntriesAck { last_lsn, .. } => {
-                    return Err(Error::Link(format!(
-                        "protocol error: ACK of LSN {last_lsn} for a probe at LSN {prev}"
-                    )))
-                }
-                Message::AppendEntriesRefuse { term, .. } if term > self.term => {
+                Message::AppendEntriesAck { term, .. }
+                | Message::AppendEntriesRefuse { term, .. }
+                    if term > self.term =>
+                {
                     self.deposed_by(term)?;
-                    return Err(Error::StaleTerm { theirs: self.term, ours: term, leader: None });
+                    return Err(Error::SteppedDown { term: self.term, newer: term });
+                }
+                Message::AppendEntriesAck { last_lsn, term, .. }
+                    if last_lsn == prev && term == self.term =>
+                {
+                    return Ok(prev)
+                }
+                Message::AppendEntriesAck { last_lsn, term, .. } => {
+                    return Err(Error::Link(format!(
+                        "protocol error: ACK of LSN {last_lsn} in term {term} for a probe at LSN \
+                         {prev} in term {}",
+                        self.term
+                    )))
                 }
                 Message::AppendEntriesRefuse { last_lsn, conflict_lsn, conflict_term, .. } => {
                     let refusal = Refusal { last_lsn, conflict_lsn, conflict_term };
