@@ -669,3 +669,57 @@ fn a_leader_cut_off_with_local_writes_is_repaired_not_merged() {
     assert!(c.nodes.iter().all(|n| n.log == c.nodes[1].log), "all three logs are the same");
     assert_eq!(c.committed.len(), 5, "term 2's records and, with them, LSN 1..2 are committed");
 }
+
+#[test]
+fn a_record_of_an_older_term_is_not_committed_by_counting_replicas() {
+    // Goal: Raft's figure 8 (section 5.4.2), step by step on 5 nodes. A
+    // record of an older term that a new leader copies to a majority is
+    // not committed by that count alone: a node holding a later term can
+    // still be elected and replace it. Only once a record of the leader's
+    // own term is on a majority are both committed.
+    let mut c = Cluster::new(5);
+    let run = |c: &mut Cluster, steps: &[Action]| {
+        for &action in steps {
+            c.step(action).unwrap_or_else(|why| panic!("{why}\n{}", c.trace.join("\n")));
+        }
+    };
+    let all = |leader: usize| -> Vec<Action> {
+        (0..5)
+            .filter(|&f| f != leader)
+            .map(|f| Action::Replicate { leader, follower: f, batch: 8 })
+            .collect()
+    };
+    // LSN 1 (term 1) everywhere; LSN 2 (term 1) reaches node 1 only.
+    run(&mut c, &[Action::Write(0), Action::Flush(0)]);
+    run(&mut c, &all(0));
+    run(&mut c, &[Action::Write(0), Action::Flush(0)]);
+    run(&mut c, &[Action::Replicate { leader: 0, follower: 1, batch: 8 }, Action::Crash(0)]);
+    // Node 4, cut off from node 1, is elected in term 2 by 2 and 3 and
+    // writes its own LSN 2 (term 2) that nobody else gets; it crashes.
+    run(&mut c, &[Action::Cut(4, 1), Action::Promote(4), Action::Write(4), Action::Flush(4)]);
+    assert_eq!(c.nodes[4].leads, Some(2), "{}", c.trace.join("\n"));
+    run(&mut c, &[Action::Crash(4), Action::Heal]);
+    // Node 0 comes back, learns of term 2, is elected in term 3 and copies
+    // its LSN 2 (term 1) to node 2: now on a majority (0, 1, 2)...
+    run(&mut c, &[Action::Restart(0), Action::Promote(0)]);
+    assert_eq!(c.nodes[0].leads, Some(3), "{}", c.trace.join("\n"));
+    run(
+        &mut c,
+        &[
+            Action::Replicate { leader: 0, follower: 1, batch: 8 },
+            Action::Replicate { leader: 0, follower: 2, batch: 8 },
+        ],
+    );
+    assert_eq!((c.nodes[1].log[1].term, c.nodes[2].log[1].term), (1, 1));
+    assert!(c.nodes[0].commit < 2, "...but not committed: it is of term 1, not 3");
+    // ...and rightly so: node 4 can still win term 4 (its last term, 2, is
+    // newer than theirs) and replace it everywhere.
+    run(&mut c, &[Action::Crash(0), Action::Restart(4), Action::Promote(4)]);
+    assert_eq!(c.nodes[4].leads, Some(4), "{}", c.trace.join("\n"));
+    run(&mut c, &all(4));
+    assert_eq!(c.nodes[2].log[1].term, 2, "node 2's LSN 2 of term 1 was replaced");
+    // The safe way: a leader commits an older record with one of its own.
+    run(&mut c, &[Action::Write(4), Action::Flush(4)]);
+    run(&mut c, &all(4));
+    assert_eq!(c.nodes[4].commit, 3, "LSN 2 (term 2) committed with LSN 3 (term 4)");
+}
