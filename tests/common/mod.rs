@@ -67,16 +67,7 @@ impl Node {
 
     /// Start on a given port (0 for any).
     pub fn start_on(name: &str, port: u16, data_dir: &Path, args: &[&str]) -> Node {
-        let mut node = Node {
-            name: name.to_string(),
-            data_dir: data_dir.to_path_buf(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            shell_prefix: None,
-            env: Vec::new(),
-            child: Mutex::new(None),
-            logs: Arc::new(Mutex::new(Vec::new())),
-        };
+        let mut node = Node::unstarted(name, port, data_dir, args, &[]);
         node.spawn(port);
         node
     }
@@ -91,7 +82,19 @@ impl Node {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Node {
-        let mut node = Node {
+        let mut node = Node::unstarted(name, port, data_dir, args, env);
+        node.launch(port);
+        node
+    }
+
+    fn unstarted(
+        name: &str,
+        port: u16,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
+        Node {
             name: name.to_string(),
             data_dir: data_dir.to_path_buf(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -100,9 +103,7 @@ impl Node {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: Mutex::new(None),
             logs: Arc::new(Mutex::new(Vec::new())),
-        };
-        node.launch(port);
-        node
+        }
     }
 
     /// Wait until the process exits; return its status text.
@@ -120,16 +121,8 @@ impl Node {
     /// Start through `sh -c "PREFIX; exec kvstore ..."`: the shell sets
     /// limits or signal dispositions that kvstore inherits.
     pub fn start_with_prefix(name: &str, data_dir: &Path, args: &[&str], prefix: &str) -> Node {
-        let mut node = Node {
-            name: name.to_string(),
-            data_dir: data_dir.to_path_buf(),
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            args: args.iter().map(|s| s.to_string()).collect(),
-            shell_prefix: Some(prefix.to_string()),
-            env: Vec::new(),
-            child: Mutex::new(None),
-            logs: Arc::new(Mutex::new(Vec::new())),
-        };
+        let mut node = Node::unstarted(name, 0, data_dir, args, &[]);
+        node.shell_prefix = Some(prefix.to_string());
         node.spawn(0);
         node
     }
