@@ -115,11 +115,12 @@ done
 
 say "1. Start a leader (port $P1) and two followers ($P2, $P3), all with --write-concern majority"
 echo "(the flag is read by whichever node leads: a follower that may be promoted needs it too)"
-start node1 "$P1" --role=leader --peers="$P2,$P3" --write-concern majority --write-timeout-ms 1000
+echo "(--failover manual: here a human fails over; by default a cluster of 3 elects a new leader by itself)"
+start node1 "$P1" --role=leader --failover manual --peers="$P2,$P3" --write-concern majority --write-timeout-ms 1000
 LEADER_PID=$LAST_PID
-start node2 "$P2" --role=follower --leader="$P1" --write-concern majority
+start node2 "$P2" --role=follower --failover manual --leader="$P1" --write-concern majority
 F2_PID=$LAST_PID
-start node3 "$P3" --role=follower --leader="$P1" --write-concern majority
+start node3 "$P3" --role=follower --failover manual --leader="$P1" --write-concern majority
 F3_PID=$LAST_PID
 wait_for "both followers to stream from the leader" 10 followers_in_state "$P1" streaming 2
 echo
@@ -196,7 +197,7 @@ echo "\$ kv_client wal-dump ./$new    # the new leader"
 "$BIN/kv_client" wal-dump "$WORK/$new" | grep -E '^lsn=(5|6|7) ' | indent
 
 say "6. Restart the old leader as a follower of the new leader"
-start node1 "$P1" --role=follower --leader="$best" --write-concern majority
+start node1 "$P1" --role=follower --failover manual --leader="$best" --write-concern majority
 wait_for "the old leader to repair its log" 10 grep -q 'truncating' "$WORK/node1.log"
 wait_for "the old leader to catch up" 10 grep -q 'caught up to LSN 10' "$WORK/node1.log"
 echo

@@ -48,12 +48,20 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 1000;
 pub const CONNECTION_STACK_BYTES: usize = 256 * 1024;
 
 /// How often an idle leader sends an empty AppendEntries (a heartbeat) so
-/// that both sides can tell a quiet link from a dead one.
-pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
+/// that both sides can tell a quiet link from a dead one, and followers'
+/// election clocks do not run out (`--heartbeat-interval-ms`; etcd's
+/// default is 100 ms too).
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+
+/// The shortest election timeout `T` (`--election-timeout-ms`): a follower
+/// that hears nothing from its leader for a random time in `[T, 2T)` starts
+/// an election, and a leader that hears from no majority within `T` steps
+/// down. Ten heartbeats, as in etcd (whose default is 1000 ms too).
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 
 /// How long either side of a replication link waits for any message before
 /// declaring the peer dead and closing the link (the follower then redials).
-/// Ten heartbeats: long enough to ride out a stall, short enough to notice a
+/// Fifty heartbeats: long enough to ride out a stall, short enough to notice a
 /// half-open connection quickly.
 pub const REPLICATION_TIMEOUT_MS: u64 = 5_000;
 

@@ -32,7 +32,7 @@ use kvstore::wal::{Record, Wal, INDEX_FILE_NAME, LOG_FILE_NAME};
 const FRAME_EXAMPLES_MIN: usize = 12;
 
 /// Every message type, as `Message::name` spells it: each needs an example.
-const MESSAGE_NAMES: [&str; 20] = [
+const MESSAGE_NAMES: [&str; 21] = [
     "PUT",
     "GET",
     "DELETE",
@@ -53,6 +53,7 @@ const MESSAGE_NAMES: [&str; 20] = [
     "REQUEST_VOTE",
     "VOTE",
     "LEADER_ANNOUNCE",
+    "PRE_VOTE",
 ];
 
 /// The info strings of hex examples these tests check.

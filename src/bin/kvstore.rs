@@ -13,7 +13,11 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use kvstore::db::FsyncPolicy;
-use kvstore::limits::{CONNECTIONS_MAX_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT};
+use kvstore::limits::{
+    CONNECTIONS_MAX_DEFAULT, ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS,
+    WRITE_TIMEOUT_MS_DEFAULT,
+};
+use kvstore::replication::election::{ElectionConfig, Failover, Timing};
 use kvstore::replication::hub::WriteConcern;
 use kvstore::replication::parse_peer;
 use kvstore::server::{self, Config, Role};
@@ -64,6 +68,24 @@ struct Args {
     /// if not the one it binds: behind NAT, a container or a proxy.
     #[arg(long)]
     advertise: Option<String>,
+    /// auto: followers elect a new leader when theirs goes silent; manual:
+    /// only `kv_client promote` does. Default: auto with 3 or more members.
+    #[arg(long, value_enum)]
+    failover: Option<FailoverArg>,
+    /// T: a follower that hears nothing from its leader for a random time
+    /// in [T, 2T) starts an election; a leader that hears from no majority
+    /// within T steps down.
+    #[arg(long, default_value_t = ELECTION_TIMEOUT_MS_DEFAULT)]
+    election_timeout_ms: u64,
+    /// How often a leader sends an empty AppendEntries on an idle link.
+    #[arg(long, default_value_t = HEARTBEAT_INTERVAL_MS)]
+    heartbeat_interval_ms: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum FailoverArg {
+    Auto,
+    Manual,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -137,6 +159,15 @@ fn config(args: Args) -> Result<Config, String> {
     if args.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
+    if args.heartbeat_interval_ms == 0 || args.heartbeat_interval_ms * 2 > args.election_timeout_ms
+    {
+        return Err(format!(
+            "--heartbeat-interval-ms ({}) must be at least 1 and at most half of \
+             --election-timeout-ms ({}), or followers would start elections under a healthy \
+             leader",
+            args.heartbeat_interval_ms, args.election_timeout_ms
+        ));
+    }
     let advertise = match &args.advertise {
         Some(a) => Some(parse_peer(a).map_err(|e| e.to_string())?),
         None => None,
@@ -158,5 +189,15 @@ fn config(args: Args) -> Result<Config, String> {
         write_timeout: Duration::from_millis(args.write_timeout_ms),
         max_connections: args.max_connections,
         advertise,
+        election: ElectionConfig {
+            failover: args.failover.map(|f| match f {
+                FailoverArg::Auto => Failover::Auto,
+                FailoverArg::Manual => Failover::Manual,
+            }),
+            timing: Timing {
+                election_ms: args.election_timeout_ms,
+                heartbeat_ms: args.heartbeat_interval_ms,
+            },
+        },
     })
 }

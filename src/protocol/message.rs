@@ -65,6 +65,7 @@ pub const TYPE_APPEND_ENTRIES_REFUSE: u8 = 0x24;
 pub const TYPE_REQUEST_VOTE: u8 = 0x25;
 pub const TYPE_VOTE: u8 = 0x26;
 pub const TYPE_LEADER_ANNOUNCE: u8 = 0x27;
+pub const TYPE_PRE_VOTE: u8 = 0x28;
 
 /// Longest ERROR or DONE message accepted (64 KiB): such texts are a sentence.
 const ERROR_MESSAGE_BYTES_MAX: u32 = 64 * 1024;
@@ -186,8 +187,20 @@ pub enum Message {
         last_term: Term,
         candidate: String,
     },
-    /// The answer to REQUEST_VOTE: the voter's term, whether it grants its
-    /// vote, and where its own log ends.
+    /// "Would you vote for me in `term`?": asked before an election, with
+    /// the same fields as REQUEST_VOTE, and answered by VOTE. It changes
+    /// nothing at the member (no term adopted, no vote stored): a node cut
+    /// off from its leader cannot disrupt the cluster by asking (pre-vote,
+    /// Raft thesis section 9.6).
+    PreVote {
+        cluster_id: Option<ClusterId>,
+        term: Term,
+        last_lsn: Lsn,
+        last_term: Term,
+        candidate: String,
+    },
+    /// The answer to REQUEST_VOTE and PRE_VOTE: the voter's term, whether it
+    /// grants its vote, and where its own log ends.
     Vote {
         term: Term,
         granted: bool,
@@ -226,6 +239,7 @@ impl Message {
             Message::LeaderHello { .. } => "LEADER_HELLO",
             Message::AppendEntriesRefuse { .. } => "APPEND_ENTRIES_REFUSE",
             Message::RequestVote { .. } => "REQUEST_VOTE",
+            Message::PreVote { .. } => "PRE_VOTE",
             Message::Vote { .. } => "VOTE",
             Message::LeaderAnnounce { .. } => "LEADER_ANNOUNCE",
         }
@@ -329,6 +343,12 @@ impl Message {
                 put_u64s(out, &[*term, *last_lsn, *last_term]);
                 put_address(out, candidate);
             }
+            Message::PreVote { cluster_id, term, last_lsn, last_term, candidate } => {
+                out.push(TYPE_PRE_VOTE);
+                put_cluster_id(out, *cluster_id);
+                put_u64s(out, &[*term, *last_lsn, *last_term]);
+                put_address(out, candidate);
+            }
             Message::Vote { term, granted, last_lsn, last_term } => {
                 out.push(TYPE_VOTE);
                 put_u64s(out, &[*term]);
@@ -422,6 +442,13 @@ impl Message {
                 last_lsn: d.u64("request vote last_lsn")?,
                 last_term: d.u64("request vote last_term")?,
                 candidate: decode_address(&mut d, "request vote candidate")?,
+            },
+            TYPE_PRE_VOTE => Message::PreVote {
+                cluster_id: decode_cluster_id(&mut d, "pre-vote cluster_id")?,
+                term: d.u64("pre-vote term")?,
+                last_lsn: d.u64("pre-vote last_lsn")?,
+                last_term: d.u64("pre-vote last_term")?,
+                candidate: decode_address(&mut d, "pre-vote candidate")?,
             },
             TYPE_VOTE => Message::Vote {
                 term: d.u64("vote term")?,
@@ -709,6 +736,15 @@ mod tests {
             }),
             (proptest::option::of(arb_cluster_id()), any::<[u64; 3]>(), address()).prop_map(
                 |(cluster_id, f, candidate)| Message::RequestVote {
+                    cluster_id,
+                    term: f[0],
+                    last_lsn: f[1],
+                    last_term: f[2],
+                    candidate
+                }
+            ),
+            (proptest::option::of(arb_cluster_id()), any::<[u64; 3]>(), address()).prop_map(
+                |(cluster_id, f, candidate)| Message::PreVote {
                     cluster_id,
                     term: f[0],
                     last_lsn: f[1],

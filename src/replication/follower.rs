@@ -189,6 +189,7 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         return Err(e);
     }
     link.set(LinkState::CatchingUp, None);
+    replica.heard_from_leader();
 
     let mut follower = Follower {
         db,
@@ -244,6 +245,8 @@ impl Follower<'_> {
             self.replica.observe_term(ae.term, Some(leader), &format!("leader {leader}"))?;
         }
         let term = ae.term;
+        // Our leader is alive: its followers' election clocks start again.
+        self.replica.heard_from_leader();
 
         let history = self.db.term_history();
         let verdict = log_match::check_append(

@@ -28,6 +28,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::limits::HEARTBEAT_INTERVAL_MS;
 use crate::replication::lag::{LagSummary, LagTracker};
 use crate::status::FollowerRow;
 use crate::{Lsn, Term};
@@ -130,6 +131,10 @@ pub struct Hub {
     acked: Condvar,
     expected_count: usize,
     lag: Mutex<LagTracker>,
+    /// When this leadership began (check-quorum gives it one timeout).
+    since: Instant,
+    /// How often an idle link gets an empty AppendEntries.
+    heartbeat: Duration,
 }
 
 impl Hub {
@@ -143,7 +148,20 @@ impl Hub {
             acked: Condvar::new(),
             expected_count: expected.len(),
             lag: Mutex::new(LagTracker::new()),
+            since: Instant::now(),
+            heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
         }
+    }
+
+    /// The same hub, sending heartbeats every `ms` instead of the default.
+    pub fn with_heartbeat_ms(mut self, ms: u64) -> Hub {
+        self.heartbeat = Duration::from_millis(ms.max(1));
+        self
+    }
+
+    /// How often an idle link gets an empty AppendEntries.
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
     }
 
     /// The term this hub's leader leads.
@@ -171,6 +189,22 @@ impl Hub {
     /// True once [`Hub::depose`] was called.
     pub fn is_deposed(&self) -> bool {
         self.state.lock().deposed.is_some()
+    }
+
+    /// How long this leadership has lasted, in ms.
+    pub fn age_ms(&self) -> u64 {
+        self.since.elapsed().as_millis() as u64
+    }
+
+    /// For each expected follower: how long ago its last ACK came, in ms
+    /// (`None`: none yet in this term). Check-quorum reads it.
+    pub fn ack_ages_ms(&self) -> Vec<Option<u64>> {
+        let st = self.state.lock();
+        st.peers
+            .iter()
+            .filter(|p| p.expected)
+            .map(|p| p.last_ack.map(|t| t.elapsed().as_millis() as u64))
+            .collect()
     }
 
     /// Addresses of the followers whose link is up right now.

@@ -62,8 +62,8 @@ use crate::cluster::ClusterId;
 use crate::db::{Batch, Db};
 use crate::error::{Error, ErrorCode, Result};
 use crate::limits::{
-    APPEND_ENTRIES_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX, HEARTBEAT_INTERVAL_MS,
-    PROBE_ROUNDS_MAX, REPLICATION_TIMEOUT_MS,
+    APPEND_ENTRIES_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX, PROBE_ROUNDS_MAX,
+    REPLICATION_TIMEOUT_MS,
 };
 use crate::protocol::frame::{is_timeout, read_frame, write_message};
 use crate::protocol::message::{AppendEntriesEncoder, AppendEntriesHeader};
@@ -477,7 +477,7 @@ impl<'a> Sender<'a> {
 
     /// Lesson 3: forward committed batches as they arrive; heartbeat when idle.
     fn stream_live(&mut self, batches: &Receiver<Batch>, closed: &AtomicBool) -> Result<()> {
-        let heartbeat = Duration::from_millis(HEARTBEAT_INTERVAL_MS);
+        let heartbeat = self.hub.heartbeat();
         loop {
             if closed.load(Ordering::Acquire)
                 || !self.hub.is_current(self.session)

@@ -15,7 +15,7 @@
 //!    | <-- APPEND_ENTRIES [records after prev_lsn' ...] ----- |  catch-up from the WAL (the follower
 //!    | --- APPEND_ENTRIES_ACK [last_lsn] -------------------> |   truncates what conflicts first)
 //!    | <-- APPEND_ENTRIES [new records] --------------------- |  live stream from the channel
-//!    | <-- APPEND_ENTRIES [] (heartbeat) ------------------- |  when idle, every 500 ms
+//!    | <-- APPEND_ENTRIES [] (heartbeat) ------------------- |  when idle, every 100 ms
 //!    | --- APPEND_ENTRIES_ACK [last_lsn, digest] -----------> |
 //! ```
 //!
@@ -59,6 +59,7 @@
 //! with the votes and checks that keep it safe. The term and vote rules are
 //! already those an election needs.
 
+pub mod election;
 pub mod follower;
 pub mod hub;
 pub mod lag;

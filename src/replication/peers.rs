@@ -73,14 +73,33 @@ pub fn request_votes(
         last_term: ours.0,
         candidate: me.into(),
     };
+    ask_all(members, &request)
+}
+
+/// Send PRE_VOTE `(term, ours)` from `me` to every member: would they vote
+/// for us in `term`? Nothing changes at any of them.
+pub fn pre_votes(
+    members: &[String],
+    cluster_id: Option<ClusterId>,
+    term: Term,
+    ours: (Term, Lsn),
+    me: &str,
+) -> Vec<(String, Result<Message>)> {
+    let request = Message::PreVote {
+        cluster_id,
+        term,
+        last_lsn: ours.1,
+        last_term: ours.0,
+        candidate: me.into(),
+    };
+    ask_all(members, &request)
+}
+
+/// Send `request` to every member at once; each one's answer, or why none.
+fn ask_all(members: &[String], request: &Message) -> Vec<(String, Result<Message>)> {
     std::thread::scope(|s| {
-        let asks: Vec<_> = members
-            .iter()
-            .map(|m| {
-                let request = &request;
-                s.spawn(move || (m.clone(), ask(m, request)))
-            })
-            .collect();
+        let asks: Vec<_> =
+            members.iter().map(|m| s.spawn(move || (m.clone(), ask(m, request)))).collect();
         asks.into_iter()
             .map(|h| h.join().unwrap_or_else(|_| (String::new(), Err(Error::Link("panic".into())))))
             .collect()

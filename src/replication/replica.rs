@@ -28,7 +28,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -37,6 +37,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::limits::ANNOUNCE_INTERVAL_MS;
 use crate::protocol::Message;
+use crate::replication::election::{self, ElectionClock, ElectionConfig, Timing};
 use crate::replication::follower::{self, FollowerLink};
 use crate::replication::hub::{same_node, Hub};
 use crate::replication::parse_peer;
@@ -84,12 +85,25 @@ pub struct Replica {
     state: Mutex<RoleState>,
     /// Why reads are refused, once the leader found our data differs.
     unhealthy: Mutex<Option<String>>,
+    /// `--failover` and the election timing.
+    election: ElectionConfig,
+    /// When we last heard from a leader (rule 1 of [`election`]).
+    clock: Mutex<ElectionClock>,
+    /// The origin of the millisecond clock the election rules run on.
+    epoch: Instant,
+    /// Held while a bid for office runs, so two never overlap.
+    campaigning: Mutex<()>,
 }
 
 impl Replica {
     /// Decide the starting role from `startup` and the stored state, store
     /// it, and start the threads it needs (follower link or announcer).
-    pub fn start(db: Arc<Db>, address: SocketAddr, startup: Startup) -> Result<Arc<Replica>> {
+    pub fn start(
+        db: Arc<Db>,
+        address: SocketAddr,
+        startup: Startup,
+        election: ElectionConfig,
+    ) -> Result<Arc<Replica>> {
         let mut stored = NodeState::load(db.data_dir())?;
         // A node is never in a term older than a record it holds (a log
         // upgraded from format 1 holds term-1 records and no STATE file).
@@ -105,6 +119,10 @@ impl Replica {
                 second_leader_logged: 0,
             }),
             unhealthy: Mutex::new(None),
+            election,
+            clock: Mutex::new(ElectionClock::new(election.timing, clock_seed(address), 0)),
+            epoch: Instant::now(),
+            campaigning: Mutex::new(()),
         });
         let deposed_leader = stored.role == Some(StoredRole::Follower)
             && stored.leader.as_deref().is_some_and(|l| !replica.is_me(l));
@@ -154,6 +172,11 @@ impl Replica {
                 }
             }
         }
+        let me = Arc::clone(&replica);
+        std::thread::Builder::new()
+            .name("election".into())
+            .spawn(move || me.election_loop())
+            .map_err(|e| Error::io("spawning the election thread", e))?;
         Ok(replica)
     }
 
@@ -394,6 +417,7 @@ impl Replica {
         let granted = !leads && st.stored.grant_vote(term, candidate, (last_term, last_lsn), ours);
         if granted {
             st.stored.store(self.db.data_dir())?;
+            self.clock.lock().reset(self.now_ms());
             log::info!(
                 "[failover] voted for {candidate} in term {term} (its log ends at LSN \
                  {last_lsn} of term {last_term}; ours at LSN {} of term {})",
@@ -462,22 +486,17 @@ impl Replica {
             )));
         }
         self.campaign(force, "kv_client promote")?
-            .map_err(|lost| Error::Refused(format!("promotion refused: {lost}")))
+            .map_err(|lost| Error::Refused(format!("promotion refused: {lost}{}", lost.hint())))
     }
 
     /// Ask for office: round 1 (where does every member's log end?), then
     /// round 2 (votes in a new term). `Ok(Err(..))` says why it was not
     /// won; `Err` is a local failure (the state file cannot be written).
     fn campaign(&self, force: bool, why: &str) -> Result<std::result::Result<String, Lost>> {
-        let (term, others) = {
-            let st = self.state.lock();
-            let others: Vec<String> =
-                st.stored.members.iter().filter(|m| !self.is_me(m)).cloned().collect();
-            (st.stored.term, others)
-        };
+        let _one_at_a_time = self.campaigning.lock();
+        let (term, others) = self.others()?;
         let ours = (self.db.last_term(), self.db.last_lsn());
         let member_count = others.len() + 1;
-        let majority = member_count / 2 + 1;
         let me = self.address.to_string();
 
         // Round 1: where does every reachable member's log end?
@@ -491,9 +510,32 @@ impl Replica {
                 return Ok(Err(Lost::Objection(objection)));
             }
         }
+        self.ask_for_votes(term, &others, force, why)
+    }
 
-        // Round 2: ask for votes in the new term (this deposes the old
-        // leader at every member that hears it).
+    /// The members other than this node, and our term; `Err` if we lead.
+    fn others(&self) -> Result<(Term, Vec<String>)> {
+        let st = self.state.lock();
+        if let Live::Leader { hub } = &st.live {
+            return Err(Error::Refused(format!("already the leader of term {}", hub.term())));
+        }
+        let others = st.stored.members.iter().filter(|m| !self.is_me(m)).cloned().collect();
+        Ok((st.stored.term, others))
+    }
+
+    /// Round 2 of a bid for office: store term + 1 and our own vote, ask
+    /// `others` for theirs, and lead if a majority (us included) grants it.
+    fn ask_for_votes(
+        &self,
+        term: Term,
+        others: &[String],
+        force: bool,
+        why: &str,
+    ) -> Result<std::result::Result<String, Lost>> {
+        let ours = (self.db.last_term(), self.db.last_lsn());
+        let member_count = others.len() + 1;
+        let majority = member_count / 2 + 1;
+        let me = self.address.to_string();
         let new_term = {
             let mut st = self.state.lock();
             // Term 1 belongs to the cluster's first leader, which took it
@@ -504,7 +546,7 @@ impl Replica {
             st.stored.store(self.db.data_dir())?;
             new_term
         };
-        let votes = peers::request_votes(&others, self.db.cluster_id(), new_term, ours, &me);
+        let votes = peers::request_votes(others, self.db.cluster_id(), new_term, ours, &me);
         if let Some((member, newer)) = newer_term(&votes, new_term) {
             self.observe_term(newer, None, &format!("member {member}"))?;
             return Ok(Err(Lost::NewerTerm { member, term: newer }));
@@ -538,6 +580,183 @@ impl Replica {
             "promoted to leader of term {new_term} ({why}); last LSN {} (term {})",
             ours.1, ours.0
         )))
+    }
+
+    /// Milliseconds since this node started: the election rules' clock.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The election timing (`--election-timeout-ms`, `--heartbeat-interval-ms`).
+    pub fn timing(&self) -> Timing {
+        self.election.timing
+    }
+
+    /// A message from the leader we follow arrived: its clock starts again.
+    pub fn heard_from_leader(&self) {
+        let now = self.now_ms();
+        self.clock.lock().reset(now);
+    }
+
+    /// The election thread: rule 1 (a silent leader starts an election) on
+    /// a follower, rule 3 (check-quorum) on a leader, a few times per
+    /// heartbeat. With `--failover manual` it only keeps the clock reset.
+    fn election_loop(&self) {
+        let tick = Duration::from_millis((self.election.timing.heartbeat_ms / 2).clamp(5, 50));
+        loop {
+            std::thread::sleep(tick);
+            let now = self.now_ms();
+            let (automatic, hub) = {
+                let st = self.state.lock();
+                let hub = match &st.live {
+                    Live::Leader { hub } => Some(Arc::clone(hub)),
+                    Live::Follower { .. } => None,
+                };
+                (self.election.automatic(st.stored.members.len()), hub)
+            };
+            if !automatic || hub.is_some() {
+                self.clock.lock().reset(now);
+            }
+            if !automatic {
+                continue;
+            }
+            let expired = self.clock.lock().expired(now); // not held below
+            let outcome = match (hub, expired) {
+                (Some(hub), _) => self.check_quorum(&hub),
+                (None, Some(silent)) => self.run_election(silent),
+                (None, None) => Ok(()),
+            };
+            if let Err(e) = outcome {
+                log::error!("[election] {e}");
+            }
+        }
+    }
+
+    /// Rule 3: a leader that has not heard from a majority within the
+    /// election timeout steps down.
+    fn check_quorum(&self, hub: &Arc<Hub>) -> Result<()> {
+        let within = self.election.timing.election_ms;
+        if hub.age_ms() < within || hub.is_deposed() {
+            return Ok(());
+        }
+        let acks = hub.ack_ages_ms();
+        if election::quorum_alive(&acks, acks.len() + 1, within) {
+            return Ok(());
+        }
+        let heard = acks.iter().filter(|a| a.is_some_and(|ms| ms < within)).count() + 1;
+        let why = format!(
+            "check-quorum: heard from {heard} of {} members (itself included) in the last \
+             {within} ms, a majority needed",
+            acks.len() + 1
+        );
+        let mut st = self.state.lock();
+        match &st.live {
+            Live::Leader { hub: current } if Arc::ptr_eq(current, hub) => {}
+            _ => return Ok(()),
+        }
+        log::warn!("[election] stepping down as leader of term {}: {why}", hub.term());
+        self.follow_locked(&mut st, None, &why)
+    }
+
+    /// Rules 1 and 2: our leader has been silent for `silent_ms`. Ask for
+    /// pre-votes, and only with a majority of them stand for election.
+    fn run_election(&self, silent_ms: u64) -> Result<()> {
+        let (term, others, leader) = {
+            let st = self.state.lock();
+            let leader = match &st.live {
+                Live::Follower { link: Some(link) } => Some(link.leader().to_string()),
+                _ => None,
+            };
+            let others: Vec<String> =
+                st.stored.members.iter().filter(|m| !self.is_me(m)).cloned().collect();
+            (st.stored.term, others, leader)
+        };
+        let ours = (self.db.last_term(), self.db.last_lsn());
+        let next = term.max(1) + 1;
+        let members = others.len() + 1;
+        let majority = members / 2 + 1;
+        let me = self.address.to_string();
+        let silence = match &leader {
+            Some(l) => format!("no AppendEntries from {l} for {silent_ms} ms"),
+            None => format!("no leader for {silent_ms} ms"),
+        };
+        log::info!(
+            "[election] {silence}; starting election for term {next} (last LSN {}, term {})",
+            ours.1,
+            ours.0
+        );
+        // Rule 2: would a majority vote for us? Nothing changes anywhere.
+        let answers = peers::pre_votes(&others, self.db.cluster_id(), next, ours, &me);
+        if let Some((member, newer)) = newer_term(&answers, term) {
+            self.observe_term(newer, None, &format!("member {member}"))?;
+            self.heard_from_leader();
+            return Ok(());
+        }
+        let yes: Vec<&str> = answers
+            .iter()
+            .filter(|(_, v)| matches!(v, Ok(Message::Vote { granted: true, .. })))
+            .map(|(m, _)| m.as_str())
+            .collect();
+        if yes.len() + 1 < majority {
+            log::info!(
+                "[election] pre-vote for term {next}: {} of {} members would vote for this node \
+                 (itself included), {majority} needed; staying a follower",
+                yes.len() + 1,
+                others.len() + 1
+            );
+            self.heard_from_leader();
+            return Ok(());
+        }
+        let _one_at_a_time = self.campaigning.lock();
+        let why = format!("elected after {silence}");
+        match self.ask_for_votes(term, &others, false, &why)? {
+            Ok(_) => {
+                log::info!(
+                    "[election] won term {} with votes from {}",
+                    self.term(),
+                    answers_granted(&answers).join(", ")
+                );
+            }
+            Err(lost) => {
+                log::info!("[election] lost the election for term {next}: {lost}");
+                self.heard_from_leader();
+            }
+        }
+        Ok(())
+    }
+
+    /// A PRE_VOTE arrived: would we vote for `candidate` in `term`? Rule 2
+    /// of [`election`]; nothing is stored, whatever the answer.
+    pub fn handle_pre_vote(
+        &self,
+        term: Term,
+        candidate: &str,
+        last_lsn: Lsn,
+        last_term: Term,
+    ) -> Result<Message> {
+        let st = self.state.lock();
+        let ours = (self.db.last_term(), self.db.last_lsn());
+        let leads = matches!(st.live, Live::Leader { .. });
+        let in_lease = leads || self.clock.lock().in_lease(self.now_ms());
+        let granted =
+            election::grant_pre_vote(st.stored.term, ours, term, (last_term, last_lsn), in_lease);
+        log::info!(
+            "[election] pre-vote for {candidate} in term {term}: {}",
+            if granted {
+                "yes".to_string()
+            } else if leads {
+                "no, this node leads".to_string()
+            } else if in_lease {
+                "no, this node heard from its leader lately".to_string()
+            } else {
+                format!(
+                    "no (our term {}, our log ends at LSN {} of term {}, its at LSN \
+                     {last_lsn} of term {last_term})",
+                    st.stored.term, ours.1, ours.0
+                )
+            }
+        );
+        Ok(Message::Vote { term: st.stored.term, granted, last_lsn: ours.1, last_term: ours.0 })
     }
 
     /// Become (or stay) a follower of `leader` (`None`: wait to learn one).
@@ -622,7 +841,8 @@ impl Replica {
             .filter(|m| !self.is_me(m))
             .filter_map(|m| parse_peer(m).ok())
             .collect();
-        let hub = Arc::new(Hub::new(&peers, term));
+        let hub =
+            Arc::new(Hub::new(&peers, term).with_heartbeat_ms(self.election.timing.heartbeat_ms));
         self.db.set_leader_term(Some(term));
         log::info!(
             "[failover] leader of term {term} ({why}); log ends at LSN {} of term {}",
@@ -674,21 +894,12 @@ enum Lost {
 impl std::fmt::Display for Lost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Lost::Objection(peers::Objection::Behind { member, .. }) => write!(
-                f,
-                "{}; promote {member} instead, or use --force (records only {member} holds \
-                 would be lost)",
-                self.objection()
-            ),
-            Lost::Objection(peers::Objection::TooFew { .. }) => {
-                write!(f, "{}; use --force to promote anyway", self.objection())
-            }
+            Lost::Objection(objection) => write!(f, "{objection}"),
             Lost::Outvoted { term, votes, members } => write!(
                 f,
                 "{votes} of {members} members voted for this node in term {term} (itself \
                  included), {} needed; the members that heard the vote are in term {term} now \
-                 and no longer accept the old leader's records, so promote again (or use \
-                 --force)",
+                 and no longer accept the old leader's records",
                 members / 2 + 1
             ),
             Lost::NewerTerm { member, term } => write!(
@@ -701,12 +912,42 @@ impl std::fmt::Display for Lost {
 }
 
 impl Lost {
-    fn objection(&self) -> String {
+    /// What an operator can do about it, for `kv_client promote`.
+    fn hint(&self) -> String {
         match self {
-            Lost::Objection(o) => o.to_string(),
-            _ => String::new(),
+            Lost::Objection(peers::Objection::Behind { member, .. }) => format!(
+                "; promote {member} instead, or use --force (records only {member} holds would \
+                 be lost)"
+            ),
+            Lost::Objection(peers::Objection::TooFew { .. }) => {
+                "; use --force to promote anyway".into()
+            }
+            Lost::Outvoted { .. } => "; promote again (or use --force)".into(),
+            Lost::NewerTerm { .. } => "; try again".into(),
         }
     }
+}
+
+/// The members whose answer granted a vote.
+fn answers_granted(answers: &[(String, Result<Message>)]) -> Vec<&str> {
+    answers
+        .iter()
+        .filter(|(_, v)| matches!(v, Ok(Message::Vote { granted: true, .. })))
+        .map(|(m, _)| m.as_str())
+        .collect()
+}
+
+/// A seed for the election clock that differs between the nodes of one
+/// machine: the OS's randomness, or else the port and the time.
+fn clock_seed(address: SocketAddr) -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_ok() {
+        return u64::from_le_bytes(bytes);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    (address.port() as u64) << 32 ^ nanos
 }
 
 /// The first member whose answer carries a term newer than `ours`.

@@ -148,6 +148,10 @@ fn handle_request(node: &Node, request: Message) -> Result<Message> {
             node.replica.check_cluster(cluster_id, &format!("candidate {candidate}"))?;
             node.replica.handle_vote(term, &candidate, last_lsn, last_term)
         }
+        Message::PreVote { cluster_id, term, last_lsn, last_term, candidate } => {
+            node.replica.check_cluster(cluster_id, &format!("candidate {candidate}"))?;
+            node.replica.handle_pre_vote(term, &candidate, last_lsn, last_term)
+        }
         Message::LeaderAnnounce { cluster_id, term, leader } => {
             node.replica.check_cluster(cluster_id, &format!("leader {leader}"))?;
             node.replica.handle_announce(term, &leader)

@@ -23,6 +23,7 @@ use crate::db::{Db, FsyncPolicy};
 use crate::error::{Error, Result};
 use crate::limits::CONNECTION_STACK_BYTES;
 use crate::protocol::{write_message, Message};
+use crate::replication::election::ElectionConfig;
 use crate::replication::hub::WriteConcern;
 use crate::replication::replica::{Replica, RoleView, Startup};
 
@@ -41,6 +42,8 @@ pub struct Config {
     /// The address other members reach this node on, if not the bound one
     /// (behind NAT, a container, or a proxy).
     pub advertise: Option<SocketAddr>,
+    /// `--failover`, `--election-timeout-ms`, `--heartbeat-interval-ms`.
+    pub election: ElectionConfig,
 }
 
 /// What this node was told to be on the command line.
@@ -115,7 +118,7 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
     if identity != address {
         log::info!("[server] members reach this node at {identity} (--advertise)");
     }
-    let replica = Replica::start(Arc::clone(&db), identity, startup)?;
+    let replica = Replica::start(Arc::clone(&db), identity, startup, config.election)?;
     let members = replica.members();
     let term = replica.term();
     match replica.view() {

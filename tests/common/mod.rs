@@ -157,6 +157,14 @@ impl Node {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.args)
+            // Tests that kill a leader decide themselves who leads next;
+            // the election tests ask for `--failover auto` explicitly.
+            .args(
+                self.args
+                    .iter()
+                    .all(|a| !a.starts_with("--failover"))
+                    .then_some("--failover=manual"),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", std::env::var("KVSTORE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())

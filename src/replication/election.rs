@@ -1,0 +1,191 @@
+//! Automatic election: when a follower stops hearing from its leader, and
+//! when a leader stops hearing from its followers (Raft sections 5.2 and
+//! 9.6; `docs/FAILOVER.md`). Pure rules on millisecond clocks, no threads:
+//! [`crate::replication::replica`] calls them from its election thread, and
+//! the tests drive them with any clock they like.
+//!
+//! ## The three rules
+//!
+//! 1. **Election timeout.** A follower that hears nothing from a leader
+//!    (no AppendEntries, not even a heartbeat) for its election timeout
+//!    starts an election. The timeout is drawn at random between `T` and
+//!    `2T` each time the clock is reset, so two followers rarely time out
+//!    together and split the vote. Heartbeats come every
+//!    `heartbeat_ms` (a tenth of `T` by default): a healthy leader resets
+//!    every follower's clock many times per timeout.
+//! 2. **Pre-vote.** Before it increments its term, the follower asks every
+//!    member "would you vote for me in term + 1?" (PRE_VOTE). A member says
+//!    yes only if it has not heard from a leader for at least `T` itself
+//!    and the asker's log is at least as up to date as its own; nothing is
+//!    stored either way. Only with a majority of yeses does the real
+//!    election (REQUEST_VOTE, term + 1, stored) begin. So a node that was
+//!    cut off, whose clock ran out while the others kept hearing their
+//!    leader, comes back without bumping anyone's term or deposing the
+//!    leader.
+//! 3. **Check-quorum.** A leader that has not heard an ACK from a majority
+//!    of the members (itself included) within `T` steps down and stops
+//!    taking writes: it is probably cut off, and the others may already
+//!    have elected someone.
+
+use crate::{Lsn, Term};
+
+/// `--failover`: whether followers elect a new leader by themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failover {
+    /// Rules 1 to 3 below run.
+    Auto,
+    /// Only an operator changes the leader (`kv_client promote`).
+    Manual,
+}
+
+/// A node's election settings: `failover` is `None` when not given, which
+/// means `Auto` for a cluster of 3 or more members and `Manual` for 1 or 2
+/// (a cluster of 2 cannot elect anyone once one of them is down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElectionConfig {
+    pub failover: Option<Failover>,
+    pub timing: Timing,
+}
+
+impl ElectionConfig {
+    /// Does a node with `members` members (itself included) fail over by itself?
+    pub fn automatic(&self, members: usize) -> bool {
+        match self.failover {
+            Some(Failover::Auto) => true,
+            Some(Failover::Manual) => false,
+            None => members >= 3,
+        }
+    }
+}
+
+/// The election timing of a node, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// `T`: the shortest election timeout; each one is drawn in `[T, 2T)`.
+    pub election_ms: u64,
+    /// How often an idle leader sends an empty AppendEntries.
+    pub heartbeat_ms: u64,
+}
+
+/// A follower's election clock: when it last heard from a leader, and how
+/// long it waits this time.
+#[derive(Debug, Clone)]
+pub struct ElectionClock {
+    timing: Timing,
+    last_contact_ms: u64,
+    timeout_ms: u64,
+    rng: u64,
+}
+
+impl ElectionClock {
+    /// A clock that starts counting at `now_ms`; `seed` picks the timeouts.
+    pub fn new(timing: Timing, seed: u64, now_ms: u64) -> ElectionClock {
+        let mut clock =
+            ElectionClock { timing, last_contact_ms: now_ms, timeout_ms: 0, rng: seed | 1 };
+        clock.reset(now_ms);
+        clock
+    }
+
+    /// We heard from a leader (or granted a vote): start counting again,
+    /// with a fresh random timeout.
+    pub fn reset(&mut self, now_ms: u64) {
+        self.last_contact_ms = now_ms;
+        let t = self.timing.election_ms.max(1);
+        self.timeout_ms = t + self.next_random() % t;
+    }
+
+    /// How long we have heard nothing, if that is longer than this
+    /// timeout: time to start an election.
+    pub fn expired(&self, now_ms: u64) -> Option<u64> {
+        let silent = now_ms.saturating_sub(self.last_contact_ms);
+        (silent >= self.timeout_ms).then_some(silent)
+    }
+
+    /// Heard from a leader within the shortest timeout: refuse pre-votes.
+    pub fn in_lease(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.last_contact_ms) < self.timing.election_ms
+    }
+
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
+    }
+
+    /// xorshift64*: timeouts must differ between nodes, nothing more.
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// Rule 2: does a member whose term is `ours_term` and whose log ends at
+/// `ours` say yes to a PRE_VOTE for `term` from a log ending at `theirs`?
+pub fn grant_pre_vote(
+    ours_term: Term,
+    ours: (Term, Lsn),
+    term: Term,
+    theirs: (Term, Lsn),
+    in_lease: bool,
+) -> bool {
+    !in_lease && term > ours_term && theirs >= ours
+}
+
+/// Rule 3: did a majority of `members` (the leader included) answer within
+/// `within_ms`? `acks_ms_ago` holds, for each other member, how long ago
+/// its last ACK came (`None`: never).
+pub fn quorum_alive(acks_ms_ago: &[Option<u64>], members: usize, within_ms: u64) -> bool {
+    let heard = acks_ms_ago.iter().filter(|a| a.is_some_and(|ms| ms < within_ms)).count();
+    let majority = members / 2 + 1;
+    heard + 1 >= majority
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMING: Timing = Timing { election_ms: 1000, heartbeat_ms: 100 };
+
+    #[test]
+    fn timeouts_are_random_between_t_and_2t() {
+        let mut clock = ElectionClock::new(TIMING, 42, 0);
+        let mut seen = Vec::new();
+        for i in 0..1000 {
+            clock.reset(i);
+            assert!((1000..2000).contains(&clock.timeout_ms()), "{}", clock.timeout_ms());
+            seen.push(clock.timeout_ms());
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        assert!(seen.len() > 500, "only {} distinct timeouts", seen.len());
+    }
+
+    #[test]
+    fn a_clock_expires_only_after_its_timeout_of_silence() {
+        let mut clock = ElectionClock::new(TIMING, 7, 10_000);
+        let timeout = clock.timeout_ms();
+        assert_eq!(clock.expired(10_000 + timeout - 1), None);
+        assert_eq!(clock.expired(10_000 + timeout), Some(timeout));
+        clock.reset(10_000 + timeout); // a heartbeat just in time
+        assert_eq!(clock.expired(10_000 + timeout + 999), None);
+        assert!(clock.in_lease(10_000 + timeout + 999));
+        assert!(!clock.in_lease(10_000 + timeout + 1000));
+    }
+
+    #[test]
+    fn pre_votes_need_silence_a_newer_term_and_a_log_as_long() {
+        assert!(grant_pre_vote(3, (3, 10), 4, (3, 10), false));
+        assert!(!grant_pre_vote(3, (3, 10), 4, (3, 10), true), "heard from a leader lately");
+        assert!(!grant_pre_vote(4, (3, 10), 4, (3, 10), false), "not a newer term");
+        assert!(!grant_pre_vote(3, (3, 10), 4, (3, 9), false), "its log is shorter");
+        assert!(!grant_pre_vote(3, (3, 10), 4, (2, 20), false), "its last term is older");
+    }
+
+    #[test]
+    fn a_leader_needs_recent_acks_from_a_majority() {
+        assert!(quorum_alive(&[Some(50), None], 3, 1000), "itself and one of two");
+        assert!(!quorum_alive(&[Some(1500), None], 3, 1000), "nobody lately");
+        assert!(!quorum_alive(&[Some(10), None, None, None], 5, 1000), "2 of 5");
+        assert!(quorum_alive(&[], 1, 1000), "a cluster of one");
+    }
+}

@@ -1,0 +1,171 @@
+//! Automatic failover, end to end with real processes (`--failover auto`,
+//! src/replication/election.rs): a dead leader is replaced by an election,
+//! a follower cut off and back does not disturb the leader (pre-vote), a
+//! leader cut off from its followers steps down (check-quorum), and a vote
+//! survives a crash.
+
+mod common;
+
+use std::time::Instant;
+
+use common::proxy::{Fault, Proxy};
+use common::*;
+use kvstore::error::{Error, ErrorCode};
+use kvstore::protocol::Message;
+
+/// Election flags for these tests: the defaults' shape (heartbeat a tenth
+/// of T), faster, so each test takes seconds.
+const AUTO: [&str; 3] =
+    ["--failover=auto", "--election-timeout-ms=500", "--heartbeat-interval-ms=50"];
+
+fn with_auto(args: &[&str]) -> Vec<String> {
+    AUTO.iter().chain(args).map(|s| s.to_string()).collect()
+}
+
+fn start(name: &str, dirs: &tempfile::TempDir, port: u16, args: &[&str]) -> Node {
+    let args = with_auto(args);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Node::start_on(name, port, &dirs.path().join(name), &args)
+}
+
+/// Wait until exactly one of `nodes` leads, in a term newer than `after`.
+fn wait_for_new_leader<'a>(nodes: &[&'a Node], after: u64) -> &'a Node {
+    eventually("a newly elected leader", DEADLINE, || {
+        let leaders: Vec<&Node> = nodes
+            .iter()
+            .copied()
+            .filter(|n| n.client().status().is_ok_and(|s| s.role == "leader" && s.term > after))
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    })
+}
+
+#[test]
+fn a_dead_leader_is_replaced_by_an_election_and_rejoins_as_a_follower() {
+    // Goal: with --failover auto, SIGKILL of the leader costs an election
+    // timeout, not an operator: a follower wins term 2, takes writes, the
+    // other follows it, and the old leader restarted with its lesson
+    // command (--role=leader) learns of term 2 and follows too.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let peers = format!("--peers={p2},{p3}");
+    let leader_args = ["--role=leader", peers.as_str()];
+    let mut leader = start("leader", &dirs, p1, &leader_args);
+    let to_leader = format!("--leader={p1}");
+    let f2 = start("follower2", &dirs, p2, &["--role=follower", &to_leader]);
+    let f3 = start("follower3", &dirs, p3, &["--role=follower", &to_leader]);
+    let mut client = leader.client();
+    write_keys(&mut client, 0, 10);
+    f2.wait_for_lsn(10);
+    f3.wait_for_lsn(10);
+
+    leader.kill();
+    let killed = Instant::now();
+    let new_leader = wait_for_new_leader(&[&f2, &f3], 1);
+    eprintln!("elected after {} ms", killed.elapsed().as_millis());
+    new_leader.wait_for_log("[election] won term 2 with votes from");
+    new_leader.wait_for_log("starting election for term 2 (last LSN 10, term 1)");
+    assert_eq!(new_leader.client().put(b"after", b"1").unwrap(), 11);
+
+    leader.restart();
+    leader.wait_for_log("not taking office");
+    let (last, _) = wait_converged(&[&leader, &f2, &f3]);
+    assert_eq!(last, 11);
+    let status = leader.status();
+    assert_eq!((status.role.as_str(), status.term), ("follower", 2));
+    assert_eq!(leader.client().get(b"after").unwrap(), Some(b"1".to_vec()));
+}
+
+#[test]
+fn a_follower_cut_off_and_back_does_not_disturb_the_leader() {
+    // Goal: pre-vote. follower3 reaches the leader through a proxy that is
+    // cut: its election clock runs out, but the leader and follower2 still
+    // hear each other, so neither would vote for it, and it asks first:
+    // nobody's term moves and the leader stays. Healed, it catches up.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let peers = format!("--peers={p2},{p3}");
+    let leader = start("leader", &dirs, p1, &["--role=leader", &peers]);
+    let f2 = start("follower2", &dirs, p2, &["--role=follower", &format!("--leader={p1}")]);
+    let proxy = Proxy::start(leader.addr);
+    let via_proxy = format!("--leader={}", proxy.addr);
+    let f3 = start("follower3", &dirs, p3, &["--role=follower", &via_proxy]);
+    write_keys(&mut leader.client(), 0, 5);
+    f3.wait_for_lsn(5);
+
+    proxy.set(Fault::Blackhole);
+    f3.wait_for_log("starting election for term 2");
+    f3.wait_for_log("pre-vote for term 2: 1 of 3 members would vote for this node");
+    write_keys(&mut leader.client(), 5, 5);
+    for node in [&leader, &f2, &f3] {
+        assert_eq!(node.status().term, 1, "{}: the term did not move", node.name);
+    }
+    assert_eq!(leader.status().role, "leader");
+    assert!(leader.log_text().contains("no, this node leads"), "the leader said no");
+
+    proxy.set(Fault::None);
+    let (last, _) = wait_converged(&[&leader, &f2, &f3]);
+    assert_eq!(last, 10);
+    assert_eq!(leader.status().term, 1);
+}
+
+#[test]
+fn a_leader_cut_off_from_its_followers_steps_down_and_they_elect_another() {
+    // Goal: check-quorum. Both followers reach the leader through proxies
+    // that are cut: within an election timeout the leader hears from no
+    // majority, steps down and refuses writes; the followers elect one of
+    // themselves in term 2 and take writes.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let peers = format!("--peers={p2},{p3}");
+    let leader = start("leader", &dirs, p1, &["--role=leader", &peers]);
+    let (x2, x3) = (Proxy::start(leader.addr), Proxy::start(leader.addr));
+    let f2 = start("follower2", &dirs, p2, &["--role=follower", &format!("--leader={}", x2.addr)]);
+    let f3 = start("follower3", &dirs, p3, &["--role=follower", &format!("--leader={}", x3.addr)]);
+    write_keys(&mut leader.client(), 0, 5);
+    f2.wait_for_lsn(5);
+    f3.wait_for_lsn(5);
+
+    x2.set(Fault::Blackhole);
+    x3.set(Fault::Blackhole);
+    let cut = Instant::now();
+    leader.wait_for_log("stepping down as leader of term 1: check-quorum: heard from 1 of 3");
+    eprintln!("stepped down {} ms after the cut", cut.elapsed().as_millis());
+    match leader.client().put(b"x", b"1") {
+        Err(Error::Server { code: ErrorCode::ReadOnly, .. }) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let new_leader = wait_for_new_leader(&[&f2, &f3], 1);
+    assert_eq!(new_leader.client().put(b"y", b"2").unwrap(), 6);
+}
+
+#[test]
+fn a_vote_survives_a_crash_and_is_not_given_twice_in_a_term() {
+    // Goal: a node stores its vote before it answers: after SIGKILL and a
+    // restart it refuses a second candidate in the same term, and says yes
+    // again to the one it voted for.
+    let dirs = tempfile::tempdir().unwrap();
+    let p2 = free_port();
+    let leader = leader(&dirs, &[p2], &[]);
+    let mut f2 = follower("follower2", &dirs, p2, &leader);
+    leader.client().put(b"a", b"1").unwrap();
+    f2.wait_for_lsn(1);
+    let cluster_id = Some(kvstore::cluster::ClusterId::load(&leader.data_dir).unwrap().unwrap());
+    let ask = |node: &Node, candidate: &str| {
+        let request = Message::RequestVote {
+            cluster_id,
+            term: 5,
+            last_lsn: 100,
+            last_term: 4,
+            candidate: candidate.into(),
+        };
+        match node.client().request(&request).unwrap() {
+            Message::Vote { granted, term, .. } => (granted, term),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(ask(&f2, "127.0.0.1:1"), (true, 5));
+    f2.restart();
+    assert_eq!(ask(&f2, "127.0.0.1:2"), (false, 5), "one vote per term, across a crash");
+    assert_eq!(ask(&f2, "127.0.0.1:1"), (true, 5), "the same candidate may ask again");
+}
