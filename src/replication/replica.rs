@@ -221,10 +221,7 @@ impl Replica {
                 self.follow_locked(&mut st, None, "a member holds more of the log")
             }
             Err(lost @ Lost::NewerTerm { .. }) => {
-                log::warn!(
-                    "[failover] not taking office: {lost}; another node was promoted; waiting \
-                     as a follower until its leader announces itself"
-                );
+                log::warn!("[failover] not taking office: {lost}");
                 Ok(())
             }
             Err(lost) => {
