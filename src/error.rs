@@ -66,6 +66,12 @@ pub enum Error {
     Refused(String),
     /// A replication link ended (closed, silent, refused).
     Link(String),
+    /// A write's outcome is unknown: the connection was lost after it was
+    /// sent, or the leader could not confirm it. It may or may not be
+    /// applied; it must not be retried blindly, nor reported as failed.
+    Indeterminate(String),
+    /// No member answered as the leader within the client's retry budget.
+    NoLeader(String),
     /// A key or value is larger than the limit.
     TooLarge { what: &'static str, len: u64, max: u64 },
 }
@@ -95,6 +101,7 @@ impl Error {
             Error::Unexpected(_) => ErrorCode::Unexpected,
             Error::Refused(_) => ErrorCode::Refused,
             Error::Link(_) => ErrorCode::Replication,
+            Error::Indeterminate(_) | Error::NoLeader(_) => ErrorCode::Internal,
             Error::Server { code, .. } => *code,
             Error::Io { .. }
             | Error::CorruptWal { .. }
@@ -186,6 +193,10 @@ impl fmt::Display for Error {
             Error::Unexpected(what) => write!(f, "unexpected message: {what}"),
             Error::Refused(why) => write!(f, "{why}"),
             Error::Link(why) => write!(f, "{why}"),
+            Error::Indeterminate(why) => {
+                write!(f, "outcome unknown: {why}; the write may or may not have been applied")
+            }
+            Error::NoLeader(why) => write!(f, "no leader found: {why}"),
             Error::TooLarge { what, len, max } => {
                 write!(f, "{what} of {len} bytes exceeds the limit of {max} bytes")
             }

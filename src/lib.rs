@@ -29,6 +29,7 @@
 //! | [`fsutil`]      | small files written atomically and durably                    | —                 |
 //! | [`failpoint`]   | named places where a crash test can abort the process         | —                 |
 //! | [`client`]      | a small blocking client used by kv_client, tests, examples   | week 2            |
+//! | [`cluster_client`] | a client that finds the leader among the members          | failover          |
 //!
 //! ## Map of the threads in a running `kvstore`
 //!
@@ -52,6 +53,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod cluster_client;
 pub mod codec;
 pub mod db;
 pub mod error;

@@ -169,3 +169,65 @@ fn a_vote_survives_a_crash_and_is_not_given_twice_in_a_term() {
     assert_eq!(ask(&f2, "127.0.0.1:2"), (false, 5), "one vote per term, across a crash");
     assert_eq!(ask(&f2, "127.0.0.1:1"), (true, 5), "the same candidate may ask again");
 }
+
+#[test]
+fn kv_client_with_cluster_finds_the_leader_and_never_retries_an_unknown_write() {
+    // Goal: `kv_client --cluster` sends writes to whichever member leads:
+    // from a follower's refusal it asks who leads and goes there; across a
+    // leader's death it keeps trying until the election is over; with
+    // nobody answering it says so (exit 2); and a write whose connection
+    // dies after it was sent is reported as unknown (exit 3), not retried.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let peers = format!("--peers={p2},{p3}");
+    let mut leader = start("leader", &dirs, p1, &["--role=leader", &peers]);
+    let to_leader = format!("--leader={p1}");
+    let mut f2 = start("follower2", &dirs, p2, &["--role=follower", &to_leader]);
+    let mut f3 = start("follower3", &dirs, p3, &["--role=follower", &to_leader]);
+    let members = format!("{p2},{p3},{p1}");
+    let put = |key: &str, extra: &[&str]| {
+        let mut args = vec!["--cluster", members.as_str()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["put", key, "v"]);
+        kv_client(&args)
+    };
+    let out = put("a", &[]);
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), "OK (LSN 1)".into()),
+        "{}",
+        stderr(&out)
+    );
+    f2.wait_for_lsn(1);
+    f3.wait_for_lsn(1);
+
+    leader.kill();
+    let out = put("b", &[]);
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), "OK (LSN 2)".into()),
+        "{}",
+        stderr(&out)
+    );
+
+    for node in [&mut f2, &mut f3] {
+        node.kill();
+    }
+    let out = put("c", &["--retry-ms=300"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stderr(&out).contains("no leader found"), "{}", stderr(&out));
+
+    // A member that takes the request and hangs up without an answer.
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let fake_port = fake.local_addr().unwrap().port().to_string();
+    let hang_up = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut conn, _) = fake.accept().unwrap();
+        let mut request = [0u8; 16];
+        let _ = conn.read(&mut request);
+    });
+    let out = kv_client(&["--cluster", &fake_port, "put", "d", "v"]);
+    hang_up.join().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("outcome unknown"), "{}", stderr(&out));
+}

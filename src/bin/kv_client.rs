@@ -8,18 +8,22 @@
 //! kv_client --port 9002 promote [--force]   make 9002 the leader of a new term
 //! kv_client --port 9003 follow 127.0.0.1:9002   make 9003 follow 9002
 //! kv_client wal-dump ./node1           one record a line, like pg_waldump
+//! kv_client --cluster 9001,9002,9003 put k v   on whichever member leads
 //! ```
 //!
 //! Exit codes: 0 success, 1 key not found, 2 any error (unreachable server,
-//! ERROR reply, bad arguments, corrupt WAL).
+//! ERROR reply, bad arguments, corrupt WAL, no leader found), 3 the write's
+//! outcome is unknown (it may or may not be applied; it was not retried).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use kvstore::client::Client;
+use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
 use kvstore::error::Error;
 use kvstore::wal::{scan_log, Op, ScanEnd, LOG_FILE_NAME};
 
@@ -36,6 +40,13 @@ struct Args {
     /// Server port.
     #[arg(long, global = true)]
     port: Option<u16>,
+    /// Every member (ports, or host:port), comma-separated: put, get and
+    /// delete go to whichever one leads, found by asking.
+    #[arg(long, global = true, value_delimiter = ',', conflicts_with = "port")]
+    cluster: Vec<String>,
+    /// With --cluster: how long to keep looking for the leader.
+    #[arg(long, global = true, default_value_t = RETRY_BUDGET_MS_DEFAULT)]
+    retry_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,8 +85,11 @@ fn main() -> ExitCode {
     if let Command::WalDump { data_dir } = &args.command {
         return wal_dump(data_dir);
     }
+    if !args.cluster.is_empty() {
+        return on_cluster(&args.cluster, Duration::from_millis(args.retry_ms), args.command);
+    }
     let Some(port) = args.port else {
-        eprintln!("kv_client: --port is required for this command");
+        eprintln!("kv_client: --port (or --cluster) is required for this command");
         return ExitCode::from(2);
     };
     let address = format!("{}:{port}", args.host);
@@ -120,6 +134,51 @@ fn run(address: &str, command: Command) -> Result<ExitCode, Error> {
         Command::WalDump { .. } => unreachable!("handled before connecting"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--cluster`: put, get and delete on whichever member leads.
+fn on_cluster(members: &[String], budget: Duration, command: Command) -> ExitCode {
+    let result = ClusterClient::new(members, budget).and_then(|mut cluster| {
+        let line = match &command {
+            Command::Put { key, value } => {
+                let lsn = cluster.put(key.as_bytes(), value.as_bytes())?;
+                format!("OK (LSN {lsn})").into_bytes()
+            }
+            Command::Delete { key } => {
+                format!("OK (LSN {})", cluster.delete(key.as_bytes())?).into_bytes()
+            }
+            Command::Get { key } => match cluster.get(key.as_bytes())? {
+                Some(value) => value,
+                None => {
+                    eprintln!("kv_client: key '{key}' not found");
+                    return Ok(None);
+                }
+            },
+            _ => {
+                return Err(Error::Unexpected(
+                    "--cluster is for put, get and delete; use --port for the others".into(),
+                ))
+            }
+        };
+        Ok(Some(line))
+    });
+    match result {
+        Ok(Some(line)) => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&line);
+            let _ = out.write_all(b"\n");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::from(1),
+        Err(e @ Error::Indeterminate(_)) => {
+            eprintln!("kv_client: {e}");
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("kv_client: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Print the WAL one record a line, then how it ends.
