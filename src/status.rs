@@ -55,6 +55,22 @@ pub struct StatusReport {
     /// reach every expected follower.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_lag: Option<LagSummary>,
+    /// `auto` (followers elect a new leader by themselves) or `manual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<String>,
+    /// Whom this node voted for in its current term, if anyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voted_for: Option<String>,
+    /// The last change of this node's role: when and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_role_change: Option<RoleChange>,
+}
+
+/// When a node last became leader or follower, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleChange {
+    pub ms_ago: u64,
+    pub what: String,
 }
 
 /// A follower's view of its leader.
@@ -126,6 +142,19 @@ impl StatusReport {
                 l.address, l.state, l.leader_last_lsn
             )),
             None => out.push_str("leader:      (not known)\n"),
+        }
+        if let Some(failover) = &self.failover {
+            out.push_str(&format!("failover:    {failover}\n"));
+        }
+        if let Some(v) = &self.voted_for {
+            out.push_str(&format!("voted for:   {v} (in term {})\n", self.term));
+        }
+        if let Some(change) = &self.last_role_change {
+            out.push_str(&format!(
+                "last change: {:.1}s ago: {}\n",
+                change.ms_ago as f64 / 1000.0,
+                change.what
+            ));
         }
         if let Some(lag) = &self.replication_lag {
             out.push_str(&format!(

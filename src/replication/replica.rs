@@ -43,6 +43,7 @@ use crate::replication::hub::{same_node, Hub};
 use crate::replication::parse_peer;
 use crate::replication::peers;
 use crate::replication::state::{NodeState, StoredRole};
+use crate::status::RoleChange;
 use crate::{Lsn, Term};
 
 /// How the node was told to start (command-line flags; they win over the
@@ -93,6 +94,8 @@ pub struct Replica {
     epoch: Instant,
     /// Held while a bid for office runs, so two never overlap.
     campaigning: Mutex<()>,
+    /// The last change of role: when, and the log line's words.
+    last_change: Mutex<Option<(Instant, String)>>,
 }
 
 impl Replica {
@@ -123,6 +126,7 @@ impl Replica {
             clock: Mutex::new(ElectionClock::new(election.timing, clock_seed(address), 0)),
             epoch: Instant::now(),
             campaigning: Mutex::new(()),
+            last_change: Mutex::new(None),
         });
         let deposed_leader = stored.role == Some(StoredRole::Follower)
             && stored.leader.as_deref().is_some_and(|l| !replica.is_me(l));
@@ -430,7 +434,19 @@ impl Replica {
     pub fn handle_announce(&self, term: Term, leader: &str) -> Result<Message> {
         let leader_addr = parse_peer(leader)?;
         if term > self.term() {
-            self.observe_term(term, Some(leader_addr), &format!("leader {leader}"))?;
+            // A node that never joined a cluster keeps dialing the leader
+            // it was given (`--leader`): it may be the announcer under
+            // another address (a proxy, NAT), and it will say so itself.
+            let given = {
+                let st = self.state.lock();
+                match &st.live {
+                    Live::Follower { link: Some(link) } if st.stored.term == 0 => {
+                        Some(link.leader())
+                    }
+                    _ => None,
+                }
+            };
+            self.observe_term(term, given.or(Some(leader_addr)), &format!("leader {leader}"))?;
         } else if term == self.term() {
             let mut st = self.state.lock();
             let following = match &st.live {
@@ -577,6 +593,34 @@ impl Replica {
             "promoted to leader of term {new_term} ({why}); last LSN {} (term {})",
             ours.1, ours.0
         )))
+    }
+
+    /// `auto` or `manual`, as it applies to the members known now.
+    pub fn failover_name(&self) -> &'static str {
+        if self.election.automatic(self.state.lock().stored.members.len()) {
+            "auto"
+        } else {
+            "manual"
+        }
+    }
+
+    /// Whom we voted for in our current term (`status`).
+    pub fn voted_for(&self) -> Option<String> {
+        self.state.lock().stored.voted_for.clone()
+    }
+
+    /// The last change of role, for `status`.
+    pub fn last_role_change(&self) -> Option<RoleChange> {
+        let change = self.last_change.lock();
+        change.as_ref().map(|(at, what)| RoleChange {
+            ms_ago: at.elapsed().as_millis() as u64,
+            what: what.clone(),
+        })
+    }
+
+    /// Remember a change of role for `status`.
+    fn note_change(&self, what: String) {
+        *self.last_change.lock() = Some((Instant::now(), what));
     }
 
     /// Milliseconds since this node started: the election rules' clock.
@@ -798,6 +842,10 @@ impl Replica {
                 }
             }
         }
+        self.note_change(match leader {
+            Some(l) => format!("follower of {l} in term {} ({why})", st.stored.term),
+            None => format!("follower in term {}, leader not known yet ({why})", st.stored.term),
+        });
         // 3. Store the role, then start the link.
         st.stored.role = Some(StoredRole::Follower);
         st.stored.leader = leader.map(|l| l.to_string());
@@ -846,6 +894,7 @@ impl Replica {
             self.db.last_lsn(),
             self.db.last_term()
         );
+        self.note_change(format!("leader of term {term} ({why})"));
         st.live = Live::Leader { hub: Arc::clone(&hub) };
         peers::spawn_announcer(self.self_handle()?, hub)
     }

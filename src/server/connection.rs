@@ -216,6 +216,9 @@ pub fn status(node: &Node) -> StatusReport {
         leader: None,
         followers: Vec::new(),
         replication_lag: None,
+        failover: Some(node.replica.failover_name().into()),
+        voted_for: node.replica.voted_for(),
+        last_role_change: node.replica.last_role_change(),
     };
     match node.replica.view() {
         RoleView::Leader { hub, term } => {
