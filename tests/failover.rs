@@ -701,6 +701,10 @@ fn roles_survive_a_restart_without_flags_and_a_leader_returns_in_a_new_term() {
     leader.wait_for_log(&format!("following 127.0.0.1:{p2}"));
     f2.restart_with(&[]);
     f2.wait_for_log("leader of term 3 (restarted as leader, with votes from");
+    // The old leader voted in term 3 before it heard who won; it stores the
+    // leader once the announcement arrives, so wait for that before the
+    // restart that is meant to find it in the stored state.
+    leader.wait_for_log(&format!("following 127.0.0.1:{p2} in term 3"));
     leader.restart_with(&[]);
     leader.wait_for_log(&format!("listening on {} as follower of 127.0.0.1:{p2}", leader.addr));
     assert_eq!(f2.client().put(b"b", b"2").unwrap(), 2);

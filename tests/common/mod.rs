@@ -41,8 +41,31 @@ pub fn eventually<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> 
 
 /// A port that was free a moment ago (for `--peers` lists, which must name
 /// ports before the followers start).
+///
+/// The port is free now but nothing holds it until the node binds it, so a
+/// listener that asks the kernel for "any port" in between could be given
+/// it. Every port handed out here is remembered and never handed out again,
+/// and [`bind_any`] (which the proxies use) skips them too.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    bind_any().local_addr().unwrap().port()
+}
+
+/// Ports this test process has handed out or bound; see [`free_port`].
+static PORTS_TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+
+/// Bind a listener on a port no other helper of this process has used.
+pub fn bind_any() -> TcpListener {
+    let mut refused = Vec::new(); // held until a fresh one is found
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut taken = PORTS_TAKEN.lock();
+        if !taken.contains(&port) {
+            taken.push(port);
+            return listener;
+        }
+        refused.push(listener);
+    }
 }
 
 /// One running `kvstore` process.

@@ -13,7 +13,7 @@
 //! [`Fault::None`] forwards normally (and is how a fault is healed).
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ pub struct Proxy {
 impl Proxy {
     /// Listen on a free port and forward every connection to `target`.
     pub fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let listener = super::bind_any();
         let addr = listener.local_addr().unwrap();
         let fault = Arc::new(Mutex::new(Fault::None));
         let shared = Arc::clone(&fault);
