@@ -26,9 +26,9 @@ use crate::Lsn;
 /// Default retry budget: an election takes one to two election timeouts.
 pub const RETRY_BUDGET_MS_DEFAULT: u64 = 5_000;
 
-/// First pause between two rounds of tries; doubled up to 400 ms.
+/// First pause between two rounds of tries; doubled up to 100 ms.
 const RETRY_PAUSE_MIN_MS: u64 = 25;
-const RETRY_PAUSE_MAX_MS: u64 = 400;
+const RETRY_PAUSE_MAX_MS: u64 = 100;
 
 /// A client that follows the leader across the members it knows.
 pub struct ClusterClient {

@@ -67,43 +67,60 @@ pub struct Timing {
     pub heartbeat_ms: u64,
 }
 
-/// A follower's election clock: when it last heard from a leader, and how
-/// long it waits this time.
+/// A follower's election clock: when it last heard from a leader, when it
+/// started waiting, and how long it waits this time.
 #[derive(Debug, Clone)]
 pub struct ElectionClock {
     timing: Timing,
-    last_contact_ms: u64,
+    /// When a leader last spoke to us (the pre-vote lease runs from here).
+    last_leader_ms: Option<u64>,
+    /// When the current wait began, and how long it lasts.
+    waiting_since_ms: u64,
     timeout_ms: u64,
     rng: u64,
 }
 
 impl ElectionClock {
-    /// A clock that starts counting at `now_ms`; `seed` picks the timeouts.
+    /// A clock that starts waiting at `now_ms`; `seed` picks the timeouts.
     pub fn new(timing: Timing, seed: u64, now_ms: u64) -> ElectionClock {
-        let mut clock =
-            ElectionClock { timing, last_contact_ms: now_ms, timeout_ms: 0, rng: seed | 1 };
-        clock.reset(now_ms);
+        let mut clock = ElectionClock {
+            timing,
+            last_leader_ms: None,
+            waiting_since_ms: now_ms,
+            timeout_ms: 0,
+            rng: seed | 1,
+        };
+        clock.restart(now_ms);
         clock
     }
 
-    /// We heard from a leader (or granted a vote): start counting again,
-    /// with a fresh random timeout.
-    pub fn reset(&mut self, now_ms: u64) {
-        self.last_contact_ms = now_ms;
+    /// We heard from a leader: the lease starts, and so does a new wait.
+    pub fn heard_from_leader(&mut self, now_ms: u64) {
+        self.last_leader_ms = Some(now_ms);
+        self.restart(now_ms);
+    }
+
+    /// Wait again, with a fresh random timeout (after granting a vote, or
+    /// after an election that came to nothing). The lease is not renewed:
+    /// only a leader renews it.
+    pub fn restart(&mut self, now_ms: u64) {
+        self.waiting_since_ms = now_ms;
         let t = self.timing.election_ms.max(1);
         self.timeout_ms = t + self.next_random() % t;
     }
 
-    /// How long we have heard nothing, if that is longer than this
-    /// timeout: time to start an election.
+    /// If this wait is over: how long since we last heard from a leader
+    /// (or, if never, since the wait began). Time to start an election.
     pub fn expired(&self, now_ms: u64) -> Option<u64> {
-        let silent = now_ms.saturating_sub(self.last_contact_ms);
-        (silent >= self.timeout_ms).then_some(silent)
+        if now_ms.saturating_sub(self.waiting_since_ms) < self.timeout_ms {
+            return None;
+        }
+        Some(now_ms.saturating_sub(self.last_leader_ms.unwrap_or(self.waiting_since_ms)))
     }
 
     /// Heard from a leader within the shortest timeout: refuse pre-votes.
     pub fn in_lease(&self, now_ms: u64) -> bool {
-        now_ms.saturating_sub(self.last_contact_ms) < self.timing.election_ms
+        self.last_leader_ms.is_some_and(|at| now_ms.saturating_sub(at) < self.timing.election_ms)
     }
 
     pub fn timeout_ms(&self) -> u64 {
@@ -151,7 +168,7 @@ mod tests {
         let mut clock = ElectionClock::new(TIMING, 42, 0);
         let mut seen = Vec::new();
         for i in 0..1000 {
-            clock.reset(i);
+            clock.restart(i);
             assert!((1000..2000).contains(&clock.timeout_ms()), "{}", clock.timeout_ms());
             seen.push(clock.timeout_ms());
         }
@@ -163,13 +180,27 @@ mod tests {
     #[test]
     fn a_clock_expires_only_after_its_timeout_of_silence() {
         let mut clock = ElectionClock::new(TIMING, 7, 10_000);
+        clock.heard_from_leader(10_000);
         let timeout = clock.timeout_ms();
         assert_eq!(clock.expired(10_000 + timeout - 1), None);
         assert_eq!(clock.expired(10_000 + timeout), Some(timeout));
-        clock.reset(10_000 + timeout); // a heartbeat just in time
+        clock.heard_from_leader(10_000 + timeout); // a heartbeat just in time
         assert_eq!(clock.expired(10_000 + timeout + 999), None);
         assert!(clock.in_lease(10_000 + timeout + 999));
         assert!(!clock.in_lease(10_000 + timeout + 1000));
+    }
+
+    #[test]
+    fn only_a_leader_renews_the_lease() {
+        // Goal: two followers of a dead leader whose pre-votes failed must
+        // not refuse each other's next pre-vote: waiting again is not
+        // hearing from a leader.
+        let mut clock = ElectionClock::new(TIMING, 9, 0);
+        assert!(!clock.in_lease(0), "never heard from a leader");
+        clock.heard_from_leader(100);
+        clock.restart(5_000);
+        assert!(!clock.in_lease(5_001));
+        assert_eq!(clock.expired(5_000 + clock.timeout_ms()), Some(clock.timeout_ms() + 4_900));
     }
 
     #[test]

@@ -418,7 +418,7 @@ impl Replica {
         let granted = !leads && st.stored.grant_vote(term, candidate, (last_term, last_lsn), ours);
         if granted {
             st.stored.store(self.db.data_dir())?;
-            self.clock.lock().reset(self.now_ms());
+            self.wait_again();
             log::info!(
                 "[failover] voted for {candidate} in term {term} (its log ends at LSN \
                  {last_lsn} of term {last_term}; ours at LSN {} of term {})",
@@ -523,7 +523,7 @@ impl Replica {
                 return Ok(Err(Lost::Objection(objection)));
             }
         }
-        self.ask_for_votes(term, &others, force, why)
+        Ok(self.ask_for_votes(term, &others, force, why)?.map(|(message, _)| message))
     }
 
     /// The members other than this node, and our term; `Err` if we lead.
@@ -544,7 +544,7 @@ impl Replica {
         others: &[String],
         force: bool,
         why: &str,
-    ) -> Result<std::result::Result<String, Lost>> {
+    ) -> Result<std::result::Result<(String, Vec<String>), Lost>> {
         let ours = (self.db.last_term(), self.db.last_lsn());
         let member_count = others.len() + 1;
         let majority = member_count / 2 + 1;
@@ -589,10 +589,11 @@ impl Replica {
             format!("{why}, with votes from {}", granted.join(", "))
         };
         self.lead_locked(&mut st, new_term, &why)?;
-        Ok(Ok(format!(
+        let message = format!(
             "promoted to leader of term {new_term} ({why}); last LSN {} (term {})",
             ours.1, ours.0
-        )))
+        );
+        Ok(Ok((message, granted.iter().map(|m| m.to_string()).collect())))
     }
 
     /// `auto` or `manual`, as it applies to the members known now.
@@ -636,7 +637,13 @@ impl Replica {
     /// A message from the leader we follow arrived: its clock starts again.
     pub fn heard_from_leader(&self) {
         let now = self.now_ms();
-        self.clock.lock().reset(now);
+        self.clock.lock().heard_from_leader(now);
+    }
+
+    /// Wait a whole new election timeout (no leader has spoken).
+    fn wait_again(&self) {
+        let now = self.now_ms();
+        self.clock.lock().restart(now);
     }
 
     /// The election thread: rule 1 (a silent leader starts an election) on
@@ -656,7 +663,9 @@ impl Replica {
                 (self.election.automatic(st.stored.members.len()), hub)
             };
             if !automatic || hub.is_some() {
-                self.clock.lock().reset(now);
+                // A leader is its own lease; with manual failover nobody
+                // may campaign, so pre-votes are always refused.
+                self.clock.lock().heard_from_leader(now);
             }
             if !automatic {
                 continue;
@@ -730,37 +739,32 @@ impl Replica {
         let answers = peers::pre_votes(&others, self.db.cluster_id(), next, ours, &me);
         if let Some((member, newer)) = newer_term(&answers, term) {
             self.observe_term(newer, None, &format!("member {member}"))?;
-            self.heard_from_leader();
+            self.wait_again();
             return Ok(());
         }
-        let yes: Vec<&str> = answers
+        let yes = answers
             .iter()
             .filter(|(_, v)| matches!(v, Ok(Message::Vote { granted: true, .. })))
-            .map(|(m, _)| m.as_str())
-            .collect();
-        if yes.len() + 1 < majority {
+            .count();
+        if yes + 1 < majority {
             log::info!(
                 "[election] pre-vote for term {next}: {} of {} members would vote for this node \
                  (itself included), {majority} needed; staying a follower",
-                yes.len() + 1,
+                yes + 1,
                 others.len() + 1
             );
-            self.heard_from_leader();
+            self.wait_again();
             return Ok(());
         }
         let _one_at_a_time = self.campaigning.lock();
         let why = format!("elected after {silence}");
         match self.ask_for_votes(term, &others, false, &why)? {
-            Ok(_) => {
-                log::info!(
-                    "[election] won term {} with votes from {}",
-                    self.term(),
-                    answers_granted(&answers).join(", ")
-                );
+            Ok((_, votes)) => {
+                log::info!("[election] won term {next} with votes from {}", votes.join(", "));
             }
             Err(lost) => {
                 log::info!("[election] lost the election for term {next}: {lost}");
-                self.heard_from_leader();
+                self.wait_again();
             }
         }
         Ok(())
@@ -972,15 +976,6 @@ impl Lost {
             Lost::NewerTerm { .. } => "; try again".into(),
         }
     }
-}
-
-/// The members whose answer granted a vote.
-fn answers_granted(answers: &[(String, Result<Message>)]) -> Vec<&str> {
-    answers
-        .iter()
-        .filter(|(_, v)| matches!(v, Ok(Message::Vote { granted: true, .. })))
-        .map(|(m, _)| m.as_str())
-        .collect()
 }
 
 /// A seed for the election clock that differs between the nodes of one
