@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::limits::FRAME_BYTES_MAX;
-use crate::protocol::{read_frame, write_message, Message};
+use crate::protocol::{read_frame, write_message, Consistency, Message};
 use crate::status::StatusReport;
 use crate::Lsn;
 
@@ -65,6 +65,31 @@ impl Client {
             Message::Value { value } => Ok(Some(value)),
             Message::NotFound => Ok(None),
             other => Err(unexpected("GET", &other)),
+        }
+    }
+
+    /// READ: a GET with a chosen consistency, after the node has applied
+    /// `min_lsn` (0: no wait). `None` if the key does not exist.
+    pub fn read(
+        &mut self,
+        key: &[u8],
+        consistency: Consistency,
+        min_lsn: Lsn,
+    ) -> Result<Option<Vec<u8>>> {
+        let request = Message::Read { consistency, min_lsn, key: key.to_vec() };
+        match self.request(&request)? {
+            Message::Value { value } => Ok(Some(value)),
+            Message::NotFound => Ok(None),
+            other => Err(unexpected("READ", &other)),
+        }
+    }
+
+    /// TRANSFER_LEADERSHIP to `target` (empty: the most up-to-date
+    /// follower); returns what the leader did.
+    pub fn transfer_leadership(&mut self, target: &str) -> Result<String> {
+        match self.request(&Message::TransferLeadership { target: target.to_string() })? {
+            Message::Done { message } => Ok(message),
+            other => Err(unexpected("TRANSFER_LEADERSHIP", &other)),
         }
     }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
+use crate::protocol::Consistency;
 use crate::replication::parse_peer;
 use crate::Lsn;
 
@@ -64,9 +65,21 @@ impl ClusterClient {
         self.on_leader(true, |c| c.delete(key))
     }
 
-    /// GET from the leader (reads that a write before it returned see it).
+    /// Read from the leader's map (consistency `leader`).
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.on_leader(false, |c| c.get(key))
+        self.read(key, Consistency::Leader, 0)
+    }
+
+    /// Read with the consistency asked for (`leader` and `linearizable` go
+    /// to the leader, `any` to whichever member answers first), once the
+    /// node has applied `min_lsn`.
+    pub fn read(
+        &mut self,
+        key: &[u8],
+        consistency: Consistency,
+        min_lsn: Lsn,
+    ) -> Result<Option<Vec<u8>>> {
+        self.on_leader(false, |c| c.read(key, consistency, min_lsn))
     }
 
     /// Run `request` on the leader, finding it first if need be. `write`:

@@ -123,6 +123,16 @@ struct CommitState {
     fatal: Option<String>,
 }
 
+/// A write queued without waiting for it (see [`Db::begin_term_with_noop`]).
+#[derive(Debug, Clone, Copy)]
+pub struct QueuedWrite(Ticket);
+
+impl QueuedWrite {
+    pub fn lsn(&self) -> Lsn {
+        self.0.lsn
+    }
+}
+
 /// A queued write: its LSN and the epoch it was queued in.
 #[derive(Debug, Clone, Copy)]
 struct Ticket {
@@ -173,6 +183,29 @@ impl Db {
     /// node becomes leader of `term`, `None` when it stops being leader.
     pub fn set_leader_term(&self, term: Option<Term>) {
         self.queue.lock().leader_term = term;
+    }
+
+    /// Open the gate for client writes in `term`, with a NOOP queued ahead
+    /// of them (a new leader's first record; see [`crate::wal::record`]).
+    /// Returns the NOOP's LSN; [`Db::wait_queued`] makes it durable.
+    pub fn begin_term_with_noop(&self, term: Term) -> QueuedWrite {
+        let mut q = self.queue.lock();
+        q.leader_term = Some(term);
+        let lsn = q.next_lsn;
+        q.next_lsn += 1;
+        q.pending.push(Record { lsn, term, op: Op::Noop });
+        QueuedWrite(Ticket { lsn, epoch: self.epoch.load(Ordering::Acquire) })
+    }
+
+    /// Wait until a write queued by [`Db::begin_term_with_noop`] is durable.
+    pub fn wait_queued(&self, write: QueuedWrite) -> Result<Lsn> {
+        self.wait_durable(write.0)?;
+        Ok(write.0.lsn)
+    }
+
+    /// The last LSN handed out to a write (queued, maybe not yet durable).
+    pub fn queued_lsn(&self) -> Lsn {
+        self.queue.lock().next_lsn - 1
     }
 
     /// The term of the record at `lsn` (0 for LSN 0; `None` past the end).
@@ -266,6 +299,27 @@ impl Db {
     /// Look a key up in the map.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.store.read().get(key).cloned()
+    }
+
+    /// Look a key up, with the LSN the map had applied when it was read (a
+    /// linearizable read waits until that LSN is committed).
+    pub fn get_at(&self, key: &[u8]) -> (Option<Vec<u8>>, Lsn) {
+        let store = self.store.read();
+        (store.get(key).cloned(), store.applied_lsn())
+    }
+
+    /// Wait until the map has applied `lsn` (read-your-writes: `--min-lsn`).
+    /// False if `deadline` passed first.
+    pub fn wait_applied(&self, lsn: Lsn, deadline: Instant) -> bool {
+        let mut c = self.commit.lock();
+        loop {
+            if c.durable_lsn >= lsn {
+                return true;
+            }
+            if self.committed.wait_until(&mut c, deadline).timed_out() {
+                return c.durable_lsn >= lsn;
+            }
+        }
     }
 
     /// Number of live keys.

@@ -47,6 +47,8 @@ pub enum Error {
     WouldLoseCommitted { truncate_after: Lsn, commit_lsn: Lsn },
     /// This node is not (or no longer) the leader.
     NotLeader { term: Option<Term>, leader: Option<String> },
+    /// A read that only the leader may answer was sent to a follower.
+    NotLeaderForRead { consistency: &'static str, leader: Option<String> },
     /// A message came from a term older than ours: its sender was deposed.
     StaleTerm { theirs: Term, ours: Term, leader: Option<String> },
     /// This node led `term` and stepped down: a follower is in `newer`.
@@ -72,6 +74,10 @@ pub enum Error {
     Indeterminate(String),
     /// No member answered as the leader within the client's retry budget.
     NoLeader(String),
+    /// A read could not be answered with the consistency it asked for in
+    /// time (the leader could not confirm it still leads, or the node had
+    /// not applied the LSN asked for). Nothing was read.
+    ReadTimeout { why: String, timeout_ms: u64 },
     /// A key or value is larger than the limit.
     TooLarge { what: &'static str, len: u64, max: u64 },
 }
@@ -90,7 +96,9 @@ impl Error {
             }
             Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             Error::UnknownMessageType(_) => ErrorCode::UnknownType,
-            Error::ReadOnly { .. } | Error::NotLeader { .. } => ErrorCode::ReadOnly,
+            Error::ReadOnly { .. } | Error::NotLeader { .. } | Error::NotLeaderForRead { .. } => {
+                ErrorCode::ReadOnly
+            }
             Error::StaleTerm { .. } | Error::SteppedDown { .. } => ErrorCode::StaleTerm,
             Error::Deposed { .. } => ErrorCode::Deposed,
             Error::Unhealthy(_) => ErrorCode::Unhealthy,
@@ -100,6 +108,7 @@ impl Error {
             Error::NotContiguous { .. } | Error::OtherCluster { .. } => ErrorCode::Replication,
             Error::Unexpected(_) => ErrorCode::Unexpected,
             Error::Refused(_) => ErrorCode::Refused,
+            Error::ReadTimeout { .. } => ErrorCode::ReadTimeout,
             Error::Link(_) => ErrorCode::Replication,
             Error::Indeterminate(_) | Error::NoLeader(_) => ErrorCode::Internal,
             Error::Server { code, .. } => *code,
@@ -166,6 +175,17 @@ impl fmt::Display for Error {
                     (None, None) => write!(f, "; the leader is not known yet"),
                 }
             }
+            Error::NotLeaderForRead { consistency, leader } => {
+                write!(
+                    f,
+                    "this node is a follower; a read with consistency {consistency} is \
+                           answered by the leader"
+                )?;
+                match leader {
+                    Some(l) => write!(f, "; the leader is {l}"),
+                    None => write!(f, "; the leader is not known yet"),
+                }
+            }
             Error::StaleTerm { theirs, ours, leader } => {
                 write!(f, "message from term {theirs}, but this node is in term {ours}")?;
                 match leader {
@@ -197,6 +217,9 @@ impl fmt::Display for Error {
                 write!(f, "outcome unknown: {why}; the write may or may not have been applied")
             }
             Error::NoLeader(why) => write!(f, "no leader found: {why}"),
+            Error::ReadTimeout { why, timeout_ms } => {
+                write!(f, "read not answered within {timeout_ms} ms: {why}")
+            }
             Error::TooLarge { what, len, max } => {
                 write!(f, "{what} of {len} bytes exceeds the limit of {max} bytes")
             }
@@ -246,6 +269,8 @@ pub enum ErrorCode {
     Unhealthy = 12,
     /// A promote or follow was refused (nothing changed); the message says why.
     Refused = 13,
+    /// A read with a consistency or `--min-lsn` could not be answered in time.
+    ReadTimeout = 14,
 }
 
 impl ErrorCode {
@@ -264,6 +289,7 @@ impl ErrorCode {
             11 => ErrorCode::Deposed,
             12 => ErrorCode::Unhealthy,
             13 => ErrorCode::Refused,
+            14 => ErrorCode::ReadTimeout,
             _ => ErrorCode::Internal,
         }
     }

@@ -43,6 +43,11 @@ pub const FOLLOWER_CHANNEL_BATCHES_MAX: usize = 1024;
 /// `ulimit -n` of 1024 and leaves descriptors for the WAL, index and listener.
 pub const CONNECTIONS_MAX_DEFAULT: usize = 1000;
 
+/// Longest a stopping node waits for its requests in flight to finish
+/// (10 s): longer than `--write-timeout-ms`'s default, so a write waiting
+/// for its write concern gets its answer.
+pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 10_000;
+
 /// Stack size of a connection thread (256 KiB): request handling is shallow,
 /// and a small stack keeps a thousand connections cheap.
 pub const CONNECTION_STACK_BYTES: usize = 256 * 1024;

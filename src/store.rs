@@ -63,6 +63,7 @@ impl Store {
                     self.digest = self.digest.wrapping_sub(pair_hash(key, &old));
                 }
             }
+            Op::Noop => {}
         }
         self.applied_lsn = record.lsn;
     }

@@ -66,7 +66,8 @@ fn a_dead_leader_is_replaced_by_an_election_and_rejoins_as_a_follower() {
     eprintln!("elected after {} ms", killed.elapsed().as_millis());
     new_leader.wait_for_log("[election] won term 2 with votes from");
     new_leader.wait_for_log("starting election for term 2 (last LSN 10, term 1)");
-    assert_eq!(new_leader.client().put(b"after", b"1").unwrap(), 11);
+    // LSN 11 is the NOOP that starts the new term.
+    assert_eq!(new_leader.client().put(b"after", b"1").unwrap(), 12);
     let status = new_leader.status();
     assert_eq!(status.failover.as_deref(), Some("auto"));
     assert_eq!(status.voted_for, Some(new_leader.addr.to_string()), "it voted for itself");
@@ -79,7 +80,7 @@ fn a_dead_leader_is_replaced_by_an_election_and_rejoins_as_a_follower() {
     leader.restart();
     leader.wait_for_log("not taking office");
     let (last, _) = wait_converged(&[&leader, &f2, &f3]);
-    assert_eq!(last, 11);
+    assert_eq!(last, 12);
     let status = leader.status();
     assert_eq!((status.role.as_str(), status.term), ("follower", 2));
     assert_eq!(leader.client().get(b"after").unwrap(), Some(b"1".to_vec()));
@@ -159,7 +160,7 @@ fn a_leader_cut_off_from_its_followers_steps_down_and_they_elect_another() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     let new_leader = wait_for_new_leader(&[&f2, &f3], 1);
-    assert_eq!(new_leader.client().put(b"y", b"2").unwrap(), 6);
+    assert_eq!(new_leader.client().put(b"y", b"2").unwrap(), 7, "LSN 6 is the term's NOOP");
 }
 
 #[test]
@@ -228,8 +229,8 @@ fn kv_client_with_cluster_finds_the_leader_and_never_retries_an_unknown_write() 
     let out = put("b", &[]);
     assert_eq!(
         (out.status.code(), stdout(&out)),
-        (Some(0), "OK (LSN 2)".into()),
-        "{}",
+        (Some(0), "OK (LSN 3)".into()),
+        "{} (LSN 2 is the new term's NOOP)",
         stderr(&out)
     );
 

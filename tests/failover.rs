@@ -175,7 +175,8 @@ fn followers_repair_a_log_that_diverged_when_the_leader_lost_its_tail() {
     // answering k16 = a16 and the leader b16 at the same LSN, silently.
     // Method: after the power cut (see lost_tail_cluster) the leader and
     // follower3 come back; with follower3's vote the leader takes office in
-    // term 2 and writes k16..k25 = b16..b25 at LSN 16..25; then follower2
+    // term 2, which begins with a NOOP at LSN 16, and writes k16..k25 =
+    // b16..b25 at LSN 17..26; then follower2
     // comes back: it must find that its LSN 16..20 (term 1) conflict with
     // the leader's (term 2), say so, truncate them and take the leader's
     // history.
@@ -186,7 +187,8 @@ fn followers_repair_a_log_that_diverged_when_the_leader_lost_its_tail() {
     leader.wait_for_log("leader of term 2 (started with --role=leader, with votes from");
     let mut client = leader.client();
     for i in 16..=25 {
-        assert_eq!(client.put(format!("k{i}").as_bytes(), format!("b{i}").as_bytes()).unwrap(), i);
+        let lsn = client.put(format!("k{i}").as_bytes(), format!("b{i}").as_bytes()).unwrap();
+        assert_eq!(lsn, i + 1, "LSN 16 is the NOOP that starts term 2");
     }
     f2.restart();
     f2.wait_for_log(
@@ -196,7 +198,7 @@ fn followers_repair_a_log_that_diverged_when_the_leader_lost_its_tail() {
     );
     leader.wait_for_log("log diverges from ours after LSN 15");
     let (last, _) = wait_converged(&[&leader, &f2, &f3]);
-    assert_eq!(last, 25);
+    assert_eq!(last, 26);
     for node in [&leader, &f2, &f3] {
         assert_eq!(node.client().get(b"k16").unwrap(), Some(b"b16".to_vec()), "{}", node.name);
         assert_eq!(node.client().get(b"k15").unwrap(), Some(b"a15".to_vec()), "{}", node.name);
@@ -230,7 +232,7 @@ fn a_restarted_leader_that_lost_records_its_followers_hold_does_not_take_office(
     leader.wait_for_log(&format!("following 127.0.0.1:{}", f2.port()));
     f2.client().put(b"k21", b"c21").unwrap();
     let (last, _) = wait_converged(&[&leader, &f2, &f3]);
-    assert_eq!(last, 21);
+    assert_eq!(last, 22, "20 records, the NOOP of term 2, and k21");
     assert_eq!(leader.client().get(b"k20").unwrap(), Some(b"a20".to_vec()));
     assert_same_history(&[&leader, &f2, &f3]);
 }
@@ -322,7 +324,7 @@ fn split_brain_majority_writes_to_the_cut_off_leader_all_fail_and_it_steps_down_
     c.heal();
     c.leader.wait_for_log("stepping down as leader of term 1");
     let (last, _) = wait_converged(&[&c.leader, &c.f2, &c.f3]);
-    assert_eq!(last, 20);
+    assert_eq!(last, 21, "10 writes, the NOOP of term 2, 10 writes");
     c.leader.wait_for_log("truncating 3 record(s)");
     for i in 0..3 {
         assert_eq!(c.leader.client().get(format!("lost{i}").as_bytes()).unwrap(), None);
@@ -417,7 +419,7 @@ fn a_crash_at_any_point_of_a_repair_restarts_consistent() {
         drop(dying);
         let back = Node::start_on("follower2", port, &dir, &args);
         let (last, _) = wait_converged(&[&leader, &back]);
-        assert_eq!(last, 25, "{failpoint}");
+        assert_eq!(last, 26, "{failpoint}");
         assert_eq!(back.client().get(b"k16").unwrap(), Some(b"b16".to_vec()), "{failpoint}");
         assert_eq!(wal_records(&back), wal_records(&leader), "{failpoint}");
     }
@@ -591,7 +593,7 @@ fn a_restarted_leader_waits_for_a_majority_before_taking_a_new_term() {
         "leader of term 2 (started with --role=leader, with votes from 127.0.0.1:{p2})"
     ));
     let mut client = leader.client();
-    assert_eq!(client.put(b"b", b"2").unwrap(), 2);
+    assert_eq!(client.put(b"b", b"2").unwrap(), 3, "LSN 2 is the NOOP of term 2");
     match client.promote(false) {
         Err(Error::Server { code: ErrorCode::Refused, message }) => {
             assert!(message.contains("already the leader of term 2"), "{message}")
@@ -600,7 +602,7 @@ fn a_restarted_leader_waits_for_a_majority_before_taking_a_new_term() {
     }
     f3.restart();
     let (last, _) = wait_converged(&[&leader, &f2, &f3]);
-    assert_eq!(last, 2);
+    assert_eq!(last, 3);
     assert_eq!(f3.status().term, 2);
 }
 
@@ -646,7 +648,11 @@ fn promote_refuses_when_a_member_holds_more_or_too_few_answer_unless_forced() {
     let status = f3.status();
     assert_eq!((status.role.as_str(), status.term), ("leader", 2));
     assert_eq!(status.leader.unwrap().address, f3.addr.to_string());
-    assert_eq!(f3.client().put(b"after", b"force").unwrap(), 6, "it leads from its own LSN 5");
+    assert_eq!(
+        f3.client().put(b"after", b"force").unwrap(),
+        7,
+        "it leads from its own LSN 5, and LSN 6 is its term's NOOP"
+    );
 }
 
 #[test]
@@ -707,11 +713,13 @@ fn roles_survive_a_restart_without_flags_and_a_leader_returns_in_a_new_term() {
     leader.wait_for_log(&format!("following 127.0.0.1:{p2} in term 3"));
     leader.restart_with(&[]);
     leader.wait_for_log(&format!("listening on {} as follower of 127.0.0.1:{p2}", leader.addr));
-    assert_eq!(f2.client().put(b"b", b"2").unwrap(), 2);
+    // LSN 2 and 3 are the NOOPs that began terms 2 and 3.
+    assert_eq!(f2.client().put(b"b", b"2").unwrap(), 4);
     wait_converged(&[&leader, &f2]);
     let (s1, s2) = (leader.status(), f2.status());
     assert_eq!((s1.role.as_str(), s1.term), ("follower", 3));
     assert_eq!((s2.role.as_str(), s2.term), ("leader", 3));
     let history = assert_same_history(&[&leader, &f2]);
-    assert!(history[&2].starts_with("term=3 "), "{}", history[&2]);
+    assert!(history[&2].starts_with("term=2 "), "{}", history[&2]);
+    assert!(history[&4].starts_with("term=3 "), "{}", history[&4]);
 }

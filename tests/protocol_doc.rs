@@ -32,7 +32,7 @@ use kvstore::wal::{Record, Wal, INDEX_FILE_NAME, LOG_FILE_NAME};
 const FRAME_EXAMPLES_MIN: usize = 12;
 
 /// Every message type, as `Message::name` spells it: each needs an example.
-const MESSAGE_NAMES: [&str; 21] = [
+const MESSAGE_NAMES: [&str; 24] = [
     "PUT",
     "GET",
     "DELETE",
@@ -54,6 +54,9 @@ const MESSAGE_NAMES: [&str; 21] = [
     "VOTE",
     "LEADER_ANNOUNCE",
     "PRE_VOTE",
+    "READ",
+    "TRANSFER_LEADERSHIP",
+    "TIMEOUT_NOW",
 ];
 
 /// The info strings of hex examples these tests check.

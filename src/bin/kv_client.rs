@@ -3,10 +3,13 @@
 //! ```text
 //! kv_client --port 9001 put k v        prints the LSN the write got
 //! kv_client --port 9002 get k          prints the value alone; exit 1 if missing
+//! kv_client --port 9001 get k --consistency linearizable   never stale (ReadIndex)
+//! kv_client --port 9002 get k --min-lsn 42   once 9002 has applied LSN 42
 //! kv_client --port 9001 delete k
 //! kv_client --port 9001 status [--json]
 //! kv_client --port 9002 promote [--force]   make 9002 the leader of a new term
 //! kv_client --port 9003 follow 127.0.0.1:9002   make 9003 follow 9002
+//! kv_client --port 9001 transfer-leadership [127.0.0.1:9002]   planned handover
 //! kv_client wal-dump ./node1           one record a line, like pg_waldump
 //! kv_client --cluster 9001,9002,9003 put k v   on whichever member leads
 //! ```
@@ -25,6 +28,7 @@ use clap::{Parser, Subcommand};
 use kvstore::client::Client;
 use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
 use kvstore::error::Error;
+use kvstore::protocol::Consistency;
 use kvstore::wal::{scan_log, Op, ScanEnd, LOG_FILE_NAME};
 
 /// Values longer than this are shortened in `wal-dump` output.
@@ -56,7 +60,20 @@ enum Command {
     /// Store VALUE under KEY (on the leader).
     Put { key: String, value: String },
     /// Print the value of KEY; exit 1 if it does not exist.
-    Get { key: String },
+    ///
+    /// Without --consistency, the node asked answers from its own map (a
+    /// follower may be behind); with --cluster the leader answers.
+    Get {
+        key: String,
+        /// leader: the leader's map; linearizable: the leader, after a
+        /// majority confirms it still leads (never stale); any: this node.
+        #[arg(long, value_parser = parse_consistency)]
+        consistency: Option<Consistency>,
+        /// First wait until the node has applied this LSN (the one `put`
+        /// printed): read your own write on any node.
+        #[arg(long, default_value_t = 0)]
+        min_lsn: u64,
+    },
     /// Remove KEY (on the leader).
     Delete { key: String },
     /// Show the node's role, term, LSNs and followers.
@@ -76,6 +93,9 @@ enum Command {
     /// Make the node follow the leader at HOST:PORT (like REPLICAOF); a
     /// leader steps down first.
     Follow { leader: String },
+    /// Hand leadership to TARGET (default: the most up-to-date follower)
+    /// at once, without waiting for an election timeout (etcd's move-leader).
+    TransferLeadership { target: Option<String> },
     /// Print every record of DATA_DIR's WAL, and where a torn tail starts.
     WalDump { data_dir: PathBuf },
 }
@@ -118,15 +138,28 @@ fn run(address: &str, command: Command) -> Result<ExitCode, Error> {
             let lsn = client.delete(key.as_bytes())?;
             print(&mut stdout, format!("OK (LSN {lsn})").as_bytes());
         }
-        Command::Get { key } => match client.get(key.as_bytes())? {
+        Command::Get { key, consistency: None, min_lsn: 0 } => match client.get(key.as_bytes())? {
             Some(value) => print(&mut stdout, &value),
             None => {
                 eprintln!("kv_client: key '{key}' not found");
                 return Ok(ExitCode::from(1));
             }
         },
+        Command::Get { key, consistency, min_lsn } => {
+            match client.read(key.as_bytes(), consistency.unwrap_or(Consistency::Any), min_lsn)? {
+                Some(value) => print(&mut stdout, &value),
+                None => {
+                    eprintln!("kv_client: key '{key}' not found");
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
         Command::Promote { force } => print(&mut stdout, client.promote(force)?.as_bytes()),
         Command::Follow { leader } => print(&mut stdout, client.follow(&leader)?.as_bytes()),
+        Command::TransferLeadership { target } => print(
+            &mut stdout,
+            client.transfer_leadership(target.as_deref().unwrap_or(""))?.as_bytes(),
+        ),
         Command::Status { json: true } => print(&mut stdout, client.status_json()?.as_bytes()),
         Command::Status { json: false } => {
             print(&mut stdout, client.status()?.render().trim_end().as_bytes())
@@ -147,7 +180,11 @@ fn on_cluster(members: &[String], budget: Duration, command: Command) -> ExitCod
             Command::Delete { key } => {
                 format!("OK (LSN {})", cluster.delete(key.as_bytes())?).into_bytes()
             }
-            Command::Get { key } => match cluster.get(key.as_bytes())? {
+            Command::Get { key, consistency, min_lsn } => match cluster.read(
+                key.as_bytes(),
+                consistency.unwrap_or(Consistency::Leader),
+                *min_lsn,
+            )? {
                 Some(value) => value,
                 None => {
                     eprintln!("kv_client: key '{key}' not found");
@@ -199,6 +236,7 @@ fn wal_dump(data_dir: &std::path::Path) -> ExitCode {
                 format!("PUT    key={} value={}", escape(key), escape(value))
             }
             Op::Delete { key } => format!("DELETE key={}", escape(key)),
+            Op::Noop => "NOOP   (start of term)".to_string(),
         };
         let _ = writeln!(
             out,
@@ -242,4 +280,9 @@ fn escape(bytes: &[u8]) -> String {
         s.push_str(&format!("...({} bytes)", bytes.len()));
     }
     s
+}
+
+fn parse_consistency(text: &str) -> Result<Consistency, String> {
+    Consistency::parse(text)
+        .ok_or_else(|| format!("'{text}' is not a consistency: use leader, linearizable or any"))
 }

@@ -13,6 +13,8 @@
 //! | 0x04 | STATUS             | (none)                                                  |
 //! | 0x05 | PROMOTE            | `[force u8]`                                            |
 //! | 0x06 | FOLLOW             | `[leader address]`                                      |
+//! | 0x07 | READ               | `[consistency u8][min_lsn u64][key_len u32][key]` — GET with a chosen consistency |
+//! | 0x08 | TRANSFER_LEADERSHIP | `[target address]` — empty: the most up-to-date follower |
 //! | 0x10 | OK                 | `[lsn u64]` — the LSN the write was logged at           |
 //! | 0x11 | VALUE              | `[value_len u32][value]`                                |
 //! | 0x12 | NOT_FOUND          | (none)                                                  |
@@ -27,6 +29,8 @@
 //! | 0x25 | REQUEST_VOTE       | `[cluster_id 16 bytes][term u64][last_lsn u64][last_term u64][candidate address]` |
 //! | 0x26 | VOTE               | `[term u64][granted u8][last_lsn u64][last_term u64]`   |
 //! | 0x27 | LEADER_ANNOUNCE    | `[cluster_id 16 bytes][term u64][leader address]`       |
+//! | 0x28 | PRE_VOTE           | `[cluster_id 16 bytes][term u64][last_lsn u64][last_term u64][candidate address]` |
+//! | 0x29 | TIMEOUT_NOW        | `[cluster_id 16 bytes][term u64]`                       |
 //!
 //! A record inside APPEND_ENTRIES has the WAL's layout (see
 //! [`crate::wal::record`]): `[lsn u64][term u64][cmd u8][key_len u32][key][value_len u32][value]`.
@@ -51,6 +55,8 @@ pub const TYPE_DELETE: u8 = 0x03;
 pub const TYPE_STATUS: u8 = 0x04;
 pub const TYPE_PROMOTE: u8 = 0x05;
 pub const TYPE_FOLLOW: u8 = 0x06;
+pub const TYPE_READ: u8 = 0x07;
+pub const TYPE_TRANSFER_LEADERSHIP: u8 = 0x08;
 pub const TYPE_OK: u8 = 0x10;
 pub const TYPE_VALUE: u8 = 0x11;
 pub const TYPE_NOT_FOUND: u8 = 0x12;
@@ -66,6 +72,7 @@ pub const TYPE_REQUEST_VOTE: u8 = 0x25;
 pub const TYPE_VOTE: u8 = 0x26;
 pub const TYPE_LEADER_ANNOUNCE: u8 = 0x27;
 pub const TYPE_PRE_VOTE: u8 = 0x28;
+pub const TYPE_TIMEOUT_NOW: u8 = 0x29;
 
 /// Longest ERROR or DONE message accepted (64 KiB): such texts are a sentence.
 const ERROR_MESSAGE_BYTES_MAX: u32 = 64 * 1024;
@@ -95,6 +102,53 @@ pub struct AppendEntries {
     pub records: Vec<Record>,
 }
 
+/// How fresh a READ's answer must be (`kv_client get --consistency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    /// The leader answers from its map, as GET does: fast, and right unless
+    /// this node was deposed a moment ago without knowing it yet.
+    Leader,
+    /// Raft's ReadIndex: the leader confirms with a majority that it still
+    /// leads, and answers only with committed data. Never stale.
+    Linearizable,
+    /// Whichever node is asked answers from its own map: possibly behind.
+    Any,
+}
+
+impl Consistency {
+    pub fn name(self) -> &'static str {
+        match self {
+            Consistency::Leader => "leader",
+            Consistency::Linearizable => "linearizable",
+            Consistency::Any => "any",
+        }
+    }
+
+    /// Parse `leader`, `linearizable` or `any`.
+    pub fn parse(text: &str) -> Option<Consistency> {
+        [Consistency::Leader, Consistency::Linearizable, Consistency::Any]
+            .into_iter()
+            .find(|c| c.name() == text)
+    }
+
+    fn byte(self) -> u8 {
+        match self {
+            Consistency::Leader => 0,
+            Consistency::Linearizable => 1,
+            Consistency::Any => 2,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Result<Consistency> {
+        match byte {
+            0 => Ok(Consistency::Leader),
+            1 => Ok(Consistency::Linearizable),
+            2 => Ok(Consistency::Any),
+            other => Err(Error::Malformed(format!("read consistency {other} is not 0, 1 or 2"))),
+        }
+    }
+}
+
 /// Every message kvstore sends or receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -117,6 +171,19 @@ pub enum Message {
     /// `kv_client follow HOST:PORT`: make this node a follower of `leader`.
     Follow {
         leader: String,
+    },
+    /// A GET with a chosen consistency. With `min_lsn` > 0 the node first
+    /// waits (bounded) until it has applied that LSN: read-your-writes on
+    /// any node. Answered by VALUE, NOT_FOUND or ERROR.
+    Read {
+        consistency: Consistency,
+        min_lsn: Lsn,
+        key: Vec<u8>,
+    },
+    /// `kv_client transfer-leadership [HOST:PORT]`: hand leadership to
+    /// `target` (empty: the most up-to-date follower). Answered by DONE.
+    TransferLeadership {
+        target: String,
     },
     Ok {
         lsn: Lsn,
@@ -207,6 +274,13 @@ pub enum Message {
         last_lsn: Lsn,
         last_term: Term,
     },
+    /// "Start an election now": a leader handing over its leadership sends
+    /// this to a follower that holds its whole log (Raft's TimeoutNow). The
+    /// follower skips pre-vote and the wait, and runs for `term + 1`.
+    TimeoutNow {
+        cluster_id: Option<ClusterId>,
+        term: Term,
+    },
     /// "I am the leader of `term`, at `leader`": a leader tells members
     /// that are not following it, so a deposed leader learns it was. The
     /// answer is a LEADER_ANNOUNCE too: the term and leader the member knows.
@@ -227,6 +301,8 @@ impl Message {
             Message::Status => "STATUS",
             Message::Promote { .. } => "PROMOTE",
             Message::Follow { .. } => "FOLLOW",
+            Message::Read { .. } => "READ",
+            Message::TransferLeadership { .. } => "TRANSFER_LEADERSHIP",
             Message::Ok { .. } => "OK",
             Message::Value { .. } => "VALUE",
             Message::NotFound => "NOT_FOUND",
@@ -242,6 +318,7 @@ impl Message {
             Message::PreVote { .. } => "PRE_VOTE",
             Message::Vote { .. } => "VOTE",
             Message::LeaderAnnounce { .. } => "LEADER_ANNOUNCE",
+            Message::TimeoutNow { .. } => "TIMEOUT_NOW",
         }
     }
 
@@ -281,6 +358,16 @@ impl Message {
             Message::Follow { leader } => {
                 out.push(TYPE_FOLLOW);
                 put_address(out, leader);
+            }
+            Message::Read { consistency, min_lsn, key } => {
+                out.push(TYPE_READ);
+                out.push(consistency.byte());
+                put_u64s(out, &[*min_lsn]);
+                put_bytes(out, key);
+            }
+            Message::TransferLeadership { target } => {
+                out.push(TYPE_TRANSFER_LEADERSHIP);
+                put_address(out, target);
             }
             Message::Ok { lsn } => {
                 out.push(TYPE_OK);
@@ -361,6 +448,11 @@ impl Message {
                 put_u64s(out, &[*term]);
                 put_address(out, leader);
             }
+            Message::TimeoutNow { cluster_id, term } => {
+                out.push(TYPE_TIMEOUT_NOW);
+                put_cluster_id(out, *cluster_id);
+                put_u64s(out, &[*term]);
+            }
         }
     }
 
@@ -377,6 +469,14 @@ impl Message {
             TYPE_STATUS => Message::Status,
             TYPE_PROMOTE => Message::Promote { force: decode_bool(&mut d, "promote force")? },
             TYPE_FOLLOW => Message::Follow { leader: decode_address(&mut d, "follow leader")? },
+            TYPE_READ => Message::Read {
+                consistency: Consistency::from_byte(d.u8("read consistency")?)?,
+                min_lsn: d.u64("read min_lsn")?,
+                key: d.bytes_u32("key", KEY_BYTES_MAX)?,
+            },
+            TYPE_TRANSFER_LEADERSHIP => Message::TransferLeadership {
+                target: decode_address(&mut d, "transfer-leadership target")?,
+            },
             TYPE_OK => Message::Ok { lsn: d.u64("OK lsn")? },
             TYPE_VALUE => Message::Value { value: d.bytes_u32("value", VALUE_BYTES_MAX)? },
             TYPE_NOT_FOUND => Message::NotFound,
@@ -460,6 +560,10 @@ impl Message {
                 cluster_id: decode_cluster_id(&mut d, "announce cluster_id")?,
                 term: d.u64("announce term")?,
                 leader: decode_address(&mut d, "announce leader")?,
+            },
+            TYPE_TIMEOUT_NOW => Message::TimeoutNow {
+                cluster_id: decode_cluster_id(&mut d, "timeout-now cluster_id")?,
+                term: d.u64("timeout-now term")?,
             },
             other => return Err(Error::UnknownMessageType(other)),
         };
@@ -687,6 +791,14 @@ mod tests {
             Just(Message::Status),
             any::<bool>().prop_map(|force| Message::Promote { force }),
             address().prop_map(|leader| Message::Follow { leader }),
+            (0..3u8, any::<u64>(), bytes(32)).prop_map(|(c, min_lsn, key)| Message::Read {
+                consistency: Consistency::from_byte(c).unwrap(),
+                min_lsn,
+                key
+            }),
+            address().prop_map(|target| Message::TransferLeadership { target }),
+            (proptest::option::of(arb_cluster_id()), any::<u64>())
+                .prop_map(|(cluster_id, term)| Message::TimeoutNow { cluster_id, term }),
             ".{0,40}".prop_map(|message| Message::Done { message }),
             any::<u64>().prop_map(|lsn| Message::Ok { lsn }),
             bytes(64).prop_map(|value| Message::Value { value }),

@@ -20,6 +20,25 @@
 //! | `local`           | it is durable in the leader's WAL           | Redis default; PG `synchronous_commit=local` |
 //! | `majority`        | a majority of nodes (leader included) has it durably | Redis `WAIT n`; PG `synchronous_standby_names = ANY n`; etcd |
 //! | `all`             | every expected follower has it durably too  | Redis `WAIT <all replicas>`; PG `FIRST n` with all standbys |
+//!
+//! ## Linearizable reads (Raft's ReadIndex, thesis section 6.4)
+//!
+//! A leader can be deposed without knowing it yet, so its map alone may be
+//! stale. [`Hub::confirm_leadership`] proves it still leads: it asks every
+//! member, on a fresh connection, which term and leader it knows
+//! (LEADER_ANNOUNCE), and needs a majority (itself included) to answer
+//! "this term, this leader" to a question asked after the read began. No
+//! newer leader can have committed anything before that moment, since a
+//! majority was still in this term. (An ACK on the replication link would
+//! not do: one sent before the read began can arrive after it.) One round
+//! at a time runs; reads that arrive meanwhile share the next one, so a
+//! busy leader asks once per round trip, not once per read.
+//!
+//! The leader's map also holds records that are
+//! durable here but not yet committed, so the reader then waits until the
+//! LSN the map had applied when it was read is committed
+//! ([`Hub::wait_committed`]): a read never returns a write that could still
+//! be lost.
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -122,6 +141,8 @@ struct HubState {
     commit_lsn: Lsn,
     /// Set when this leadership ended: why.
     deposed: Option<String>,
+    /// Threads in [`Hub::wait_acked_by`]: every ACK wakes them.
+    confirming: usize,
 }
 
 /// The leader's replication bookkeeping for one term.
@@ -135,6 +156,13 @@ pub struct Hub {
     since: Instant,
     /// How often an idle link gets an empty AppendEntries.
     heartbeat: Duration,
+    /// Where the log ended when this leadership began: once the commit LSN
+    /// reaches it, every record committed by earlier leaders is known.
+    office_lsn: Lsn,
+    /// When the last confirmation round that succeeded began.
+    confirmed_from: Mutex<Option<Instant>>,
+    /// Held while a confirmation round runs: one at a time.
+    round: Mutex<()>,
 }
 
 impl Hub {
@@ -144,13 +172,35 @@ impl Hub {
         let peers = expected.iter().map(|&address| Peer::new(address, true)).collect();
         Hub {
             term,
-            state: Mutex::new(HubState { peers, next_session_id: 1, commit_lsn: 0, deposed: None }),
+            state: Mutex::new(HubState {
+                peers,
+                next_session_id: 1,
+                commit_lsn: 0,
+                deposed: None,
+                confirming: 0,
+            }),
             acked: Condvar::new(),
             expected_count: expected.len(),
             lag: Mutex::new(LagTracker::new()),
             since: Instant::now(),
             heartbeat: Duration::from_millis(HEARTBEAT_INTERVAL_MS),
+            office_lsn: 0,
+            confirmed_from: Mutex::new(None),
+            round: Mutex::new(()),
         }
+    }
+
+    /// The same hub, for a leader whose log ends at `last_lsn` as it takes
+    /// office and who knows everything up to `known_commit` is committed.
+    pub fn starting_at(mut self, last_lsn: Lsn, known_commit: Lsn) -> Hub {
+        self.office_lsn = last_lsn;
+        self.state.get_mut().commit_lsn = known_commit.min(last_lsn);
+        self
+    }
+
+    /// Where the log ended when this leadership began.
+    pub fn office_lsn(&self) -> Lsn {
+        self.office_lsn
     }
 
     /// The same hub, sending heartbeats every `ms` instead of the default.
@@ -306,7 +356,7 @@ impl Hub {
         let now = Instant::now();
         peer.last_ack = Some(now);
         let after = self.positions(&st);
-        if after != before {
+        if after != before || st.confirming > 0 {
             self.acked.notify_all();
         }
         if self.expected_count > 0 {
@@ -407,6 +457,109 @@ impl Hub {
                 });
             }
         }
+    }
+
+    /// ReadIndex, step 2: make sure a confirmation round that began after
+    /// `asked` has succeeded, running one if none has. `round` asks the
+    /// members and returns how many confirmed (this leader not counted).
+    pub fn confirm_leadership(
+        &self,
+        asked: Instant,
+        round: impl FnOnce() -> Result<usize>,
+    ) -> Result<()> {
+        let confirmed = || self.confirmed_from.lock().is_some_and(|from| from >= asked);
+        if self.majority() == 1 || confirmed() {
+            return Ok(());
+        }
+        let _one_round_at_a_time = self.round.lock();
+        if confirmed() {
+            return Ok(()); // a round that began after us ended while we queued
+        }
+        if self.is_deposed() {
+            return Err(Error::NotLeader { term: Some(self.term), leader: None });
+        }
+        let began = Instant::now();
+        let yes = round()?;
+        if yes + 1 < self.majority() {
+            return Err(Error::ReadTimeout {
+                why: format!(
+                    "only {} of {} members confirmed this node still leads term {} ({} needed)",
+                    yes + 1,
+                    self.expected_count + 1,
+                    self.term,
+                    self.majority()
+                ),
+                timeout_ms: began.elapsed().as_millis() as u64,
+            });
+        }
+        let mut from = self.confirmed_from.lock();
+        *from = Some(from.map_or(began, |f| f.max(began)));
+        Ok(())
+    }
+
+    /// Wait until the commit LSN reaches `lsn` (ReadIndex steps 1 and 3).
+    /// Fails if this leadership ends first, or at `deadline`.
+    pub fn wait_committed(&self, db: &Db, lsn: Lsn, deadline: Instant) -> Result<Lsn> {
+        let started = Instant::now();
+        loop {
+            let commit = self.commit_lsn(db);
+            if commit >= lsn {
+                return Ok(commit);
+            }
+            let mut st = self.state.lock();
+            if st.deposed.is_some() {
+                return Err(Error::NotLeader { term: Some(self.term), leader: None });
+            }
+            // The leader's own fsync moves the commit LSN without an ACK,
+            // so look again at least every few milliseconds.
+            let wake = deadline.min(Instant::now() + Duration::from_millis(2));
+            if self.acked.wait_until(&mut st, wake).timed_out() && Instant::now() >= deadline {
+                return Err(Error::ReadTimeout {
+                    why: format!(
+                        "LSN {lsn} is not committed yet (commit LSN {commit}, term {})",
+                        self.term
+                    ),
+                    timeout_ms: deadline.saturating_duration_since(started).as_millis() as u64,
+                });
+            }
+        }
+    }
+
+    /// The expected follower with the most of the log acknowledged and a
+    /// live link, and its acked LSN (planned handover picks it).
+    pub fn most_up_to_date(&self) -> Option<(SocketAddr, Lsn)> {
+        let st = self.state.lock();
+        st.peers
+            .iter()
+            .filter(|p| p.expected && p.state == LinkState::Streaming)
+            .max_by_key(|p| p.acked_lsn)
+            .map(|p| (p.address, p.acked_lsn))
+    }
+
+    /// The acked LSN of the follower at `address`, if it is linked now.
+    pub fn acked_by(&self, address: SocketAddr) -> Option<Lsn> {
+        let st = self.state.lock();
+        st.peers
+            .iter()
+            .find(|p| same_node(p.address, address) && p.state == LinkState::Streaming)
+            .map(|p| p.acked_lsn)
+    }
+
+    /// Wait until the follower at `address` has acknowledged `lsn`.
+    pub fn wait_acked_by(&self, address: SocketAddr, lsn: Lsn, deadline: Instant) -> bool {
+        let mut st = self.state.lock();
+        st.confirming += 1;
+        let reached = loop {
+            let acked = st.peers.iter().find(|p| same_node(p.address, address));
+            if acked.is_some_and(|p| p.acked_lsn >= lsn) {
+                break true;
+            }
+            if st.deposed.is_some() || self.acked.wait_until(&mut st, deadline).timed_out() {
+                break false;
+            }
+        };
+        st.confirming -= 1;
+        reached
     }
 
     /// One status row per follower, expected ones first.

@@ -184,6 +184,57 @@ pub fn ask(member: &str, request: &Message) -> Result<Message> {
     }
 }
 
+/// A linearizable read's confirmation round ([`Hub::confirm_leadership`]):
+/// send LEADER_ANNOUNCE to every other member at once and count those that
+/// answer with our term and us as its leader, stopping as soon as
+/// `needed` have. A member in a newer term deposes us: `Err(NotLeader)`.
+pub fn confirm_round(replica: &Replica, hub: &Hub, needed: usize) -> Result<usize> {
+    let me = replica.address();
+    let announce = Message::LeaderAnnounce {
+        cluster_id: replica.db().cluster_id(),
+        term: hub.term(),
+        leader: me.to_string(),
+    };
+    let others: Vec<String> = replica
+        .members()
+        .into_iter()
+        .filter(|m| parse_peer(m).is_ok_and(|a| !same_node(a, me)))
+        .collect();
+    let (tx, answers) = crossbeam_channel::unbounded();
+    for member in &others {
+        let (tx, member, announce) = (tx.clone(), member.clone(), announce.clone());
+        std::thread::Builder::new()
+            .name("confirm".into())
+            .spawn(move || {
+                let answer = ask(&member, &announce);
+                let _ = tx.send((member, answer));
+            })
+            .map_err(|e| Error::io("spawning a confirmation thread", e))?;
+    }
+    drop(tx);
+    let mut yes = 0;
+    for (member, answer) in answers.iter().take(others.len()) {
+        match answer {
+            Ok(Message::LeaderAnnounce { term, leader, .. })
+                if term == hub.term() && parse_peer(&leader).is_ok_and(|l| same_node(l, me)) =>
+            {
+                yes += 1;
+                if yes >= needed {
+                    break;
+                }
+            }
+            Ok(Message::LeaderAnnounce { term, leader, .. }) if term > hub.term() => {
+                let leader = parse_peer(&leader).ok().filter(|l| !same_node(*l, me));
+                replica.observe_term(term, leader, &format!("member {member}"))?;
+                return Err(Error::NotLeader { term: Some(term), leader: None });
+            }
+            Ok(_) => {}
+            Err(e) => log::debug!("[read] confirming term {} with {member}: {e}", hub.term()),
+        }
+    }
+    Ok(yes)
+}
+
 /// Start the announcer of a leadership: it ends when `hub` is deposed.
 pub fn spawn_announcer(replica: Arc<Replica>, hub: Arc<Hub>) -> Result<()> {
     std::thread::Builder::new()

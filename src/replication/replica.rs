@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::cluster::ClusterId;
-use crate::db::Db;
+use crate::db::{Db, QueuedWrite};
 use crate::error::{Error, Result};
 use crate::limits::ANNOUNCE_INTERVAL_MS;
-use crate::protocol::Message;
+use crate::protocol::{Consistency, Message};
 use crate::replication::election::{self, ElectionClock, ElectionConfig, Timing};
 use crate::replication::follower::{self, FollowerLink};
 use crate::replication::hub::{same_node, Hub};
@@ -44,6 +44,7 @@ use crate::replication::parse_peer;
 use crate::replication::peers;
 use crate::replication::state::{NodeState, StoredRole};
 use crate::status::RoleChange;
+
 use crate::{Lsn, Term};
 
 /// How the node was told to start (command-line flags; they win over the
@@ -596,6 +597,138 @@ impl Replica {
         Ok(Ok((message, granted.iter().map(|m| m.to_string()).collect())))
     }
 
+    /// `kv_client transfer-leadership [TARGET]` (and SIGTERM on a leader):
+    /// hand leadership to `target`, or to the most up-to-date follower,
+    /// without waiting for an election timeout (Raft thesis section 3.10).
+    ///
+    /// 1. Stop taking writes (they get "not the leader" and go elsewhere);
+    /// 2. wait until the target has acknowledged our whole log;
+    /// 3. send it TIMEOUT_NOW: it starts an election at once, without
+    ///    pre-vote, and wins it, since its log is as long as any;
+    /// 4. wait until its REQUEST_VOTE deposes us. If anything fails, take
+    ///    writes again and say why.
+    pub fn transfer_leadership(&self, target: Option<SocketAddr>) -> Result<String> {
+        let started = Instant::now();
+        let hub = match self.view() {
+            RoleView::Leader { hub, .. } => hub,
+            RoleView::Follower { .. } => {
+                return Err(Error::Refused(format!(
+                    "this node is not the leader; {}",
+                    self.not_leader()
+                )))
+            }
+        };
+        let term = hub.term();
+        let target = match target {
+            Some(t) if hub.acked_by(t).is_some() => t,
+            Some(t) => {
+                return Err(Error::Refused(format!(
+                    "{t} is not a follower streaming from this leader (see kv_client status)"
+                )))
+            }
+            None => match hub.most_up_to_date() {
+                Some((t, _)) => t,
+                None => {
+                    return Err(Error::Refused(
+                        "no follower is streaming from this leader; nobody to hand over to".into(),
+                    ))
+                }
+            },
+        };
+        let timeout = Duration::from_millis(self.election.timing.election_ms);
+        let deadline = started + timeout;
+        log::info!("[election] handing leadership of term {term} to {target}: writes paused");
+        self.db.set_leader_term(None);
+        let outcome = self.hand_over(&hub, target, deadline);
+        if let Err(e) = &outcome {
+            let st = self.state.lock();
+            if matches!(&st.live, Live::Leader { hub: h } if Arc::ptr_eq(h, &hub)) {
+                self.db.set_leader_term(Some(term));
+                log::warn!("[election] handover to {target} failed: {e}; taking writes again");
+            }
+        }
+        outcome?;
+        let message = format!(
+            "{target} leads term {} now; writes were paused for {} ms",
+            self.term(),
+            started.elapsed().as_millis()
+        );
+        log::info!("[election] {message}");
+        Ok(message)
+    }
+
+    /// Steps 2–4 of [`Replica::transfer_leadership`].
+    fn hand_over(&self, hub: &Arc<Hub>, target: SocketAddr, deadline: Instant) -> Result<()> {
+        let term = hub.term();
+        let last = self.db.queued_lsn();
+        if !self.db.wait_applied(last, deadline) || !hub.wait_acked_by(target, last, deadline) {
+            return Err(Error::Refused(format!(
+                "{target} did not acknowledge LSN {last} within the election timeout"
+            )));
+        }
+        let request = Message::TimeoutNow { cluster_id: self.db.cluster_id(), term };
+        match peers::ask(&target.to_string(), &request)? {
+            Message::Done { .. } => {}
+            other => {
+                return Err(Error::Refused(format!("{target} answered {}", other.name())));
+            }
+        }
+        while Instant::now() < deadline {
+            if self.term() > term {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Err(Error::Refused(format!("{target} did not win an election within the timeout")))
+    }
+
+    /// TIMEOUT_NOW from the leader of `term`: it is handing over to us.
+    /// Start an election for `term + 1` at once, skipping pre-vote (the
+    /// leader asked; nobody is disrupted), on a thread of its own.
+    pub fn handle_timeout_now(&self, term: Term) -> Result<Message> {
+        let leader = {
+            let st = self.state.lock();
+            match &st.live {
+                Live::Follower { link: Some(link) } if st.stored.term == term => link.leader(),
+                _ => {
+                    return Err(Error::Refused(format!(
+                        "TIMEOUT_NOW for term {term}, but this node is not a follower in that \
+                     term (term {})",
+                        st.stored.term
+                    )))
+                }
+            }
+        };
+        let me = self.self_handle()?;
+        std::thread::Builder::new()
+            .name("timeout-now".into())
+            .spawn(move || {
+                let _one_at_a_time = me.campaigning.lock();
+                let ours = (me.db.last_term(), me.db.last_lsn());
+                log::info!(
+                    "[election] {leader} hands leadership over; starting election for term {} \
+                     (last LSN {}, term {})",
+                    term + 1,
+                    ours.1,
+                    ours.0
+                );
+                let outcome = me.others().and_then(|(term, others)| {
+                    me.ask_for_votes(term, &others, false, &format!("handed over by {leader}"))
+                });
+                match outcome {
+                    Ok(Ok((_, votes))) => log::info!(
+                        "[election] won term {} with votes from {}",
+                        term + 1,
+                        votes.join(", ")
+                    ),
+                    Ok(Err(lost)) => log::info!("[election] handover election lost: {lost}"),
+                    Err(e) => log::error!("[election] handover election failed: {e}"),
+                }
+            })
+            .map_err(|e| Error::io("spawning the handover election", e))?;
+        Ok(Message::Done { message: format!("starting an election for term {}", term + 1) })
+    }
+
     /// `auto` or `manual`, as it applies to the members known now.
     pub fn failover_name(&self) -> &'static str {
         if self.election.automatic(self.state.lock().stored.members.len()) {
@@ -890,9 +1023,24 @@ impl Replica {
             .filter(|m| !self.is_me(m))
             .filter_map(|m| parse_peer(m).ok())
             .collect();
-        let hub =
-            Arc::new(Hub::new(&peers, term).with_heartbeat_ms(self.election.timing.heartbeat_ms));
-        self.db.set_leader_term(Some(term));
+        // What this leader knows is committed: everything, alone; else
+        // what its last leader told it. Anything after that is committed
+        // only once a record of this term is (Raft section 5.4.2): so a
+        // leader with followers and a non-empty log begins its term with
+        // a NOOP (the first leader of a new cluster has nothing to commit).
+        let last_lsn = self.db.last_lsn();
+        let known_commit = if peers.is_empty() { last_lsn } else { self.db.commit_lsn() };
+        let hub = Arc::new(
+            Hub::new(&peers, term)
+                .with_heartbeat_ms(self.election.timing.heartbeat_ms)
+                .starting_at(last_lsn, known_commit),
+        );
+        let noop = if !peers.is_empty() && last_lsn > 0 {
+            Some(self.db.begin_term_with_noop(term))
+        } else {
+            self.db.set_leader_term(Some(term));
+            None
+        };
         log::info!(
             "[failover] leader of term {term} ({why}); log ends at LSN {} of term {}",
             self.db.last_lsn(),
@@ -900,7 +1048,83 @@ impl Replica {
         );
         self.note_change(format!("leader of term {term} ({why})"));
         st.live = Live::Leader { hub: Arc::clone(&hub) };
+        if let Some(noop) = noop {
+            self.write_term_start(term, noop, last_lsn)?;
+        }
         peers::spawn_announcer(self.self_handle()?, hub)
+    }
+
+    /// Write the NOOP that starts `term` (see [`crate::wal::record`]), on a
+    /// thread of its own: the role lock is held here, and the write waits
+    /// for an fsync.
+    fn write_term_start(&self, term: Term, noop: QueuedWrite, office_lsn: Lsn) -> Result<()> {
+        let db = Arc::clone(&self.db);
+        let spawned = std::thread::Builder::new().name("term-start".into()).spawn(move || match db
+            .wait_queued(noop)
+        {
+            Ok(lsn) => log::info!(
+                "[failover] term {term} starts with a NOOP at LSN {lsn}; the records of \
+                     earlier terms up to LSN {office_lsn} are committed once it is"
+            ),
+            Err(e) => log::warn!("[failover] NOOP for term {term} not written: {e}"),
+        });
+        spawned.map(|_| ()).map_err(|e| Error::io("spawning the term-start thread", e))
+    }
+
+    /// Answer a read with the consistency asked for (`kv_client get
+    /// --consistency`), after waiting, if asked, until this node has
+    /// applied `min_lsn` (read-your-writes on any node).
+    pub fn read(
+        &self,
+        consistency: Consistency,
+        min_lsn: Lsn,
+        key: &[u8],
+        timeout: Duration,
+    ) -> Result<Option<Vec<u8>>> {
+        if let Some(why) = self.unhealthy() {
+            return Err(Error::Unhealthy(why));
+        }
+        let asked = Instant::now();
+        let deadline = asked + timeout;
+        if min_lsn > 0 && !self.db.wait_applied(min_lsn, deadline) {
+            return Err(Error::ReadTimeout {
+                why: format!(
+                    "this node has applied up to LSN {}, not LSN {min_lsn} yet",
+                    self.db.last_lsn()
+                ),
+                timeout_ms: timeout.as_millis() as u64,
+            });
+        }
+        let hub = match (consistency, self.view()) {
+            (Consistency::Any, _) => return Ok(self.db.get(key)),
+            (_, RoleView::Leader { hub, .. }) => hub,
+            (_, RoleView::Follower { .. }) => {
+                let Error::ReadOnly { leader } = self.not_leader() else {
+                    return Err(Error::NotLeaderForRead {
+                        consistency: consistency.name(),
+                        leader: None,
+                    });
+                };
+                return Err(Error::NotLeaderForRead {
+                    consistency: consistency.name(),
+                    leader: Some(leader),
+                });
+            }
+        };
+        if consistency == Consistency::Leader {
+            return Ok(self.db.get(key));
+        }
+        // ReadIndex (see the module doc of [`crate::replication::hub`]):
+        // 1. this term's first record is committed, so the commit LSN
+        //    covers every write acknowledged by any leader before;
+        hub.wait_committed(&self.db, hub.office_lsn(), deadline)?;
+        let read_lsn = hub.commit_lsn(&self.db);
+        // 2. a majority confirms, after the read began, that we still lead;
+        hub.confirm_leadership(asked, || peers::confirm_round(self, &hub, hub.majority() - 1))?;
+        // 3. read, then wait until what the map held is committed.
+        let (value, applied) = self.db.get_at(key);
+        hub.wait_committed(&self.db, applied.max(read_lsn), deadline)?;
+        Ok(value)
     }
 
     fn is_me(&self, member: &str) -> bool {

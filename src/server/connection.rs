@@ -77,15 +77,17 @@ fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Resu
             let hello = Hello { last_lsn, last_term, term, listen_port, cluster_id };
             return hand_over_to_replication(writer, peer, node, hello);
         }
+        let in_flight = node.shutdown.begin_request();
         let reply = match handle_request(node, message) {
             Ok(reply) => reply,
             Err(e @ Error::Unexpected(_)) => return Err(refuse(&mut writer, e)),
             Err(e) => Message::error(&e),
         };
         write_message(&mut writer, &reply)?;
-        if reader.buffer().is_empty() {
+        if reader.buffer().is_empty() || node.shutdown.is_requested() {
             writer.flush().map_err(|e| Error::io("flushing reply", e))?;
         }
+        drop(in_flight);
     }
 }
 
@@ -139,6 +141,12 @@ fn handle_request(node: &Node, request: Message) -> Result<Message> {
                 None => Message::NotFound,
             })
         }
+        Message::Read { consistency, min_lsn, key } => {
+            Ok(match node.replica.read(consistency, min_lsn, &key, node.write_timeout)? {
+                Some(value) => Message::Value { value },
+                None => Message::NotFound,
+            })
+        }
         Message::Promote { force } => Ok(Message::Done { message: node.replica.promote(force)? }),
         Message::Follow { leader } => {
             let leader = parse_peer(&leader)?;
@@ -151,6 +159,17 @@ fn handle_request(node: &Node, request: Message) -> Result<Message> {
         Message::PreVote { cluster_id, term, last_lsn, last_term, candidate } => {
             node.replica.check_cluster(cluster_id, &format!("candidate {candidate}"))?;
             node.replica.handle_pre_vote(term, &candidate, last_lsn, last_term)
+        }
+        Message::TransferLeadership { target } => {
+            let target = match target.as_str() {
+                "" => None,
+                t => Some(parse_peer(t)?),
+            };
+            Ok(Message::Done { message: node.replica.transfer_leadership(target)? })
+        }
+        Message::TimeoutNow { cluster_id, term } => {
+            node.replica.check_cluster(cluster_id, "a leader handing over")?;
+            node.replica.handle_timeout_now(term)
         }
         Message::LeaderAnnounce { cluster_id, term, leader } => {
             node.replica.check_cluster(cluster_id, &format!("leader {leader}"))?;

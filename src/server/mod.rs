@@ -12,6 +12,7 @@
 //!   connection (first message FOLLOWER_HELLO) to [`crate::replication::leader`].
 
 pub mod connection;
+pub mod shutdown;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -67,11 +68,14 @@ pub struct Node {
     pub address: SocketAddr,
     pub write_concern: WriteConcern,
     pub write_timeout: Duration,
+    /// Set on SIGTERM/SIGINT; counts the requests in flight.
+    pub shutdown: shutdown::Shutdown,
 }
 
 /// Run a kvstore node until the process is killed.
 pub fn run(config: Config) -> Result<()> {
     let (node, listener) = start(&config)?;
+    shutdown::spawn_signal_handler(Arc::clone(&node))?;
     accept_loop(&listener, &node, config.max_connections);
     Ok(())
 }
@@ -150,6 +154,7 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
         address,
         write_concern: config.write_concern,
         write_timeout: config.write_timeout,
+        shutdown: shutdown::Shutdown::default(),
     };
     Ok((Arc::new(node), listener))
 }
@@ -175,6 +180,9 @@ fn accept_loop(listener: &TcpListener, node: &Arc<Node>, max_connections: usize)
                 continue;
             }
         };
+        if node.shutdown.is_requested() {
+            continue; // stopping: the connection is closed as it is dropped
+        }
         let peer = stream.peer_addr().unwrap_or_else(|_| node.address);
         if active.load(Ordering::Acquire) >= max_connections {
             refuse_connection(stream, peer, max_connections);

@@ -865,6 +865,7 @@ mod tests {
             let (cmd, key, value): (u8, &[u8], &[u8]) = match &r.op {
                 Op::Put { key, value } => (0x01, key, value),
                 Op::Delete { key } => (0x03, key, &[]),
+                Op::Noop => unreachable!("format 1 had no NOOP"),
             };
             body.extend_from_slice(&r.lsn.to_be_bytes());
             body.push(cmd);

@@ -12,6 +12,12 @@
 //! `cmd` is 0x01 for PUT and 0x03 for DELETE (the same numbers as the client
 //! request types). A DELETE has `value_len = 0`. All integers are big-endian.
 //!
+//! `cmd` 0x00 is a NOOP: an empty record a newly elected leader writes
+//! first (Raft section 8). Records of older terms are committed only by a
+//! record of the leader's own term after them, so without it a leader
+//! with no client writes could never tell which of its records are
+//! committed, and could not serve a linearizable read.
+//!
 //! Why the term is in every record: two nodes can hold *different* records
 //! at the same LSN (a leader lost its unsynced tail and wrote new records
 //! there). The pair (LSN, term) names one record for the whole cluster —
@@ -26,6 +32,8 @@ use crate::error::{Error, Result};
 use crate::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use crate::{Lsn, Term};
 
+/// `cmd` byte of a NOOP record (a new leader's first record).
+pub const CMD_NOOP: u8 = 0x00;
 /// `cmd` byte of a PUT record.
 pub const CMD_PUT: u8 = 0x01;
 /// `cmd` byte of a DELETE record.
@@ -40,14 +48,22 @@ pub const RECORD_V1_FIXED_BYTES: usize = 17;
 /// What a record does to the map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    /// Changes nothing; marks the start of a leader's term.
+    Noop,
 }
 
 impl Op {
     pub fn key(&self) -> &[u8] {
         match self {
             Op::Put { key, .. } | Op::Delete { key } => key,
+            Op::Noop => &[],
         }
     }
 
@@ -86,6 +102,7 @@ impl Record {
             + match &self.op {
                 Op::Put { key, value } => key.len() + value.len(),
                 Op::Delete { key } => key.len(),
+                Op::Noop => 0,
             }
     }
 
@@ -94,6 +111,7 @@ impl Record {
         let (cmd, key, value): (u8, &[u8], &[u8]) = match &self.op {
             Op::Put { key, value } => (CMD_PUT, key, value),
             Op::Delete { key } => (CMD_DELETE, key, &[]),
+            Op::Noop => (CMD_NOOP, &[], &[]),
         };
         out.extend_from_slice(&self.lsn.to_be_bytes());
         out.extend_from_slice(&self.term.to_be_bytes());
@@ -139,6 +157,8 @@ fn decode_op(d: &mut Decoder<'_>) -> Result<Op> {
         CMD_PUT => Ok(Op::Put { key, value }),
         CMD_DELETE if value.is_empty() => Ok(Op::Delete { key }),
         CMD_DELETE => Err(Error::Malformed("DELETE record carries a value".into())),
+        CMD_NOOP if key.is_empty() && value.is_empty() => Ok(Op::Noop),
+        CMD_NOOP => Err(Error::Malformed("NOOP record carries a key or value".into())),
         other => Err(Error::Malformed(format!("unknown record cmd 0x{other:02x}"))),
     }
 }
@@ -151,13 +171,14 @@ mod tests {
     fn arb_record() -> impl Strategy<Value = Record> {
         let key = proptest::collection::vec(any::<u8>(), 0..64);
         let value = proptest::collection::vec(any::<u8>(), 0..256);
-        (1..u64::MAX, 1..u64::MAX, key, value, any::<bool>()).prop_map(
-            |(lsn, term, key, value, put)| Record {
-                lsn,
-                term,
-                op: if put { Op::Put { key, value } } else { Op::Delete { key } },
-            },
-        )
+        (1..u64::MAX, 1..u64::MAX, key, value, 0..3u8).prop_map(|(lsn, term, key, value, cmd)| {
+            let op = match cmd {
+                0 => Op::Put { key, value },
+                1 => Op::Delete { key },
+                _ => Op::Noop,
+            };
+            Record { lsn, term, op }
+        })
     }
 
     proptest! {
