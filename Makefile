@@ -7,6 +7,8 @@
 #   make demo-failover   a manual failover: promote, follow, the old leader's repair (PORT too)
 #   make soak       the fault tests at full counts (100 leader crashes, 1M writes, ...)
 #   make model      the cluster model of tests/model.rs, 100000 random histories (KVSTORE_SEED to replay)
+#   make jepsen     tests/jepsen.rs for 300 s: puts and linearizable reads under a seeded nemesis,
+#                   checked for linearizability (JEPSEN_SECS=600 for longer, KVSTORE_SEED to replay)
 #   make fuzz       coverage-guided fuzzing of the decoders (nightly + cargo-fuzz; FUZZ_SECONDS=60)
 #   make bench      the benchmark scenarios of docs/BENCHMARKS.md
 #   make bench-compare   kvstore and Redis side by side, same machine, same run
@@ -14,7 +16,7 @@
 CARGO ?= cargo
 PORT ?= 9001
 
-.PHONY: all build test lint demo demo-failover soak model fuzz bench bench-compare examples clean
+.PHONY: all build test lint demo demo-failover soak model jepsen fuzz bench bench-compare examples clean
 
 all: build
 
@@ -57,6 +59,11 @@ fuzz:
 
 model:
 	KVSTORE_MODEL_RUNS=100000 $(CARGO) test --release --test model -- --nocapture
+
+JEPSEN_SECS ?= 300
+
+jepsen:
+	KVSTORE_JEPSEN_SECS=$(JEPSEN_SECS) $(CARGO) test --release --test jepsen -- --nocapture
 
 soak:
 	KVSTORE_SOAK=1 $(CARGO) test --release --test faults -- --nocapture --test-threads=1 2>&1 \

@@ -1,0 +1,153 @@
+//! The nemesis's schedule: which fault comes next, on whom, for how long.
+//!
+//! The schedule is a pure function of the seed (a small xorshift PRNG, as
+//! in tests/model.rs and tests/faults.rs), so a failing run is replayed by
+//! running it again with its printed `KVSTORE_SEED`. What the schedule
+//! cannot fix in advance is *which node leads* when a fault aimed at "the
+//! leader" strikes: that is looked up when the fault starts, and the node
+//! drawn for the step is used if no leader answers.
+//!
+//! Slow links (the proxy's `Fault::Delay`) are not among them: the proxy
+//! sleeps with its fault setting locked, so under many connections healing
+//! the fault waits behind every delayed chunk, and the "delay" turns into a
+//! partition of unbounded length.
+//!
+//! Faults come one at a time, each healed before the next, with a quiet
+//! spell of one to two election timeouts between them: long enough for an
+//! election to finish, short enough that a run sees many.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A small deterministic PRNG (xorshift64*).
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeds that differ in any bit give unrelated streams (splitmix64).
+    pub fn new(seed: u64) -> Rng {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    /// An independent stream for `stream` (one per client thread).
+    pub fn fork(seed: u64, stream: u64) -> Rng {
+        Rng::new(Rng::new(seed).0 ^ stream)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+
+    /// A duration in `[lo, hi)` milliseconds.
+    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo))
+    }
+}
+
+/// What the nemesis does to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// SIGKILL, stay down for `hold`, restart without role flags (the node
+    /// takes the role it stored).
+    Kill,
+    /// SIGSTOP for `hold`, then SIGCONT: a process that freezes (a long GC
+    /// pause, a VM migration) and wakes up believing nothing happened.
+    Pause,
+    /// Blackhole the node's proxy for `hold`: nobody reaches the node, and
+    /// its open links go silent without closing.
+    Partition,
+    /// Cut every connection through the node's proxy mid-frame for `hold`.
+    Reset,
+}
+
+/// Whom a fault strikes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The node of this index.
+    Node(usize),
+    /// Whichever node leads when the fault starts (else `Node(fallback)`).
+    Leader { fallback: usize },
+}
+
+/// One fault of the schedule, and the quiet spell after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub kind: FaultKind,
+    pub target: Target,
+    pub hold: Duration,
+    pub rest: Duration,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hold = self.hold.as_millis();
+        match self.kind {
+            FaultKind::Kill => write!(f, "kill, down {hold} ms"),
+            FaultKind::Pause => write!(f, "SIGSTOP for {hold} ms"),
+            FaultKind::Partition => write!(f, "partition for {hold} ms"),
+            FaultKind::Reset => write!(f, "reset links for {hold} ms"),
+        }
+    }
+}
+
+/// The next step of the schedule for a cluster of `nodes` nodes whose
+/// election timeout is `election_ms`.
+pub fn next_step(rng: &mut Rng, nodes: usize, election_ms: u64) -> Step {
+    let t = election_ms;
+    let (kind, hold) = match rng.below(100) {
+        // Down from less than one election timeout to several.
+        0..=29 => (FaultKind::Kill, rng.millis(100, 4 * t)),
+        // Paused from well under an election timeout (nothing should
+        // notice) to long enough for the others to elect a new leader.
+        30..=59 => (FaultKind::Pause, rng.millis(t / 2, 6 * t)),
+        60..=89 => (FaultKind::Partition, rng.millis(t, 8 * t)),
+        _ => (FaultKind::Reset, rng.millis(20, 200)),
+    };
+    let node = rng.below(nodes as u64) as usize;
+    let target = match rng.below(2) {
+        0 => Target::Node(node),
+        _ => Target::Leader { fallback: node },
+    };
+    Step { kind, target, hold, rest: rng.millis(t, 2 * t) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_seed_gives_one_schedule() {
+        let schedule = |seed| {
+            let mut rng = Rng::new(seed);
+            (0..50).map(|_| next_step(&mut rng, 3, 300)).collect::<Vec<_>>()
+        };
+        assert_eq!(schedule(42), schedule(42));
+        assert_ne!(schedule(42), schedule(43));
+    }
+
+    #[test]
+    fn every_fault_kind_and_target_occurs() {
+        let mut rng = Rng::new(7);
+        let steps: Vec<Step> = (0..500).map(|_| next_step(&mut rng, 3, 300)).collect();
+        let kinds = [
+            |k: &FaultKind| *k == FaultKind::Kill,
+            |k: &FaultKind| *k == FaultKind::Pause,
+            |k: &FaultKind| *k == FaultKind::Partition,
+            |k: &FaultKind| *k == FaultKind::Reset,
+        ];
+        for (i, is) in kinds.iter().enumerate() {
+            assert!(steps.iter().any(|s| is(&s.kind)), "fault kind {i} never drawn");
+        }
+        for node in 0..3 {
+            assert!(steps.iter().any(|s| s.target == Target::Node(node)));
+        }
+        assert!(steps.iter().any(|s| matches!(s.target, Target::Leader { .. })));
+        let rests = steps.iter().map(|s| s.rest.as_millis());
+        assert!(rests.clone().all(|r| (300..600).contains(&r)), "1 to 2 election timeouts");
+    }
+}
