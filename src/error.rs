@@ -57,6 +57,8 @@ pub enum Error {
     Deposed { lsn: Lsn, term: Term, why: String },
     /// The leader found this node's data differs from its own.
     Unhealthy(String),
+    /// The node is stopping (SIGTERM): it takes no new connections.
+    ShuttingDown { leader: Option<String> },
     /// The server already serves as many connections as it is allowed.
     TooManyConnections { max: usize },
     /// The server answered with an ERROR reply.
@@ -96,9 +98,10 @@ impl Error {
             }
             Error::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
             Error::UnknownMessageType(_) => ErrorCode::UnknownType,
-            Error::ReadOnly { .. } | Error::NotLeader { .. } | Error::NotLeaderForRead { .. } => {
-                ErrorCode::ReadOnly
-            }
+            Error::ReadOnly { .. }
+            | Error::NotLeader { .. }
+            | Error::NotLeaderForRead { .. }
+            | Error::ShuttingDown { .. } => ErrorCode::ReadOnly,
             Error::StaleTerm { .. } | Error::SteppedDown { .. } => ErrorCode::StaleTerm,
             Error::Deposed { .. } => ErrorCode::Deposed,
             Error::Unhealthy(_) => ErrorCode::Unhealthy,
@@ -206,6 +209,13 @@ impl fmt::Display for Error {
                  leader does not have it"
             ),
             Error::Unhealthy(why) => write!(f, "this node refuses reads: {why}"),
+            Error::ShuttingDown { leader } => {
+                write!(f, "this node is shutting down and takes no new connections")?;
+                match leader {
+                    Some(l) => write!(f, "; the leader is {l}"),
+                    None => write!(f, "; the leader is not known yet"),
+                }
+            }
             Error::TooManyConnections { max } => {
                 write!(f, "too many connections (the limit is {max}); try again later")
             }

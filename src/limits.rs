@@ -48,6 +48,11 @@ pub const CONNECTIONS_MAX_DEFAULT: usize = 1000;
 /// for its write concern gets its answer.
 pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 10_000;
 
+/// How long a stopping node's connections must be silent before it exits
+/// (100 ms): a client that keeps sending on an open connection is answered
+/// (and, after a handover, sent to the new leader) instead of cut off.
+pub const SHUTDOWN_QUIET_MS: u64 = 100;
+
 /// Stack size of a connection thread (256 KiB): request handling is shallow,
 /// and a small stack keeps a thousand connections cheap.
 pub const CONNECTION_STACK_BYTES: usize = 256 * 1024;

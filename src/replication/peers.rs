@@ -33,6 +33,8 @@
 //! announcer that is itself out of date learns it and steps down.
 
 use std::io::{BufReader, Write};
+
+use crossbeam_channel::Receiver;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,26 +56,33 @@ pub fn query_positions(
     ours: (Term, Lsn),
     me: &str,
 ) -> Vec<(String, Result<Message>)> {
-    request_votes(members, cluster_id, 0, ours, me)
+    let request = vote_request(cluster_id, 0, ours, me);
+    ask_each(members, &request).iter().take(members.len()).collect()
+}
+
+fn vote_request(cluster_id: Option<ClusterId>, term: Term, ours: (Term, Lsn), me: &str) -> Message {
+    Message::RequestVote {
+        cluster_id,
+        term,
+        last_lsn: ours.1,
+        last_term: ours.0,
+        candidate: me.into(),
+    }
 }
 
 /// Send REQUEST_VOTE `(term, ours)` from `me` to every member in `members`,
-/// all at once; return each member's answer (or why there was none).
+/// all at once; return the answers (or why there was none) that came
+/// before `majority` votes (ours included) or a newer term did.
 pub fn request_votes(
     members: &[String],
     cluster_id: Option<ClusterId>,
     term: Term,
     ours: (Term, Lsn),
     me: &str,
+    majority: usize,
 ) -> Vec<(String, Result<Message>)> {
-    let request = Message::RequestVote {
-        cluster_id,
-        term,
-        last_lsn: ours.1,
-        last_term: ours.0,
-        candidate: me.into(),
-    };
-    ask_all(members, &request)
+    let request = vote_request(cluster_id, term, ours, me);
+    until_majority(members, &request, term, majority)
 }
 
 /// Send PRE_VOTE `(term, ours)` from `me` to every member: would they vote
@@ -84,6 +93,7 @@ pub fn pre_votes(
     term: Term,
     ours: (Term, Lsn),
     me: &str,
+    majority: usize,
 ) -> Vec<(String, Result<Message>)> {
     let request = Message::PreVote {
         cluster_id,
@@ -92,18 +102,58 @@ pub fn pre_votes(
         last_term: ours.0,
         candidate: me.into(),
     };
-    ask_all(members, &request)
+    // A pre-vote answer carries the member's term, which is `term - 1` or
+    // newer; only one newer than ours (`term - 1`) ends the round early.
+    until_majority(members, &request, term.saturating_sub(1), majority)
 }
 
-/// Send `request` to every member at once; each one's answer, or why none.
-fn ask_all(members: &[String], request: &Message) -> Vec<(String, Result<Message>)> {
-    std::thread::scope(|s| {
-        let asks: Vec<_> =
-            members.iter().map(|m| s.spawn(move || (m.clone(), ask(m, request)))).collect();
-        asks.into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| (String::new(), Err(Error::Link("panic".into())))))
-            .collect()
-    })
+/// Collect the answers to `request` until `majority` members (the asker
+/// included) granted their vote, a member answered with a term newer than
+/// `term`, or every member answered (or failed to).
+fn until_majority(
+    members: &[String],
+    request: &Message,
+    term: Term,
+    majority: usize,
+) -> Vec<(String, Result<Message>)> {
+    let mut got = Vec::new();
+    let mut granted = 1;
+    for (member, answer) in ask_each(members, request).iter().take(members.len()) {
+        let done = match &answer {
+            Ok(Message::Vote { term: theirs, .. }) if *theirs > term => true,
+            Ok(Message::Vote { granted: true, .. }) => {
+                granted += 1;
+                granted >= majority
+            }
+            _ => false,
+        };
+        got.push((member, answer));
+        if done {
+            break;
+        }
+    }
+    got
+}
+
+/// Send `request` to every member at once, each on a thread of its own;
+/// the answers (or why there was none) arrive on the channel as they come.
+/// A member that does not answer — a partition holds the request until it
+/// times out — delays nobody: the caller stops reading when it has heard
+/// enough, and that member's thread ends on its own timeout.
+pub fn ask_each(members: &[String], request: &Message) -> Receiver<(String, Result<Message>)> {
+    let (tx, answers) = crossbeam_channel::unbounded();
+    for member in members {
+        let (thread_tx, thread_member, request) = (tx.clone(), member.clone(), request.clone());
+        let spawned = std::thread::Builder::new().name("ask".into()).spawn(move || {
+            let answer = ask(&thread_member, &request);
+            let _ = thread_tx.send((thread_member, answer));
+        });
+        if let Err(e) = spawned {
+            let (tx, member) = (tx.clone(), member.clone());
+            let _ = tx.send((member, Err(Error::io("spawning a thread to ask a member", e))));
+        }
+    }
+    answers
 }
 
 /// Why round 1 of a promotion found it unsafe to ask for votes.
@@ -200,18 +250,7 @@ pub fn confirm_round(replica: &Replica, hub: &Hub, needed: usize) -> Result<usiz
         .into_iter()
         .filter(|m| parse_peer(m).is_ok_and(|a| !same_node(a, me)))
         .collect();
-    let (tx, answers) = crossbeam_channel::unbounded();
-    for member in &others {
-        let (tx, member, announce) = (tx.clone(), member.clone(), announce.clone());
-        std::thread::Builder::new()
-            .name("confirm".into())
-            .spawn(move || {
-                let answer = ask(&member, &announce);
-                let _ = tx.send((member, answer));
-            })
-            .map_err(|e| Error::io("spawning a confirmation thread", e))?;
-    }
-    drop(tx);
+    let answers = ask_each(&others, &announce);
     let mut yes = 0;
     for (member, answer) in answers.iter().take(others.len()) {
         match answer {
@@ -253,13 +292,19 @@ fn announce_loop(replica: &Replica, hub: &Hub) {
     };
     let mut warned = false; // about a second leader of our term, once
     while !hub.is_deposed() {
+        // Every member not following us, all at once: one that does not
+        // answer must not delay the others' news of a new leader.
         let connected = hub.connected();
-        for member in replica.members() {
-            let Ok(address) = parse_peer(&member) else { continue };
-            if same_node(address, me) || connected.iter().any(|c| same_node(*c, address)) {
-                continue;
-            }
-            match ask(&member, &announce) {
+        let targets: Vec<String> = replica
+            .members()
+            .into_iter()
+            .filter(|m| {
+                parse_peer(m)
+                    .is_ok_and(|a| !same_node(a, me) && !connected.iter().any(|c| same_node(*c, a)))
+            })
+            .collect();
+        for (member, answer) in ask_each(&targets, &announce).iter().take(targets.len()) {
+            match answer {
                 Ok(Message::LeaderAnnounce { term, leader, .. }) if term > hub.term() => {
                     let leader = parse_peer(&leader).ok().filter(|l| !same_node(*l, me));
                     let from = format!("member {member}");
@@ -282,9 +327,9 @@ fn announce_loop(replica: &Replica, hub: &Hub) {
                 Ok(_) => {}
                 Err(e) => log::debug!("[failover] announcing term {} to {member}: {e}", hub.term()),
             }
-            if hub.is_deposed() {
-                return;
-            }
+        }
+        if hub.is_deposed() {
+            return;
         }
         std::thread::sleep(Duration::from_millis(ANNOUNCE_INTERVAL_MS));
     }

@@ -312,6 +312,15 @@ impl Replica {
         self.state.lock().stored.members.clone()
     }
 
+    /// The leader's address as this node knows it (itself if it leads).
+    pub fn leader_address(&self) -> Option<String> {
+        let st = self.state.lock();
+        match &st.live {
+            Live::Leader { .. } => Some(self.address.to_string()),
+            Live::Follower { link } => link.as_ref().map(|l| l.leader().to_string()),
+        }
+    }
+
     /// The error a write gets on a node that is not the leader.
     pub fn not_leader(&self) -> Error {
         let st = self.state.lock();
@@ -560,7 +569,8 @@ impl Replica {
             st.stored.store(self.db.data_dir())?;
             new_term
         };
-        let votes = peers::request_votes(others, self.db.cluster_id(), new_term, ours, &me);
+        let votes =
+            peers::request_votes(others, self.db.cluster_id(), new_term, ours, &me, majority);
         if let Some((member, newer)) = newer_term(&votes, new_term) {
             self.observe_term(newer, None, &format!("member {member}"))?;
             return Ok(Err(Lost::NewerTerm { member, term: newer }));
@@ -869,7 +879,7 @@ impl Replica {
             ours.0
         );
         // Rule 2: would a majority vote for us? Nothing changes anywhere.
-        let answers = peers::pre_votes(&others, self.db.cluster_id(), next, ours, &me);
+        let answers = peers::pre_votes(&others, self.db.cluster_id(), next, ours, &me, majority);
         if let Some((member, newer)) = newer_term(&answers, term) {
             self.observe_term(newer, None, &format!("member {member}"))?;
             self.wait_again();

@@ -180,12 +180,16 @@ fn accept_loop(listener: &TcpListener, node: &Arc<Node>, max_connections: usize)
                 continue;
             }
         };
-        if node.shutdown.is_requested() {
-            continue; // stopping: the connection is closed as it is dropped
-        }
         let peer = stream.peer_addr().unwrap_or_else(|_| node.address);
+        if node.shutdown.is_requested() {
+            // Stopping: say so, naming the leader, so a client sends its
+            // request elsewhere knowing it was not applied here.
+            let why = Error::ShuttingDown { leader: node.replica.leader_address() };
+            std::thread::spawn(move || refuse_connection(stream, peer, why));
+            continue;
+        }
         if active.load(Ordering::Acquire) >= max_connections {
-            refuse_connection(stream, peer, max_connections);
+            refuse_connection(stream, peer, Error::TooManyConnections { max: max_connections });
             continue;
         }
         next_id += 1;
@@ -205,12 +209,19 @@ fn accept_loop(listener: &TcpListener, node: &Arc<Node>, max_connections: usize)
     }
 }
 
-/// Connection N+1: tell the client why, then close.
-fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, max: usize) {
-    let err = Error::TooManyConnections { max };
+/// A connection we do not serve (one too many, or the node is stopping):
+/// tell the client why, then close without losing the reply. Closing a
+/// socket with unread bytes (the client's first request) sends a reset,
+/// which can destroy the reply before the client reads it; so stop
+/// writing, read until the client closes (briefly), then close.
+fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, err: Error) {
     log::warn!("[server] {peer}: {err}");
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let linger = Some(Duration::from_millis(100));
+    let _ = stream.set_write_timeout(linger);
     let _ = write_message(&mut stream, &Message::error(&err));
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(linger);
+    let _ = std::io::copy(&mut stream, &mut std::io::sink());
 }
 
 /// Decrements the active-connection count when a connection thread ends.

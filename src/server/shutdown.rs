@@ -9,10 +9,12 @@
 //! 2. if it leads a cluster, hands leadership to its most up-to-date
 //!    follower ([`Replica::transfer_leadership`]) — milliseconds of paused
 //!    writes instead of an election;
-//! 3. waits for the requests already being handled to finish (bounded by
-//!    [`SHUTDOWN_DRAIN_MS_MAX`]), so every client that sent one gets its
-//!    answer; further requests on open connections are answered with
-//!    "not the leader" (after the handover) or served as reads;
+//! 3. waits for the requests already being handled to finish, and for its
+//!    open connections to go quiet for [`SHUTDOWN_QUIET_MS`] (bounded by
+//!    [`SHUTDOWN_DRAIN_MS_MAX`]): requests that keep arriving on open
+//!    connections are answered — "not the leader, the leader is X" for a
+//!    write after the handover, so the client goes there — rather than
+//!    cut off by the exit, which would leave their outcome unknown;
 //! 4. logs one line and exits with status 0.
 //!
 //! A second signal during all this exits at once (status 1), as a second
@@ -20,7 +22,7 @@
 //! made durable before it was acknowledged (with `--fsync never`, the
 //! kernel still holds it and writes it out after the process is gone).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,15 +30,29 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::error::{Error, Result};
-use crate::limits::SHUTDOWN_DRAIN_MS_MAX;
+use crate::limits::{SHUTDOWN_DRAIN_MS_MAX, SHUTDOWN_QUIET_MS};
 use crate::replication::replica::RoleView;
 use crate::server::Node;
 
 /// Whether a stop was asked for, and how many requests are being handled.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shutdown {
     requested: AtomicBool,
     in_flight: AtomicUsize,
+    /// When the last request began, in ms since `epoch`.
+    last_request_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Shutdown {
+    fn default() -> Shutdown {
+        Shutdown {
+            requested: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            last_request_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Shutdown {
@@ -47,11 +63,20 @@ impl Shutdown {
     /// Count one request as in flight until the guard is dropped.
     pub fn begin_request(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_request_ms.store(now, Ordering::Release);
         InFlight(&self.in_flight)
     }
 
     fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// No request in flight, and none began in the last `quiet_ms`.
+    fn is_quiet(&self, quiet_ms: u64) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.in_flight() == 0
+            && now.saturating_sub(self.last_request_ms.load(Ordering::Acquire)) >= quiet_ms
     }
 }
 
@@ -100,7 +125,7 @@ fn stop(node: &Node, signal: &str) -> ! {
         }
     }
     let deadline = started + Duration::from_millis(SHUTDOWN_DRAIN_MS_MAX);
-    while node.shutdown.in_flight() > 0 && Instant::now() < deadline {
+    while !node.shutdown.is_quiet(SHUTDOWN_QUIET_MS) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
     let unfinished = node.shutdown.in_flight();
