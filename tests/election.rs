@@ -255,3 +255,54 @@ fn kv_client_with_cluster_finds_the_leader_and_never_retries_an_unknown_write() 
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("outcome unknown"), "{}", stderr(&out));
 }
+
+#[test]
+fn nodes_started_with_cluster_elect_their_first_leader_and_keep_their_roles() {
+    // Goal: `kvstore --cluster 9001,9002,9003` on three fresh nodes: no
+    // one is told to lead; after an election timeout one wins term 2 and
+    // founds the cluster, the others join it. Restarted with the same
+    // command, a node takes the role it stored.
+    let dirs = tempfile::tempdir().unwrap();
+    let ports = [free_port(), free_port(), free_port()];
+    let cluster = format!("--cluster={},{},{}", ports[0], ports[1], ports[2]);
+    let mut nodes: Vec<Node> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| start(&format!("node{}", i + 1), &dirs, port, &[&cluster]))
+        .collect();
+    for node in &nodes {
+        node.wait_for_log("no leader yet; the members elect one");
+    }
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let leader = wait_for_new_leader(&refs, 1);
+    leader.wait_for_log("[server] new cluster: id");
+    let out = kv_client(&[&cluster, "put", "k", "v"]);
+    assert_eq!(
+        (out.status.code(), stdout(&out)),
+        (Some(0), "OK (LSN 1)".into()),
+        "{}",
+        stderr(&out)
+    );
+    wait_converged(&refs);
+    let ids: Vec<Option<String>> = nodes.iter().map(|n| n.status().cluster_id).collect();
+    assert!(ids[0].is_some() && ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+
+    let leader_name = leader.name.clone();
+    let follower = nodes.iter_mut().find(|n| n.name != leader_name).unwrap();
+    follower.restart();
+    follower.wait_for_log("restarted as follower");
+    let out = kv_client(&[&cluster, "put", "k", "v2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let refs: Vec<&Node> = nodes.iter().collect();
+    wait_converged(&refs);
+    assert!(refs.iter().all(|n| n.status().term == 2), "no further election");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvstore"))
+        .args(["--port", "0", "--data-dir"])
+        .arg(dirs.path().join("lonely"))
+        .arg(format!("--cluster={},{}", ports[0], ports[1]))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("an election needs at least 3"), "{}", stderr(&out));
+}

@@ -4,6 +4,7 @@
 //! kvstore --port 9001 --data-dir ./node1 --role=leader --peers=9002,9003
 //! kvstore --port 9002 --data-dir ./node2 --role=follower --leader=9001
 //! kvstore --port 9002 --data-dir ./node2      # restart in the role it had
+//! kvstore --port 9002 --data-dir ./node2 --cluster 9001,9002,9003   # elect the leader
 //! ```
 
 use std::path::PathBuf;
@@ -51,6 +52,10 @@ struct Args {
     /// Follower only: the leader to replicate from (port, or host:port).
     #[arg(long)]
     leader: Option<String>,
+    /// Every member, this node included, comma-separated: instead of
+    /// --role, the members elect the first leader among themselves.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["role", "peers", "leader"])]
+    cluster: Vec<String>,
     /// always: acknowledge a write only once it is fsynced. never: leave it to the kernel.
     #[arg(long, value_enum, default_value_t = FsyncArg::Always)]
     fsync: FsyncArg,
@@ -131,8 +136,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--cluster`: every member listed; elections pick the leader, so they
+/// must be on (`--failover auto`) and able to reach a majority.
+fn cluster_role(args: &Args) -> Result<Role, String> {
+    let members: Result<Vec<_>, _> =
+        args.cluster.iter().filter(|m| !m.trim().is_empty()).map(|m| parse_peer(m)).collect();
+    let members = members.map_err(|e| e.to_string())?;
+    if members.len() < 3 {
+        return Err(format!(
+            "--cluster lists {} member(s); an election needs at least 3 (for 1 or 2 nodes, start \
+             one with --role=leader)",
+            members.len()
+        ));
+    }
+    if members.len() > kvstore::limits::MEMBERS_MAX {
+        return Err(format!(
+            "--cluster lists {} members; a cluster has at most {}",
+            members.len(),
+            kvstore::limits::MEMBERS_MAX
+        ));
+    }
+    if matches!(args.failover, Some(FailoverArg::Manual)) {
+        return Err("--cluster needs --failover auto: the members elect their leader".into());
+    }
+    Ok(Role::Cluster { members })
+}
+
 fn config(args: Args) -> Result<Config, String> {
     let role = match (args.role, &args.leader) {
+        _ if !args.cluster.is_empty() => cluster_role(&args)?,
         (Some(RoleArg::Follower), Some(leader)) => {
             if !args.peers.is_empty() {
                 return Err("--peers is for a leader; a follower takes --leader only".into());

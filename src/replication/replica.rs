@@ -55,6 +55,8 @@ pub enum Startup {
     Leader { peers: Vec<SocketAddr> },
     /// `--role=follower --leader=...`.
     Follower { leader: SocketAddr },
+    /// `--cluster`: every member; a new node waits for an election.
+    Cluster { members: Vec<SocketAddr> },
     /// No `--role`: the stored role, or a standalone leader on a new node.
     Stored,
 }
@@ -159,7 +161,26 @@ impl Replica {
                 }
                 replica.follow_locked(&mut st, Some(leader), "started with --role=follower")?;
             }
-            Startup::Stored => {
+            Startup::Cluster { members } if stored.role.is_none() => {
+                if !members.iter().any(|m| same_node(*m, address)) {
+                    return Err(Error::Refused(format!(
+                        "this node ({address}) is not in --cluster; list it, or give \
+                         --advertise the address the others know it by"
+                    )));
+                }
+                let mut st = replica.state.lock();
+                st.stored.members = members.iter().map(|m| m.to_string()).collect();
+                log::info!(
+                    "[election] started with --cluster {}: no leader yet; the members elect one",
+                    st.stored.members.join(",")
+                );
+                replica.follow_locked(
+                    &mut st,
+                    None,
+                    "started with --cluster: the members elect a leader",
+                )?;
+            }
+            Startup::Cluster { .. } | Startup::Stored => {
                 let mut st = replica.state.lock();
                 match stored.role {
                     Some(StoredRole::Leader) => {

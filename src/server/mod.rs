@@ -55,6 +55,9 @@ pub enum Role {
     Leader { peers: Vec<SocketAddr> },
     /// Replicates from `leader`; serves reads, refuses writes.
     Follower { leader: SocketAddr },
+    /// `--cluster`: every member is listed; a new node waits for an
+    /// election, a restarted one takes its stored role.
+    Cluster { members: Vec<SocketAddr> },
     /// No `--role`: the role stored in the data dir (a new node: a
     /// standalone leader).
     Stored,
@@ -116,6 +119,7 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
     let startup = match &config.role {
         Role::Leader { peers } => Startup::Leader { peers: peers.clone() },
         Role::Follower { leader } => Startup::Follower { leader: *leader },
+        Role::Cluster { members } => Startup::Cluster { members: members.clone() },
         Role::Stored => Startup::Stored,
     };
     let identity = config.advertise.unwrap_or(address);
