@@ -25,6 +25,11 @@ pub struct StatusReport {
     /// Every member of the cluster as this node knows it (itself included).
     #[serde(default)]
     pub members: Vec<String>,
+    /// Each member, and how long ago it last showed it is reachable: it
+    /// sent this node something (AppendEntries, an ACK, a vote request, an
+    /// announcement) or answered one of its questions.
+    #[serde(default)]
+    pub member_contacts: Vec<MemberContact>,
     /// `None` while this node's data is believed good; otherwise why it
     /// refuses reads (its leader found its digest differs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,6 +69,14 @@ pub struct StatusReport {
     /// The last change of this node's role: when and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_role_change: Option<RoleChange>,
+}
+
+/// A member and when it was last heard from (`None`: not since this node
+/// started; 0 for the node itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberContact {
+    pub address: String,
+    pub last_heard_ms_ago: Option<u64>,
 }
 
 /// When a node last became leader or follower, and why.
@@ -124,7 +137,18 @@ impl StatusReport {
             self.keys,
             self.fsync
         );
-        if !self.members.is_empty() {
+        if !self.member_contacts.is_empty() {
+            let members: Vec<String> = self
+                .member_contacts
+                .iter()
+                .map(|m| match m.last_heard_ms_ago {
+                    _ if m.address == self.address => format!("{} (this node)", m.address),
+                    Some(ms) => format!("{} (heard {:.1}s ago)", m.address, ms as f64 / 1000.0),
+                    None => format!("{} (not heard from)", m.address),
+                })
+                .collect();
+            out.push_str(&format!("members:     {}\n", members.join(", ")));
+        } else if !self.members.is_empty() {
             out.push_str(&format!("members:     {}\n", self.members.join(", ")));
         }
         if let Some(why) = &self.unhealthy {

@@ -286,6 +286,9 @@ fn nodes_started_with_cluster_elect_their_first_leader_and_keep_their_roles() {
     wait_converged(&refs);
     let ids: Vec<Option<String>> = nodes.iter().map(|n| n.status().cluster_id).collect();
     assert!(ids[0].is_some() && ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let contacts = leader.status().member_contacts;
+    assert_eq!(contacts.len(), 3);
+    assert!(contacts.iter().all(|m| m.last_heard_ms_ago.is_some()), "{contacts:?}");
 
     let leader_name = leader.name.clone();
     let follower = nodes.iter_mut().find(|n| n.name != leader_name).unwrap();

@@ -189,7 +189,7 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         return Err(e);
     }
     link.set(LinkState::CatchingUp, None);
-    replica.heard_from_leader();
+    replica.heard_from_leader(link.leader());
 
     let mut follower = Follower {
         db,
@@ -246,7 +246,7 @@ impl Follower<'_> {
         }
         let term = ae.term;
         // Our leader is alive: its followers' election clocks start again.
-        self.replica.heard_from_leader();
+        self.replica.heard_from_leader(leader);
 
         let history = self.db.term_history();
         let verdict = log_match::check_append(

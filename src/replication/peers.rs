@@ -253,6 +253,9 @@ pub fn confirm_round(replica: &Replica, hub: &Hub, needed: usize) -> Result<usiz
     let answers = ask_each(&others, &announce);
     let mut yes = 0;
     for (member, answer) in answers.iter().take(others.len()) {
+        if let (Ok(_), Ok(address)) = (&answer, parse_peer(&member)) {
+            replica.heard_from(address);
+        }
         match answer {
             Ok(Message::LeaderAnnounce { term, leader, .. })
                 if term == hub.term() && parse_peer(&leader).is_ok_and(|l| same_node(l, me)) =>
@@ -304,6 +307,9 @@ fn announce_loop(replica: &Replica, hub: &Hub) {
             })
             .collect();
         for (member, answer) in ask_each(&targets, &announce).iter().take(targets.len()) {
+            if let (Ok(_), Ok(address)) = (&answer, parse_peer(&member)) {
+                replica.heard_from(address);
+            }
             match answer {
                 Ok(Message::LeaderAnnounce { term, leader, .. }) if term > hub.term() => {
                     let leader = parse_peer(&leader).ok().filter(|l| !same_node(*l, me));

@@ -26,6 +26,7 @@
 //! [`NodeState`]; the log-matching rules live in
 //! [`crate::replication::log_match`]. This module wires them to threads.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -99,6 +100,8 @@ pub struct Replica {
     campaigning: Mutex<()>,
     /// The last change of role: when, and the log line's words.
     last_change: Mutex<Option<(Instant, String)>>,
+    /// When each member last showed it is reachable.
+    contacts: Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 impl Replica {
@@ -130,6 +133,7 @@ impl Replica {
             epoch: Instant::now(),
             campaigning: Mutex::new(()),
             last_change: Mutex::new(None),
+            contacts: Mutex::new(HashMap::new()),
         });
         let deposed_leader = stored.role == Some(StoredRole::Follower)
             && stored.leader.as_deref().is_some_and(|l| !replica.is_me(l));
@@ -545,6 +549,7 @@ impl Replica {
 
         // Round 1: where does every reachable member's log end?
         let answers = peers::query_positions(&others, self.db.cluster_id(), ours, &me);
+        self.heard_from_all(&answers);
         if let Some((member, newer)) = newer_term(&answers, term) {
             self.observe_term(newer, None, &format!("member {member}"))?;
             return Ok(Err(Lost::NewerTerm { member, term: newer }));
@@ -592,6 +597,7 @@ impl Replica {
         };
         let votes =
             peers::request_votes(others, self.db.cluster_id(), new_term, ours, &me, majority);
+        self.heard_from_all(&votes);
         if let Some((member, newer)) = newer_term(&votes, new_term) {
             self.observe_term(newer, None, &format!("member {member}"))?;
             return Ok(Err(Lost::NewerTerm { member, term: newer }));
@@ -799,9 +805,46 @@ impl Replica {
     }
 
     /// A message from the leader we follow arrived: its clock starts again.
-    pub fn heard_from_leader(&self) {
+    pub fn heard_from_leader(&self, leader: SocketAddr) {
         let now = self.now_ms();
         self.clock.lock().heard_from_leader(now);
+        self.heard_from(leader);
+    }
+
+    /// `member` just showed it is reachable: it sent us something, or
+    /// answered a question (`status` shows when each member last did).
+    pub fn heard_from(&self, member: SocketAddr) {
+        self.contacts.lock().insert(member, Instant::now());
+    }
+
+    /// [`Replica::heard_from`] for every member that answered.
+    fn heard_from_all(&self, answers: &[(String, Result<Message>)]) {
+        for (member, answer) in answers {
+            if let (Ok(_), Ok(address)) = (answer, parse_peer(member)) {
+                self.heard_from(address);
+            }
+        }
+    }
+
+    /// Every member, and how long ago it last showed it is reachable
+    /// (`None`: not since this node started); this node says 0.
+    pub fn member_contacts(&self) -> Vec<(String, Option<u64>)> {
+        let members = self.members();
+        let contacts = self.contacts.lock();
+        members
+            .into_iter()
+            .map(|m| {
+                let ago = match parse_peer(&m) {
+                    _ if self.is_me(&m) => Some(0),
+                    Ok(a) => contacts
+                        .iter()
+                        .find(|(c, _)| same_node(**c, a))
+                        .map(|(_, at)| at.elapsed().as_millis() as u64),
+                    Err(_) => None,
+                };
+                (m, ago)
+            })
+            .collect()
     }
 
     /// Wait a whole new election timeout (no leader has spoken).
@@ -901,6 +944,7 @@ impl Replica {
         );
         // Rule 2: would a majority vote for us? Nothing changes anywhere.
         let answers = peers::pre_votes(&others, self.db.cluster_id(), next, ours, &me, majority);
+        self.heard_from_all(&answers);
         if let Some((member, newer)) = newer_term(&answers, term) {
             self.observe_term(newer, None, &format!("member {member}"))?;
             self.wait_again();

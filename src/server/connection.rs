@@ -23,7 +23,7 @@ use crate::replication::leader::{serve_follower, Hello};
 use crate::replication::parse_peer;
 use crate::replication::replica::RoleView;
 use crate::server::{fsync_name, Node};
-use crate::status::{LeaderLink, StatusReport};
+use crate::status::{LeaderLink, MemberContact, StatusReport};
 use crate::wal::Op;
 
 /// Bytes buffered for reading and writing on a client connection (64 KiB).
@@ -154,10 +154,12 @@ fn handle_request(node: &Node, request: Message) -> Result<Message> {
         }
         Message::RequestVote { cluster_id, term, last_lsn, last_term, candidate } => {
             node.replica.check_cluster(cluster_id, &format!("candidate {candidate}"))?;
+            heard_from(node, &candidate);
             node.replica.handle_vote(term, &candidate, last_lsn, last_term)
         }
         Message::PreVote { cluster_id, term, last_lsn, last_term, candidate } => {
             node.replica.check_cluster(cluster_id, &format!("candidate {candidate}"))?;
+            heard_from(node, &candidate);
             node.replica.handle_pre_vote(term, &candidate, last_lsn, last_term)
         }
         Message::TransferLeadership { target } => {
@@ -173,6 +175,7 @@ fn handle_request(node: &Node, request: Message) -> Result<Message> {
         }
         Message::LeaderAnnounce { cluster_id, term, leader } => {
             node.replica.check_cluster(cluster_id, &format!("leader {leader}"))?;
+            heard_from(node, &leader);
             node.replica.handle_announce(term, &leader)
         }
         Message::Status => {
@@ -183,6 +186,13 @@ fn handle_request(node: &Node, request: Message) -> Result<Message> {
         other => {
             Err(Error::Unexpected(format!("{} is not a request a client may send", other.name())))
         }
+    }
+}
+
+/// A member asked us something: it is reachable (status shows when).
+fn heard_from(node: &Node, member: &str) {
+    if let Ok(address) = parse_peer(member) {
+        node.replica.heard_from(address);
     }
 }
 
@@ -224,6 +234,12 @@ pub fn status(node: &Node) -> StatusReport {
         last_term: db.term_at(last_lsn).unwrap_or(0),
         address: node.address.to_string(),
         members: node.replica.members(),
+        member_contacts: node
+            .replica
+            .member_contacts()
+            .into_iter()
+            .map(|(address, last_heard_ms_ago)| MemberContact { address, last_heard_ms_ago })
+            .collect(),
         unhealthy: node.replica.unhealthy(),
         cluster_id: db.cluster_id().map(|id| id.to_string()),
         last_lsn,
@@ -246,6 +262,14 @@ pub fn status(node: &Node) -> StatusReport {
             report.commit_lsn = hub.commit_lsn(db);
             report.write_concern = Some(node.write_concern.name().into());
             report.followers = hub.rows(last_lsn);
+            // A follower's last ACK is contact too.
+            for row in &report.followers {
+                let member = report.member_contacts.iter_mut().find(|m| m.address == row.address);
+                if let (Some(member), Some(ack)) = (member, row.last_ack_ms_ago) {
+                    let known = member.last_heard_ms_ago.unwrap_or(u64::MAX);
+                    member.last_heard_ms_ago = Some(known.min(ack));
+                }
+            }
             report.replication_lag = hub.lag_summary();
             report.leader = Some(LeaderLink {
                 address: node.address.to_string(),
