@@ -30,6 +30,20 @@
 //! send to its own reply, so it includes the time spent queued behind the
 //! requests ahead of it — which is what a pipelining client really waits.
 //!
+//! ## A whole cluster
+//!
+//! With `--cluster 9001,9002,9003` instead of `--port`, each connection is a
+//! [`kvstore::cluster_client::ClusterClient`]: writes go to whichever member
+//! leads, following the "leader is X" error and trying the other members
+//! when one does not answer, within `--retry-ms` (default 5 s). This is the
+//! load to run across a failover. One request is in flight per connection
+//! (`--pipeline` must be 1), and the latency of a request includes any
+//! search for the leader it needed. A write whose outcome is unknown (the
+//! connection broke after it was sent, or the leader was deposed before it
+//! could confirm it) is counted as `unknown`, never retried and never
+//! counted as failed; the run goes on with the next operation. Only a
+//! request that finds no leader within the budget stops the run.
+//!
 //! ## How to run it
 //!
 //! ```text
@@ -39,6 +53,7 @@
 //! cargo run --release --example kv_bench -- --port PORT -c 16 -n 200000 -d 100 -t put
 //! cargo run --release --example kv_bench -- --port PORT -t get --preload -r 10000
 //! cargo run --release --example kv_bench -- --port PORT -t mixed --pipeline 16 --json /tmp/r.json
+//! cargo run --release --example kv_bench -- --cluster 9001,9002,9003 -c 8 -n 100000
 //! ```
 //!
 //! `--preload` first PUTs every key of the key space (pipelined, spread over
@@ -64,6 +79,7 @@ use std::time::{Duration, Instant};
 use clap::{CommandFactory, Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use kvstore::client::Client;
+use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
 use kvstore::error::Error as KvError;
 use kvstore::limits::VALUE_BYTES_MAX;
 use kvstore::protocol::Message;
@@ -117,8 +133,17 @@ struct Args {
     host: String,
 
     /// Server port.
-    #[arg(long)]
-    port: u16,
+    #[arg(long, required_unless_present = "cluster", conflicts_with = "cluster")]
+    port: Option<u16>,
+
+    /// Every member of a cluster (ports or host:port, comma-separated):
+    /// requests go to whichever member leads.
+    #[arg(long, value_delimiter = ',', value_name = "MEMBERS")]
+    cluster: Vec<String>,
+
+    /// With --cluster: how long one request may look for the leader.
+    #[arg(long, default_value_t = RETRY_BUDGET_MS_DEFAULT, value_name = "MS")]
+    retry_ms: u64,
 
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 1)]
@@ -152,6 +177,9 @@ impl Args {
         }
         if self.pipeline == 0 {
             return Err("--pipeline must be at least 1".into());
+        }
+        if !self.cluster.is_empty() && self.pipeline > 1 {
+            return Err("--cluster sends one request at a time: --pipeline must be 1".into());
         }
         if self.value_bytes > VALUE_BYTES_MAX as usize {
             return Err(format!("-d must be at most {VALUE_BYTES_MAX} (the server's value limit)"));
@@ -251,8 +279,12 @@ struct Stats {
     errors: u64,
     /// GETs answered NOT_FOUND (a `get` run without `--preload` is mostly these).
     not_found: u64,
+    /// With --cluster: writes whose outcome is unknown (see the module docs).
+    unknown: u64,
     /// The first ERROR reply's text, to show the user what went wrong.
     first_error: Option<String>,
+    /// Why the first unknown outcome was unknown.
+    first_unknown: Option<String>,
 }
 
 impl Stats {
@@ -262,7 +294,9 @@ impl Stats {
             count: 0,
             errors: 0,
             not_found: 0,
+            unknown: 0,
             first_error: None,
+            first_unknown: None,
         })
     }
 
@@ -271,18 +305,86 @@ impl Stats {
         self.count += other.count;
         self.errors += other.errors;
         self.not_found += other.not_found;
+        self.unknown += other.unknown;
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
+        }
+        if self.first_unknown.is_none() {
+            self.first_unknown.clone_from(&other.first_unknown);
         }
         Ok(())
     }
 }
 
-/// Perform `ops` on `client` with up to `window` requests in flight, and
-/// record each reply into `stats`. `progress` (if given) counts replies for
-/// the progress line; once `abort` is set (another connection failed) no new
-/// request is sent.
+/// Where one connection's requests go.
+enum Target {
+    /// One server (`--port`), with up to `--pipeline` requests in flight.
+    Node(Client),
+    /// Whichever member of `--cluster` leads, one request at a time.
+    Cluster(ClusterClient),
+}
+
+/// Perform `ops` on `target` and record each reply into `stats`.
+/// `progress` (if given) counts replies for the progress line; once `abort`
+/// is set (another connection failed) no new request is sent.
 fn drive(
+    target: &mut Target,
+    ops: impl Iterator<Item = Op>,
+    window: usize,
+    value: &[u8],
+    stats: &mut Stats,
+    progress: Option<&AtomicU64>,
+    abort: &AtomicBool,
+) -> BenchResult<()> {
+    match target {
+        Target::Node(client) => drive_node(client, ops, window, value, stats, progress, abort),
+        Target::Cluster(cluster) => drive_cluster(cluster, ops, value, stats, progress, abort),
+    }
+}
+
+/// `--cluster`: one request at a time through the [`ClusterClient`].
+fn drive_cluster(
+    cluster: &mut ClusterClient,
+    ops: impl Iterator<Item = Op>,
+    value: &[u8],
+    stats: &mut Stats,
+    progress: Option<&AtomicU64>,
+    abort: &AtomicBool,
+) -> BenchResult<()> {
+    for op in ops {
+        if abort.load(Ordering::Relaxed) {
+            break;
+        }
+        let sent_at = Instant::now();
+        let reply = match op {
+            Op::Put(k) => cluster.put(&key(k), value).map(|_| true),
+            Op::Get(k) => cluster.get(&key(k)).map(|found| found.is_some()),
+        };
+        let micros = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+        stats.latency_us.record(micros)?;
+        stats.count += 1;
+        match reply {
+            Ok(true) => {}
+            Ok(false) => stats.not_found += 1,
+            Err(KvError::Indeterminate(why)) => {
+                stats.unknown += 1;
+                stats.first_unknown.get_or_insert(why);
+            }
+            Err(KvError::Server { message, .. }) => {
+                stats.errors += 1;
+                stats.first_error.get_or_insert(message);
+            }
+            Err(fatal) => return Err(fatal.into()),
+        }
+        if let Some(done) = progress {
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// `--port`: up to `window` requests in flight on one connection.
+fn drive_node(
     client: &mut Client,
     ops: impl Iterator<Item = Op>,
     window: usize,
@@ -353,7 +455,7 @@ struct WorkerOutcome {
 }
 
 impl Worker<'_> {
-    fn run(&self, mut client: Client) -> BenchResult<WorkerOutcome> {
+    fn run(&self, mut client: Target) -> BenchResult<WorkerOutcome> {
         // Whatever set-up does, reach the barrier: a worker that returned
         // early would leave the others waiting there forever.
         let setup = self.set_up(&mut client);
@@ -384,7 +486,7 @@ impl Worker<'_> {
     }
 
     /// Preload this connection's share of the key space, then warm up.
-    fn set_up(&self, client: &mut Client) -> BenchResult<()> {
+    fn set_up(&self, client: &mut Target) -> BenchResult<()> {
         if self.args.preload {
             // Connection `id` writes keys id, id + c, id + 2c, ...
             let stripe = (self.id as u64..self.args.keys).step_by(self.args.connections);
@@ -427,6 +529,7 @@ struct JsonReport<'a> {
     count: u64,
     errors: u64,
     not_found: u64,
+    unknown: u64,
     p50_us: u64,
     p99_us: u64,
     p999_us: u64,
@@ -438,7 +541,8 @@ struct JsonReport<'a> {
 #[derive(Serialize)]
 struct JsonParams<'a> {
     host: &'a str,
-    port: u16,
+    port: Option<u16>,
+    cluster: &'a [String],
     connections: usize,
     ops: u64,
     value_bytes: usize,
@@ -463,16 +567,25 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> BenchResult<()> {
-    let address = format!("{}:{}", args.host, args.port);
-
     // Connect every client up front: a server that is not there is reported
-    // once, before any thread starts.
+    // once, before any thread starts. (A cluster client finds the leader
+    // with its first request.)
     let mut clients = Vec::with_capacity(args.connections);
     for id in 0..args.connections {
-        let client =
-            Client::connect(address.as_str()).map_err(|e| format!("connection {id}: {e}"))?;
-        client.set_timeout(Some(REPLY_TIMEOUT))?;
-        clients.push(client);
+        let target = match args.port {
+            Some(port) => {
+                let address = format!("{}:{port}", args.host);
+                let client = Client::connect(address.as_str())
+                    .map_err(|e| format!("connection {id}: {e}"))?;
+                client.set_timeout(Some(REPLY_TIMEOUT))?;
+                Target::Node(client)
+            }
+            None => {
+                let budget = Duration::from_millis(args.retry_ms);
+                Target::Cluster(ClusterClient::new(&args.cluster, budget)?)
+            }
+        };
+        clients.push(target);
     }
     if args.preload && !args.quiet {
         eprintln!("preloading {} keys of {} bytes ...", args.keys, args.value_bytes);
@@ -580,8 +693,13 @@ fn print_report(args: &Args, total: &Stats, elapsed: Duration) {
     } else {
         format!("  not_found {}", total.not_found)
     };
+    let unknown = if args.cluster.is_empty() {
+        String::new()
+    } else {
+        format!("  unknown {}", total.unknown)
+    };
     println!(
-        "{:<4} c={} n={} d={}{pipeline}: {:.0} ops/s  p50 {}  p99 {}  p99.9 {}  max {}  errors {}{misses}",
+        "{:<4} c={} n={} d={}{pipeline}: {:.0} ops/s  p50 {}  p99 {}  p99.9 {}  max {}  errors {}{misses}{unknown}",
         args.workload,
         args.connections,
         args.ops,
@@ -595,6 +713,9 @@ fn print_report(args: &Args, total: &Stats, elapsed: Duration) {
     );
     if let Some(message) = &total.first_error {
         eprintln!("first error reply: {message}");
+    }
+    if let Some(why) = &total.first_unknown {
+        eprintln!("first unknown outcome: {why}");
     }
 }
 
@@ -616,6 +737,7 @@ fn write_json(args: &Args, total: &Stats, elapsed: Duration, path: &PathBuf) -> 
         count: total.count,
         errors: total.errors,
         not_found: total.not_found,
+        unknown: total.unknown,
         p50_us: h.value_at_quantile(0.50),
         p99_us: h.value_at_quantile(0.99),
         p999_us: h.value_at_quantile(0.999),
@@ -624,6 +746,7 @@ fn write_json(args: &Args, total: &Stats, elapsed: Duration, path: &PathBuf) -> 
         params: JsonParams {
             host: &args.host,
             port: args.port,
+            cluster: &args.cluster,
             connections: args.connections,
             ops: args.ops,
             value_bytes: args.value_bytes,

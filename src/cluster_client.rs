@@ -99,7 +99,7 @@ impl ClusterClient {
                     None => {
                         let address = self.members[self.next % self.members.len()].clone();
                         self.next += 1;
-                        match Client::connect(address.as_str()) {
+                        match self.connect(&address) {
                             Ok(client) => (address, client),
                             Err(e) => {
                                 tried.push(format!("{address}: {e}"));
@@ -156,8 +156,18 @@ impl ClusterClient {
         if leader == refused_by {
             return;
         }
-        if let Ok(client) = Client::connect(leader.as_str()) {
+        if let Ok(client) = self.connect(&leader) {
             self.leader = Some((leader, client));
         }
+    }
+
+    /// A connection whose replies are awaited at most one retry budget: a
+    /// node that is frozen (or cut off after accepting) must not hold the
+    /// caller forever. A write that times out is indeterminate, like any
+    /// other write whose connection failed after it was sent.
+    fn connect(&self, address: &str) -> Result<Client> {
+        let client = Client::connect(address)?;
+        client.set_timeout(Some(self.budget.max(Duration::from_millis(1))))?;
+        Ok(client)
     }
 }

@@ -705,6 +705,8 @@ fn roles_survive_a_restart_without_flags_and_a_leader_returns_in_a_new_term() {
     let out = kv(&f2, &["promote"]);
     assert!(out.status.success(), "{}", stderr(&out));
     leader.wait_for_log(&format!("following 127.0.0.1:{p2}"));
+    // The NOOP that begins term 2 is written just after promote answers.
+    f2.wait_for_lsn(2);
     f2.restart_with(&[]);
     f2.wait_for_log("leader of term 3 (restarted as leader, with votes from");
     // The old leader voted in term 3 before it heard who won; it stores the
