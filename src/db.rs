@@ -1,4 +1,4 @@
-//! The one write path: WAL append → fsync → apply → notify replication.
+//! The one write path: WAL append → notify replication → fsync → apply.
 //!
 //! Every change — a client's PUT on the leader, or a batch of AppendEntries
 //! on a follower — goes through [`Db`], in this order:
@@ -6,16 +6,38 @@
 //! 1. **Queue**: the change gets the next LSN and joins the queue of records
 //!    waiting to be written (a short lock; no I/O).
 //! 2. **Group commit**: the first waiting thread becomes the *committer*: it
-//!    takes the whole queue, writes it with one `write`, and fsyncs once for
-//!    all of it. Threads that queued meanwhile wait on a condition variable;
-//!    with 16 concurrent writers one fsync serves them all instead of each
+//!    takes the whole queue and writes it with one `write`. Threads that
+//!    queued meanwhile wait on a condition variable; with 16 concurrent
+//!    writers one write and one fsync serve them all instead of each
 //!    queueing for its own (PostgreSQL's `commit_delay`, etcd's batched WAL).
-//! 3. **Apply**: the committer applies the records to the map, in LSN order,
-//!    only once they are durable — a reader never sees a write that a crash
-//!    could take back.
-//! 4. **Notify**: the committer hands the batch to every replication
-//!    subscriber (one crossbeam channel per follower sender, lesson 3). The
-//!    rule is etcd's: nothing is sent before it is persisted.
+//! 3. **Notify**: as soon as the batch is written the committer hands it to
+//!    every replication subscriber (one crossbeam channel per follower
+//!    sender, lesson 3), and only then fsyncs it.
+//! 4. **Apply**: once the fsync is done the committer applies the records
+//!    to the map, in LSN order, and wakes the writers — a reader never sees
+//!    a write that a crash of this node could take back, and no client hears
+//!    OK for it before then.
+//!
+//! ## Sending before the leader's fsync (Raft section 10.2.1, etcd)
+//!
+//! A durable `majority` write needs two fsyncs: the leader's and a
+//! follower's. Done one after the other, they add up; started together,
+//! the write costs the slower of the two. So the batch goes to the
+//! followers while the leader's own fsync runs. This is safe because of
+//! terms and log matching (`docs/FAILOVER.md`): if the leader crashes
+//! before its fsync and loses the batch, the followers hold records their
+//! leader does not. Whichever node leads next, the log-matching check finds
+//! the difference and repairs it: a follower's extra records are removed
+//! (they were never acknowledged to any client, since a client's OK waits
+//! for the leader's own fsync), or, if a majority holds them, they are
+//! committed and the old leader's log is the one repaired. The commit LSN
+//! counts the leader's own copy only up to its durable LSN
+//! ([`crate::replication::hub::Hub::commit_lsn`]).
+//!
+//! One case is no longer a plain failure: if the leader's fsync *fails*,
+//! the followers may already hold the batch and a majority may keep it.
+//! The writers get an error (the node refuses writes from then on, see
+//! below) but their writes may survive; read them back to know.
 //!
 //! ## Terms, and who may write
 //!
@@ -64,6 +86,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::cluster::ClusterId;
 use crate::error::{Error, Result};
 use crate::limits::{DIGEST_RING_RECORDS, FOLLOWER_CHANNEL_BATCHES_MAX};
+use crate::stages::{Stage, Stages};
 use crate::store::Store;
 use crate::wal::{scan_log, Op, Record, TermHistory, Wal, WalRecovery};
 use crate::{Lsn, Term};
@@ -102,12 +125,16 @@ pub struct Db {
     cluster_id: Mutex<Option<ClusterId>>,
     /// `(lsn, digest after lsn)` for the most recent records.
     digests: Mutex<VecDeque<(Lsn, u64)>>,
+    /// Where the time of a write goes (`status`, [`crate::stages`]).
+    stages: Arc<Stages>,
     _lock: File,
 }
 
 struct Queue {
     next_lsn: Lsn,
     pending: Vec<Record>,
+    /// When the first of `pending` joined (for the `queue` stage).
+    first_queued_at: Option<Instant>,
     /// `Some(term)` while this node is the leader of `term`: client writes
     /// are taken and stamped with it. `None`: client writes are refused.
     leader_term: Option<Term>,
@@ -115,6 +142,8 @@ struct Queue {
 
 struct CommitState {
     durable_lsn: Lsn,
+    /// When the committer last moved `durable_lsn` (the `wakeup` stage).
+    durable_at: Option<Instant>,
     committer_busy: bool,
     /// `failed_from[e]`: the first LSN discarded when epoch `e` ended.
     failed_from: Vec<Lsn>,
@@ -158,10 +187,12 @@ impl Db {
             queue: Mutex::new(Queue {
                 next_lsn: last_lsn + 1,
                 pending: Vec::new(),
+                first_queued_at: None,
                 leader_term: None,
             }),
             commit: Mutex::new(CommitState {
                 durable_lsn: last_lsn,
+                durable_at: None,
                 committer_busy: false,
                 failed_from: Vec::new(),
                 last_failure: String::new(),
@@ -174,6 +205,7 @@ impl Db {
             subscribers: Mutex::new(Vec::new()),
             cluster_id: Mutex::new(cluster_id),
             digests: Mutex::new(VecDeque::new()),
+            stages: Arc::new(Stages::new()),
             _lock: lock,
         };
         Ok((db, recovery))
@@ -193,6 +225,7 @@ impl Db {
         q.leader_term = Some(term);
         let lsn = q.next_lsn;
         q.next_lsn += 1;
+        q.first_queued_at.get_or_insert_with(Instant::now);
         q.pending.push(Record { lsn, term, op: Op::Noop });
         QueuedWrite(Ticket { lsn, epoch: self.epoch.load(Ordering::Acquire) })
     }
@@ -245,6 +278,11 @@ impl Db {
 
     pub fn fsync_policy(&self) -> FsyncPolicy {
         self.fsync
+    }
+
+    /// The node's write-stage histograms.
+    pub fn stages(&self) -> &Arc<Stages> {
+        &self.stages
     }
 
     /// Last LSN that is durable and applied: what a reader can see and what
@@ -338,6 +376,7 @@ impl Db {
             };
             let lsn = q.next_lsn;
             q.next_lsn += 1;
+            q.first_queued_at.get_or_insert_with(Instant::now);
             q.pending.push(Record { lsn, term, op });
             (Ticket { lsn, epoch: self.epoch.load(Ordering::Acquire) }, term)
         };
@@ -376,6 +415,7 @@ impl Db {
                 )));
             }
             q.next_lsn = last + 1;
+            q.first_queued_at.get_or_insert_with(Instant::now);
             q.pending.extend(records);
             Ticket { lsn: last, epoch: self.epoch.load(Ordering::Acquire) }
         };
@@ -426,7 +466,7 @@ impl Db {
         Ok(removed)
     }
 
-    /// Subscribe to committed batches (a follower's sender thread, lesson 3).
+    /// Subscribe to written batches (a follower's sender thread, lesson 3).
     ///
     /// The channel is bounded: when a subscriber falls behind, batches for it
     /// are dropped, and it must fetch the gap from the WAL with
@@ -441,6 +481,7 @@ impl Db {
     /// Wait until `ticket` is durable, becoming the committer if none is busy.
     fn wait_durable(&self, ticket: Ticket) -> Result<()> {
         let mut c = self.commit.lock();
+        let mut waited = false;
         loop {
             if let Some(why) = &c.fatal {
                 return Err(Error::WalFailed(why.clone()));
@@ -455,10 +496,14 @@ impl Db {
                 };
             }
             if c.durable_lsn >= ticket.lsn {
+                if let (true, Some(at)) = (waited, c.durable_at) {
+                    self.stages.record(Stage::Wakeup, at.elapsed());
+                }
                 return Ok(());
             }
             if c.committer_busy {
                 self.committed.wait(&mut c);
+                waited = true;
                 continue;
             }
             c.committer_busy = true;
@@ -467,7 +512,10 @@ impl Db {
             c = self.commit.lock();
             c.committer_busy = false;
             match result {
-                Ok(durable) => c.durable_lsn = durable.max(c.durable_lsn),
+                Ok(durable) => {
+                    c.durable_lsn = durable.max(c.durable_lsn);
+                    c.durable_at = Some(Instant::now());
+                }
                 Err(CommitFailure::Write { first_lsn, why }) => {
                     c.failed_from.push(first_lsn);
                     c.last_failure = why;
@@ -481,9 +529,15 @@ impl Db {
     /// The committer's job: write, fsync, apply and publish the whole queue.
     /// Returns the new durable LSN.
     fn commit_queue(&self) -> std::result::Result<Lsn, CommitFailure> {
-        let batch = std::mem::take(&mut self.queue.lock().pending);
+        let (batch, queued_at) = {
+            let mut q = self.queue.lock();
+            (std::mem::take(&mut q.pending), q.first_queued_at.take())
+        };
         let Some(last) = batch.last().map(|r| r.lsn) else { return Ok(self.last_lsn()) };
         let started = Instant::now();
+        if let Some(at) = queued_at {
+            self.stages.record(Stage::Queue, started.saturating_duration_since(at));
+        }
         if let Err(e) = self.wal.append(&batch) {
             let first_lsn = batch[0].lsn;
             let mut q = self.queue.lock();
@@ -494,8 +548,17 @@ impl Db {
             log::error!("[wal] {e}; {discarded} queued write(s) refused, none applied");
             return Err(CommitFailure::Write { first_lsn, why: e.to_string() });
         }
+        let written = Instant::now();
+        self.stages.record(Stage::Write, written - started);
+        // Hand the batch to the followers' senders now, while our own fsync
+        // runs: see "Sending before the leader's fsync" in the module docs.
+        let batch = Arc::new(batch);
+        self.stages.published(last, written);
+        self.publish(Arc::clone(&batch));
         if self.fsync == FsyncPolicy::Always {
-            if let Err(e) = self.wal.sync() {
+            let result = self.wal.sync();
+            self.stages.record(Stage::Fsync, written.elapsed());
+            if let Err(e) = result {
                 log::error!(
                     "[wal] {e}; the log's state on disk is unknown, so this node refuses \
                      writes until it is restarted (restart recovers from the disk)"
@@ -506,7 +569,7 @@ impl Db {
         {
             let mut store = self.store.write();
             let mut ring = self.digests.lock();
-            for record in &batch {
+            for record in batch.iter() {
                 store.apply(record);
                 if ring.len() == DIGEST_RING_RECORDS {
                     ring.pop_front();
@@ -516,7 +579,6 @@ impl Db {
         }
         self.durable_lsn.store(last, Ordering::Release);
         log::trace!("[wal] committed {} record(s) in {:?}", batch.len(), started.elapsed());
-        self.publish(Arc::new(batch));
         Ok(last)
     }
 

@@ -63,6 +63,7 @@ pub mod limits;
 pub mod protocol;
 pub mod replication;
 pub mod server;
+pub mod stages;
 pub mod status;
 pub mod store;
 pub mod wal;

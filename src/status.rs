@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::replication::lag::LagSummary;
+use crate::stages::StageSummary;
 use crate::{Lsn, Term};
 
 /// One node's view of itself and of its followers.
@@ -60,6 +61,10 @@ pub struct StatusReport {
     /// reach every expected follower.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_lag: Option<LagSummary>,
+    /// Where the time of writes went on this node, stage by stage
+    /// ([`crate::stages`]); only stages that have samples.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_stages: Vec<StageSummary>,
     /// `auto` (followers elect a new leader by themselves) or `manual`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<String>,
@@ -189,11 +194,26 @@ impl StatusReport {
                 lag.count
             ));
         }
+        if !self.write_stages.is_empty() {
+            out.push_str(&render_stages(&self.write_stages));
+        }
         if self.role == "leader" {
             out.push_str(&render_followers(&self.followers));
         }
         out
     }
+}
+
+/// `write stages (µs):  queue p50 12 p99 80 | write ...`, one stage a line.
+fn render_stages(stages: &[StageSummary]) -> String {
+    let mut out = String::from("write stages (p50 / p99 / max, µs, count):\n");
+    for s in stages {
+        out.push_str(&format!(
+            "  {:<7} {:>8} {:>8} {:>8}  {}\n",
+            s.stage, s.p50_us, s.p99_us, s.max_us, s.count
+        ));
+    }
+    out
 }
 
 fn render_followers(rows: &[FollowerRow]) -> String {

@@ -383,3 +383,45 @@ fn a_silent_peer_is_detected_on_both_sides() {
     leader.client().put(b"b", b"2").unwrap();
     wait_for_value(&f2, "b", Some("2"));
 }
+
+#[test]
+fn status_breaks_a_durable_write_into_stages_on_both_sides() {
+    // Goal: after durable majority writes, the leader's status says how long
+    // each stage took (queue, write, fsync, send, ACK, total), and a
+    // follower's its own queue, write and fsync: the numbers an operator
+    // needs to see where a slow write spends its time.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let leader = leader(&dirs, &[p2, p3], &["--write-concern=majority", "--fsync=always"]);
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    let f3 = follower("follower3", &dirs, p3, &leader);
+    f2.wait_for_log("caught up");
+    f3.wait_for_log("caught up");
+    let mut client = leader.client();
+    for i in 0..20 {
+        client.put(format!("k{i}").as_bytes(), b"v").unwrap();
+    }
+    let count = |report: &kvstore::status::StatusReport, stage: &str| {
+        report.write_stages.iter().find(|s| s.stage == stage).map_or(0, |s| s.count)
+    };
+    // The ACKs of the last writes may still be on their way to the leader.
+    eventually("every ACK counted", DEADLINE, || {
+        let s = leader.status();
+        (count(&s, "ack") >= 20).then_some(())
+    });
+    let s = leader.status();
+    for stage in ["queue", "write", "fsync", "send"] {
+        assert!(count(&s, stage) >= 1, "leader stage {stage}: {:?}", s.write_stages);
+    }
+    assert_eq!(count(&s, "total"), 20, "one sample per client write");
+    let total = s.write_stages.iter().find(|s| s.stage == "total").unwrap();
+    assert!(total.p50_us <= total.max_us && total.max_us > 0);
+    let rendered = s.render();
+    assert!(rendered.contains("write stages"), "{rendered}");
+    wait_converged(&[&leader, &f2, &f3]);
+    let f = f2.status();
+    for stage in ["write", "fsync"] {
+        assert!(count(&f, stage) >= 1, "follower stage {stage}: {:?}", f.write_stages);
+    }
+    assert_eq!(count(&f, "total"), 0, "a follower takes no client writes");
+}

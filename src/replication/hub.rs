@@ -41,6 +41,7 @@
 //! be lost.
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -49,6 +50,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::limits::HEARTBEAT_INTERVAL_MS;
 use crate::replication::lag::{LagSummary, LagTracker};
+use crate::stages::{Stage, Stages};
 use crate::status::FollowerRow;
 use crate::{Lsn, Term};
 
@@ -143,6 +145,9 @@ struct HubState {
     deposed: Option<String>,
     /// Threads in [`Hub::wait_acked_by`]: every ACK wakes them.
     confirming: usize,
+    /// When an ACK last moved the majority or the all-followers position
+    /// (the `wakeup` stage runs from here).
+    moved_at: Option<Instant>,
 }
 
 /// The leader's replication bookkeeping for one term.
@@ -163,6 +168,8 @@ pub struct Hub {
     confirmed_from: Mutex<Option<Instant>>,
     /// Held while a confirmation round runs: one at a time.
     round: Mutex<()>,
+    /// The node's write-stage histograms (`None` in unit tests).
+    stages: Option<Arc<Stages>>,
 }
 
 impl Hub {
@@ -178,6 +185,7 @@ impl Hub {
                 commit_lsn: 0,
                 deposed: None,
                 confirming: 0,
+                moved_at: None,
             }),
             acked: Condvar::new(),
             expected_count: expected.len(),
@@ -187,7 +195,14 @@ impl Hub {
             office_lsn: 0,
             confirmed_from: Mutex::new(None),
             round: Mutex::new(()),
+            stages: None,
         }
+    }
+
+    /// The same hub, recording the `wakeup` stage of its waiting writers.
+    pub fn with_stages(mut self, stages: Arc<Stages>) -> Hub {
+        self.stages = Some(stages);
+        self
     }
 
     /// The same hub, for a leader whose log ends at `last_lsn` as it takes
@@ -356,6 +371,9 @@ impl Hub {
         let now = Instant::now();
         peer.last_ack = Some(now);
         let after = self.positions(&st);
+        if after != before {
+            st.moved_at = Some(now);
+        }
         if after != before || st.confirming > 0 {
             self.acked.notify_all();
         }
@@ -436,14 +454,19 @@ impl Hub {
         };
         let deadline = Instant::now() + timeout;
         let mut st = self.state.lock();
+        let mut waited = false;
         loop {
             let acked = st.peers.iter().filter(|p| p.expected && p.acked_lsn >= lsn).count();
             if acked >= followers_needed {
+                if let (true, Some(stages), Some(at)) = (waited, &self.stages, st.moved_at) {
+                    stages.record(Stage::Wakeup, at.elapsed());
+                }
                 return Ok(());
             }
             if let Some(why) = &st.deposed {
                 return Err(Error::Deposed { lsn, term: self.term, why: why.clone() });
             }
+            waited = true;
             if self.acked.wait_until(&mut st, deadline).timed_out() {
                 let acked = st.peers.iter().filter(|p| p.expected && p.acked_lsn >= lsn).count();
                 if acked >= followers_needed {

@@ -30,7 +30,7 @@
 //! The sender keeps one number, `next_lsn`: the next record the follower
 //! needs. Records come from two places:
 //!
-//! - the **channel**, fed by [`crate::db::Db`] with every committed batch;
+//! - the **channel**, fed by [`crate::db::Db`] with every batch it writes;
 //! - the **WAL**, through `records_after` and its memory-mapped index.
 //!
 //! The channel is subscribed to *before* the catch-up reads the WAL, so
@@ -72,6 +72,7 @@ use crate::replication::hub::{Hub, LinkState, Session};
 use crate::replication::log_match::{self, Refusal};
 use crate::replication::replica::{Replica, RoleView};
 use crate::replication::RateLimitedLine;
+use crate::stages::Stage;
 use crate::{Lsn, Term};
 
 /// What a follower said in its FOLLOWER_HELLO.
@@ -315,6 +316,7 @@ impl Link<'_> {
             hub: Arc::clone(self.hub),
             db: Arc::clone(self.db),
             sent_through: Arc::clone(sent_through),
+            measured_from: self.db.last_lsn(),
         };
         let replica = self.replica.self_handle()?;
         let closed = Arc::clone(closed);
@@ -353,11 +355,15 @@ struct AckReader {
     hub: Arc<Hub>,
     db: Arc<Db>,
     sent_through: Arc<AtomicU64>,
+    /// Batches up to here were written before the link existed: their `ack`
+    /// time would measure the catch-up, not the stream ([`crate::stages`]).
+    measured_from: Lsn,
 }
 
 impl AckReader {
     /// Read ACKs until the link fails; return why it ended.
     fn read(&self, reader: &mut BufReader<TcpStream>, replica: &Replica) -> String {
+        let mut measured = self.measured_from;
         loop {
             let frame = match read_frame(reader, FRAME_BYTES_MAX) {
                 Ok(Some(frame)) => frame,
@@ -394,6 +400,7 @@ impl AckReader {
                 );
             }
             self.hub.record_ack(self.session, last_lsn, term);
+            measured = self.db.stages().reached(Stage::Ack, measured, last_lsn);
             if digest_lsn != 0 && digest_lsn <= last_lsn {
                 self.check_digest(digest_lsn, digest);
             }
@@ -427,6 +434,8 @@ struct Sender<'a> {
     sent_through: Arc<AtomicU64>,
     told_unhealthy: bool,
     sent_log: RateLimitedLine,
+    /// Batches through here are counted in the `send` stage (or predate the link).
+    send_measured: Lsn,
 }
 
 impl<'a> Sender<'a> {
@@ -448,6 +457,7 @@ impl<'a> Sender<'a> {
             sent_through,
             told_unhealthy: false,
             sent_log: RateLimitedLine::new(),
+            send_measured: db.last_lsn(),
         }
     }
 
@@ -475,7 +485,7 @@ impl<'a> Sender<'a> {
         Ok(())
     }
 
-    /// Lesson 3: forward committed batches as they arrive; heartbeat when idle.
+    /// Lesson 3: forward written batches as they arrive; heartbeat when idle.
     fn stream_live(&mut self, batches: &Receiver<Batch>, closed: &AtomicBool) -> Result<()> {
         let heartbeat = self.hub.heartbeat();
         loop {
@@ -626,6 +636,7 @@ impl<'a> Sender<'a> {
             .write_all(frame)
             .map_err(|e| Error::io(format!("sending AppendEntries to {}", self.address), e))?;
         let (address, last) = (self.address, self.next_lsn - 1);
+        self.send_measured = self.db.stages().reached(Stage::Send, self.send_measured, last);
         self.sent_log.note(1, count as usize, |messages, records| {
             let what = if messages == 1 {
                 "AppendEntries".into()

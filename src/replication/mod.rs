@@ -27,7 +27,10 @@
 //!
 //! ## Ordering rules
 //!
-//! - Nothing is sent before it is durable on the leader (see [`crate::db`]).
+//! - A batch is sent once it is written on the leader, while the leader's
+//!   own fsync runs; the leader applies it and answers its clients only
+//!   after that fsync, and counts its own copy toward the commit LSN only
+//!   from then on (see [`crate::db`]).
 //! - A follower applies a batch only if its log holds the batch's
 //!   `(prev_lsn, prev_term)`; it removes a conflicting suffix first, but
 //!   never a record at or below its commit LSN.

@@ -1108,6 +1108,7 @@ impl Replica {
         let hub = Arc::new(
             Hub::new(&peers, term)
                 .with_heartbeat_ms(self.election.timing.heartbeat_ms)
+                .with_stages(Arc::clone(self.db.stages()))
                 .starting_at(last_lsn, known_commit),
         );
         let noop = if !peers.is_empty() && last_lsn > 0 {

@@ -13,7 +13,7 @@
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::limits::{CLIENT_READ_TIMEOUT_MS, FRAME_BYTES_MAX};
@@ -23,6 +23,7 @@ use crate::replication::leader::{serve_follower, Hello};
 use crate::replication::parse_peer;
 use crate::replication::replica::RoleView;
 use crate::server::{fsync_name, Node};
+use crate::stages::Stage;
 use crate::status::{LeaderLink, MemberContact, StatusReport};
 use crate::wal::Op;
 
@@ -199,6 +200,7 @@ fn heard_from(node: &Node, member: &str) {
 /// A client write: only a leader takes it, then waits for the write concern.
 /// If the leader steps down meanwhile, a `majority`/`all` write fails.
 fn write(node: &Node, op: Op) -> Result<Message> {
+    let started = Instant::now();
     let hub = match node.replica.view() {
         RoleView::Leader { hub, .. } => hub,
         RoleView::Follower { .. } => return Err(node.replica.not_leader()),
@@ -221,6 +223,7 @@ fn write(node: &Node, op: Op) -> Result<Message> {
     }
     hub.wait_for(lsn, node.write_concern, node.write_timeout)?;
     hub.acknowledged(lsn);
+    node.db.stages().record(Stage::Total, started.elapsed());
     Ok(Message::Ok { lsn })
 }
 
@@ -251,6 +254,7 @@ pub fn status(node: &Node) -> StatusReport {
         leader: None,
         followers: Vec::new(),
         replication_lag: None,
+        write_stages: db.stages().summaries(),
         failover: Some(node.replica.failover_name().into()),
         voted_for: node.replica.voted_for(),
         last_role_change: node.replica.last_role_change(),
