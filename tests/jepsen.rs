@@ -37,16 +37,38 @@
 //!
 //! ## Wiring
 //!
-//! Each node sits behind a fault proxy and advertises the proxy's address,
-//! so every link between members passes through the proxy of the node it
-//! connects to (as in tests/failover.rs). Clients connect to the nodes
-//! directly, so a node cut off from its peers still hears from clients —
-//! exactly the case where a deposed leader could answer stale reads.
+//! `KVSTORE_JEPSEN_NET` chooses how the nodes are placed and how the
+//! network faults are made ([`Net`]); the clients, the history, the checker
+//! and the checks are the same either way.
 //!
-//! `make test` runs it for 20 s; `make jepsen` for 300 s
-//! (`KVSTORE_JEPSEN_SECS`). Every run prints `KVSTORE_SEED=...`; setting
-//! it replays the same fault schedule and the same client operations (the
-//! timing, and so the interleaving, differs from run to run).
+//! - `proxy` (the default): each node listens on 127.0.0.1 behind a fault
+//!   proxy and advertises the proxy's address, so every link between
+//!   members passes through the proxy of the node it connects to (as in
+//!   tests/failover.rs). A partition blackholes the proxy; a reset cuts
+//!   its connections mid-frame.
+//! - `netns` (`make jepsen-netns`, root only): each node runs in a Linux
+//!   network namespace of its own (`ip netns exec kvj-n1 kvstore --host
+//!   10.77.0.1 ...`), on its own address, linked to the others by a veth
+//!   pair into a bridge in the root namespace, where the test and its
+//!   clients run. A partition drops the node's packets to and from the
+//!   other members with nftables; a reset answers them with TCP resets; a
+//!   node's link can also go down (`ip link set kvj-n1h down`: clients lose
+//!   it too) or turn lossy, and slow where the kernel has netem. Every link
+//!   loses a few packets all along. `jepsen/netns.rs` has the layout and
+//!   the commands. Without root, `ip`, `ip netns add` or nftables the test
+//!   says why in one line and passes without running.
+//!
+//! In both, clients connect to the nodes directly (not through a proxy,
+//! and past a partition), so a node cut off from its peers still hears
+//! from clients — exactly the case where a deposed leader could answer
+//! stale reads.
+//!
+//! `make test` runs it for 20 s with proxies; `make jepsen` for 300 s,
+//! `make jepsen-netns` for 120 s in namespaces (`KVSTORE_JEPSEN_SECS`).
+//! Every run prints `KVSTORE_SEED=...`; setting it (with the same
+//! `KVSTORE_JEPSEN_NET`) replays the same fault schedule and the same
+//! client operations (the timing, and so the interleaving, differs from
+//! run to run).
 //!
 //! `KVSTORE_JEPSEN_READS=leader` (or `any`) makes the clients read with
 //! that consistency instead of `linearizable`, to see the checker at work:
@@ -59,12 +81,16 @@ mod common;
 mod linearizability;
 #[path = "jepsen/nemesis.rs"]
 mod nemesis;
+#[path = "jepsen/netns.rs"]
+mod netns;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::proxy::{Fault, Proxy};
@@ -75,7 +101,8 @@ use kvstore::error::Error;
 use kvstore::protocol::Consistency;
 use kvstore::status::StatusReport;
 use linearizability::{Call, Op, Verdict};
-use nemesis::{FaultKind, Rng, Step, Target};
+use nemesis::{FaultKind, Menu, Rng, Step, Target};
+use netns::{Lab, LinkFault};
 use parking_lot::Mutex;
 
 /// Election timeout `T` and heartbeat: the defaults' shape, faster, so a
@@ -104,28 +131,48 @@ fn puts_and_linearizable_reads_stay_linearizable_under_crashes_pauses_and_partit
     let reads = std::env::var("KVSTORE_JEPSEN_READS")
         .map(|r| Consistency::parse(&r).expect("KVSTORE_JEPSEN_READS: leader, linearizable or any"))
         .unwrap_or(Consistency::Linearizable);
+    let menu = match std::env::var("KVSTORE_JEPSEN_NET").as_deref() {
+        Err(_) | Ok("proxy") => Menu::Proxy,
+        Ok("netns") => Menu::Netns,
+        Ok(other) => panic!("KVSTORE_JEPSEN_NET={other}: proxy or netns"),
+    };
+    let lab = match menu {
+        Menu::Proxy => None,
+        Menu::Netns => match Lab::create(NODES) {
+            Ok(lab) => Some(lab),
+            Err(why) => {
+                eprintln!("jepsen: SKIPPED, nothing was checked: {why}");
+                return;
+            }
+        },
+    };
     eprintln!(
-        "jepsen: KVSTORE_SEED={seed} ({secs} s, {CLIENTS} clients, {KEYS} keys, {} reads)",
-        reads.name()
+        "jepsen: KVSTORE_SEED={seed} ({secs} s, {CLIENTS} clients, {KEYS} keys, {} reads, net {})",
+        reads.name(),
+        menu.name()
     );
     let dirs = tempfile::tempdir().unwrap();
-    let cluster = Arc::new(Cluster::start(&dirs));
+    let cluster = Arc::new(Cluster::start(&dirs, lab));
     cluster.wait_ready();
 
     // ---- the run: clients and the nemesis, until `until` ----
     let clock = Clock::start();
     let until = clock.epoch + Duration::from_secs(secs);
     let (done, finished) = mpsc::channel();
+    // Declared after `cluster`, so dropped before it: on a panic the
+    // clients stop before the nodes and their network go away.
+    let mut clients = Clients { stop: Arc::new(AtomicBool::new(false)), threads: Vec::new() };
     for id in 0..CLIENTS {
         let (members, done) = (cluster.addresses.clone(), done.clone());
-        std::thread::spawn(move || {
+        let stop = Arc::clone(&clients.stop);
+        clients.threads.push(std::thread::spawn(move || {
             let rng = Rng::fork(seed, id as u64 + 1);
-            let _ = done.send(run_client(id, &members, rng, reads, until, clock));
-        });
+            let _ = done.send(run_client(id, &members, rng, reads, until, &stop, clock));
+        }));
     }
     let nemesis = {
         let cluster = Arc::clone(&cluster);
-        std::thread::spawn(move || run_nemesis(&cluster, seed, until, clock))
+        std::thread::spawn(move || run_nemesis(&cluster, seed, menu, until, clock))
     };
     let faults = match nemesis.join() {
         Ok(faults) => faults,
@@ -188,9 +235,10 @@ fn puts_and_linearizable_reads_stay_linearizable_under_crashes_pauses_and_partit
     eprintln!("jepsen: terms and their leaders: {leaders:?}");
     eprintln!("jepsen: errors by kind: {errors:?}");
     eprintln!(
-        "jepsen: KVSTORE_SEED={seed} secs={secs} ops={} (puts ok={} indeterminate={} failed={}; \
-         reads ok={} failed={}) faults={} failovers={failovers} last_lsn={last_lsn} \
+        "jepsen: KVSTORE_SEED={seed} net={} secs={secs} ops={} (puts ok={} indeterminate={} \
+         failed={}; reads ok={} failed={}) faults={} failovers={failovers} last_lsn={last_lsn} \
          digest={digest} check={} ms ({states} states)",
+        menu.name(),
         count(|r| r.records.len()),
         count(|r| r.puts_ok),
         count(|r| r.puts_unknown),
@@ -271,59 +319,112 @@ impl Clock {
     }
 }
 
+/// The client threads; dropping this stops them and waits for them.
+struct Clients {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let until = Instant::now() + SETTLE;
+        while self.threads.iter().any(|t| !t.is_finished()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 // ---- the cluster ------------------------------------------------------------
 
+/// How the nodes are placed and how network faults are made.
+enum Net {
+    /// On 127.0.0.1, each behind a fault proxy (tests/common/proxy.rs).
+    Proxy(Vec<Proxy>),
+    /// Each in a network namespace of its own (jepsen/netns.rs).
+    Netns(Lab),
+}
+
 struct Cluster {
+    /// First, so the nodes are stopped before their network is removed.
     nodes: Vec<Mutex<Node>>,
-    proxies: Vec<Proxy>,
+    net: Net,
     /// Flags for a restart: no role, so the node takes the one it stored.
     restart_args: Vec<Vec<String>>,
-    /// Where clients reach each node: directly, not through its proxy.
+    /// Where clients reach each node: directly, not through a proxy.
     addresses: Vec<String>,
     /// Node name by any address it is known by (its own or its proxy's).
     names: HashMap<String, String>,
 }
 
 impl Cluster {
-    /// n1 leads term 1 with n2 and n3 as followers; every member reaches
-    /// the others through their proxies.
-    fn start(dirs: &tempfile::TempDir) -> Cluster {
-        let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-        let proxies: Vec<Proxy> =
-            ports.iter().map(|&p| Proxy::start(SocketAddr::from(([127, 0, 0, 1], p)))).collect();
-        let restart_args: Vec<Vec<String>> = proxies
+    /// n1 leads term 1 with n2 and n3 as followers: behind proxies, or in
+    /// the namespaces of `lab`.
+    fn start(dirs: &tempfile::TempDir, lab: Option<Lab>) -> Cluster {
+        let flags = [
+            "--failover=auto".to_string(),
+            format!("--election-timeout-ms={ELECTION_MS}"),
+            format!("--heartbeat-interval-ms={HEARTBEAT_MS}"),
+            "--write-concern=majority".to_string(),
+            format!("--write-timeout-ms={WRITE_TIMEOUT_MS}"),
+        ];
+        // The port each node listens on, where the others know it, and the
+        // flag that places it there.
+        let (net, ports, members, placement): (Net, Vec<u16>, Vec<String>, Vec<String>) = match lab
+        {
+            None => {
+                let ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
+                let proxies: Vec<Proxy> = ports
+                    .iter()
+                    .map(|&p| Proxy::start(SocketAddr::from(([127, 0, 0, 1], p))))
+                    .collect();
+                let members = proxies.iter().map(|p| p.port().to_string()).collect();
+                let placement =
+                    proxies.iter().map(|p| format!("--advertise={}", p.port())).collect();
+                (Net::Proxy(proxies), ports, members, placement)
+            }
+            Some(lab) => {
+                let members = (0..NODES).map(|i| lab.address(i)).collect();
+                let placement = (0..NODES).map(|i| format!("--host={}", lab.ip(i))).collect();
+                (Net::Netns(lab), vec![netns::PORT; NODES], members, placement)
+            }
+        };
+        let restart_args: Vec<Vec<String>> = placement
             .iter()
-            .map(|proxy| {
-                vec![
-                    "--failover=auto".to_string(),
-                    format!("--election-timeout-ms={ELECTION_MS}"),
-                    format!("--heartbeat-interval-ms={HEARTBEAT_MS}"),
-                    "--write-concern=majority".to_string(),
-                    format!("--write-timeout-ms={WRITE_TIMEOUT_MS}"),
-                    format!("--advertise={}", proxy.port()),
-                ]
-            })
+            .map(|place| flags.iter().cloned().chain([place.clone()]).collect())
             .collect();
-        let peers: Vec<String> = proxies[1..].iter().map(|p| p.port().to_string()).collect();
         let mut nodes = Vec::new();
         for i in 0..NODES {
             let mut args = match i {
-                0 => vec!["--role=leader".to_string(), format!("--peers={}", peers.join(","))],
-                _ => vec!["--role=follower".to_string(), format!("--leader={}", proxies[0].port())],
+                0 => {
+                    vec!["--role=leader".to_string(), format!("--peers={}", members[1..].join(","))]
+                }
+                _ => vec!["--role=follower".to_string(), format!("--leader={}", members[0])],
             };
             args.extend(restart_args[i].iter().cloned());
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let name = format!("n{}", i + 1);
-            nodes.push(Node::start_on(&name, ports[i], &dirs.path().join(&name), &args));
+            let dir = dirs.path().join(&name);
+            nodes.push(match &net {
+                Net::Proxy(_) => Node::start_on(&name, ports[i], &dir, &args),
+                Net::Netns(lab) => {
+                    Node::start_wrapped(&name, &lab.exec_prefix(i), ports[i], &dir, &args)
+                }
+            });
         }
         let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
         let mut names = HashMap::new();
         for (i, node) in nodes.iter().enumerate() {
             names.insert(node.addr.to_string(), node.name.clone());
-            names.insert(proxies[i].addr.to_string(), node.name.clone());
+            if let Net::Proxy(proxies) = &net {
+                names.insert(proxies[i].addr.to_string(), node.name.clone());
+            }
+        }
+        if let Net::Netns(lab) = &net {
+            eprintln!("jepsen: {}", lab.describe());
         }
         let nodes = nodes.into_iter().map(Mutex::new).collect();
-        Cluster { nodes, proxies, restart_args, addresses, names }
+        Cluster { nodes, net, restart_args, addresses, names }
     }
 
     /// Wait until a write commits and every node has it.
@@ -360,21 +461,46 @@ impl Cluster {
                 None => (fallback, format!("{} (no leader answered)", self.name(fallback))),
             },
         };
-        let proxy = &self.proxies[i];
-        match step.kind {
-            FaultKind::Kill => {
+        match (step.kind, &self.net) {
+            (FaultKind::Kill, _) => {
                 self.nodes[i].lock().kill();
                 std::thread::sleep(step.hold);
                 let args: Vec<&str> = self.restart_args[i].iter().map(String::as_str).collect();
                 self.nodes[i].lock().restart_with(&args);
             }
-            FaultKind::Pause => {
+            (FaultKind::Pause, _) => {
                 self.nodes[i].lock().signal("STOP");
                 std::thread::sleep(step.hold);
                 self.nodes[i].lock().signal("CONT");
             }
-            FaultKind::Partition => hold_link(proxy, Fault::Blackhole, step.hold),
-            FaultKind::Reset => hold_link(proxy, Fault::CutMidFrame, step.hold),
+            (FaultKind::Partition, Net::Proxy(proxies)) => {
+                hold_link(&proxies[i], Fault::Blackhole, step.hold)
+            }
+            (FaultKind::Reset, Net::Proxy(proxies)) => {
+                hold_link(&proxies[i], Fault::CutMidFrame, step.hold)
+            }
+            (FaultKind::Isolate | FaultKind::Degrade { .. }, Net::Proxy(_)) => {
+                unreachable!("the proxy menu has no {:?}", step.kind)
+            }
+            (FaultKind::Isolate, Net::Netns(lab)) => {
+                lab.set_link(i, false);
+                std::thread::sleep(step.hold);
+                lab.set_link(i, true);
+            }
+            (FaultKind::Partition, Net::Netns(lab)) => {
+                hold_fault(lab, i, LinkFault::Partition, step.hold)
+            }
+            (FaultKind::Reset, Net::Netns(lab)) => hold_fault(lab, i, LinkFault::Reset, step.hold),
+            (FaultKind::Degrade { loss_pct, delay_ms }, Net::Netns(lab)) => {
+                hold_fault(lab, i, LinkFault::Degrade { loss_pct, delay_ms }, step.hold);
+                if !lab.has_netem() {
+                    let hold = step.hold.as_millis();
+                    return format!(
+                        "{whom}: link loses {loss_pct}% for {hold} ms (no netem: the {delay_ms} \
+                         ms delay left out)"
+                    );
+                }
+            }
         }
         format!("{whom}: {step}")
     }
@@ -441,6 +567,12 @@ fn hold_link(proxy: &Proxy, fault: Fault, hold: Duration) {
     proxy.set(Fault::None);
 }
 
+fn hold_fault(lab: &Lab, node: usize, fault: LinkFault, hold: Duration) {
+    lab.set_fault(node, fault);
+    std::thread::sleep(hold);
+    lab.set_fault(node, LinkFault::None);
+}
+
 /// A node's status, or None if it does not answer within a second.
 fn status_of(address: &str) -> Option<StatusReport> {
     let mut client = Client::connect(address).ok()?;
@@ -449,11 +581,17 @@ fn status_of(address: &str) -> Option<StatusReport> {
 }
 
 /// Run the seed's schedule until `until`; every fault is healed on return.
-fn run_nemesis(cluster: &Cluster, seed: u64, until: Instant, clock: Clock) -> Vec<String> {
+fn run_nemesis(
+    cluster: &Cluster,
+    seed: u64,
+    menu: Menu,
+    until: Instant,
+    clock: Clock,
+) -> Vec<String> {
     let mut rng = Rng::new(seed);
     let mut done = Vec::new();
     while Instant::now() < until {
-        let step = nemesis::next_step(&mut rng, NODES, ELECTION_MS);
+        let step = nemesis::next_step(&mut rng, NODES, ELECTION_MS, menu);
         let (at, utc) = (clock.secs(), clock.utc(clock.now()));
         let what = cluster.inject(&step);
         done.push(format!("{at:7.3}s ({utc} UTC)  {what}"));
@@ -486,13 +624,14 @@ struct ClientRun {
 }
 
 /// Random puts (unique values) and gets (`linearizable` unless told
-/// otherwise) on `KEYS` keys.
+/// otherwise) on `KEYS` keys, until `until` or `stop`.
 fn run_client(
     id: usize,
     members: &[String],
     mut rng: Rng,
     reads: Consistency,
     until: Instant,
+    stop: &AtomicBool,
     clock: Clock,
 ) -> ClientRun {
     let mut run = ClientRun {
@@ -507,7 +646,7 @@ fn run_client(
     };
     let mut client = ClusterClient::new(members, CLIENT_BUDGET).unwrap();
     let mut seq = 0;
-    while Instant::now() < until {
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
         let key = rng.below(KEYS as u64) as usize;
         let name = format!("k{key}");
         let call = clock.now();

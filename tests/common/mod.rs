@@ -76,6 +76,9 @@ pub struct Node {
     args: Vec<String>,
     /// Shell commands run before exec'ing kvstore (e.g. `ulimit -f ...`).
     shell_prefix: Option<String>,
+    /// A command that runs kvstore in its place, e.g. `ip netns exec NS`:
+    /// the node then lives in a network namespace of its own.
+    wrapper: Vec<String>,
     /// Extra environment for the process (e.g. `KVSTORE_FAILPOINT`).
     env: Vec<(String, String)>,
     child: Mutex<Option<Child>>,
@@ -123,6 +126,7 @@ impl Node {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             args: args.iter().map(|s| s.to_string()).collect(),
             shell_prefix: None,
+            wrapper: Vec::new(),
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: Mutex::new(None),
             logs: Arc::new(Mutex::new(Vec::new())),
@@ -150,6 +154,22 @@ impl Node {
         node
     }
 
+    /// Start `WRAPPER... kvstore --port PORT --data-dir DIR ARGS...` (the
+    /// wrapper must exec kvstore, so signals reach it) and wait until it
+    /// listens. Pass the address to bind in `args` (`--host`).
+    pub fn start_wrapped(
+        name: &str,
+        wrapper: &[String],
+        port: u16,
+        data_dir: &Path,
+        args: &[&str],
+    ) -> Node {
+        let mut node = Node::unstarted(name, port, data_dir, args, &[]);
+        node.wrapper = wrapper.to_vec();
+        node.spawn(port);
+        node
+    }
+
     fn spawn(&mut self, port: u16) {
         let from = self.launch(port);
         let line = self.wait_for_log_from(from, "listening on");
@@ -166,13 +186,18 @@ impl Node {
     fn launch(&mut self, port: u16) -> usize {
         let from = self.logs.lock().len();
         let bin = env!("CARGO_BIN_EXE_kvstore");
-        let mut command = match &self.shell_prefix {
-            Some(prefix) => {
+        let mut command = match (&self.shell_prefix, self.wrapper.split_first()) {
+            (Some(prefix), _) => {
                 let mut c = Command::new("sh");
                 c.arg("-c").arg(format!("{prefix}; exec \"$0\" \"$@\"")).arg(bin);
                 c
             }
-            None => Command::new(bin),
+            (None, Some((program, wrapper_args))) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(bin);
+                c
+            }
+            (None, None) => Command::new(bin),
         };
         let mut child = command
             .arg("--port")
@@ -282,9 +307,13 @@ impl Node {
         self.kill();
         let port = self.port();
         self.logs.lock().push(format!("---- {} restarted ----", self.name));
-        eventually(&format!("port {port} is free again"), DEADLINE, || {
-            TcpListener::bind(("127.0.0.1", port)).ok().map(drop)
-        });
+        // A wrapped node binds in a namespace of its own, where nobody
+        // else can take its port.
+        if self.wrapper.is_empty() {
+            eventually(&format!("port {port} is free again"), DEADLINE, || {
+                TcpListener::bind(("127.0.0.1", port)).ok().map(drop)
+            });
+        }
         self.spawn(port);
     }
 
