@@ -77,6 +77,12 @@ row() { printf '| %-58s | %s |\n' "$1" "$2"; }
 
 json_field() { grep -o "\"$2\":[0-9]*" <<<"$1" | head -1 | cut -d: -f2; }
 
+# stage_p50 STATUS-JSON STAGE: the p50 (us) of one write stage (src/stages.rs).
+stage_p50() {
+    grep -o "\"stage\":\"$2\",\"count\":[0-9]*,\"p50_us\":[0-9]*" <<<"$1" | grep -o '[0-9]*$' || true
+}
+STAGES=(queue write fsync send ack wakeup total)
+
 LOAD=(-c 16 -n 200000 -d 100 -r 100000)
 
 echo "kvstore benchmarks: $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ), $RUNS runs per figure"
@@ -106,6 +112,7 @@ if [[ " $SCENARIOS " == *" 2 "* ]]; then
         set -- $mode
         concern=$1 fsync=$2
         put=() p50=() p99=()
+        declare -A stage=()
         for run in $(seq 1 "$RUNS"); do
             start "l-$concern-$run" "$L" --role=leader --peers="$F1,$F2" \
                 --write-concern="$concern" --fsync="$fsync"
@@ -115,11 +122,24 @@ if [[ " $SCENARIOS " == *" 2 "* ]]; then
             status=$("$BIN/kv_client" --port "$L" status --json)
             p50+=("$(json_field "$status" p50_us)")
             p99+=("$(json_field "$status" p99_us)")
+            for s in "${STAGES[@]}"; do
+                stage[$s]="${stage[$s]:-} $(stage_p50 "$status" "$s")"
+            done
+            fstatus=$("$BIN/kv_client" --port "$F1" status --json)
+            stage[follower-fsync]="${stage[follower-fsync]:-} $(stage_p50 "$fstatus" fsync)"
             stop_all
         done
         row "2. leader + 2 followers PUT, $concern, fsync $fsync (ops/s)" "$(stats "${put[@]}")"
         row "2.   replication lag p50, $concern (us)" "$(stats "${p50[@]}")"
         row "2.   replication lag p99, $concern (us)" "$(stats "${p99[@]}")"
+        if [[ $fsync == always ]]; then
+            # Where a durable write's time goes (docs/BENCHMARKS.md, "Durable writes").
+            for s in "${STAGES[@]}" follower-fsync; do
+                # shellcheck disable=SC2086
+                row "2.   stage $s p50, $concern (us)" "$(stats ${stage[$s]})"
+            done
+        fi
+        unset stage
     done
 fi
 
