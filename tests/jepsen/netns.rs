@@ -172,7 +172,10 @@ impl Lab {
         run(&["ip", "-V"]).map_err(|e| Unavailable::NoIp(e.why))?;
         run(&["nft", "--version"]).map_err(|e| Unavailable::NoNft(e.why))?;
         let lock = take_lock();
-        remove_leftovers();
+        let left = remove_leftovers();
+        if !left.is_empty() {
+            eprintln!("jepsen: netns: removed what an earlier run left: {}", left.join(", "));
+        }
         let first = format!("{PREFIX}n1");
         run(&["ip", "netns", "add", &first]).map_err(|e| Unavailable::NetnsAdd(e.why))?;
         // From here on, dropping `lab` removes whatever was made.
@@ -362,15 +365,17 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        remove_leftovers();
-        eprintln!("jepsen: netns: removed the namespaces, links and bridge ({PREFIX}*)");
+        let removed = remove_leftovers();
+        eprintln!("jepsen: netns: removed {}", removed.join(", "));
     }
 }
 
 /// Remove every namespace and link named `kvj-*`, and the guard route:
 /// what this lab made, or a crashed run left. Processes still inside a
-/// namespace (nodes of a crashed run) are killed first, by pid.
-fn remove_leftovers() {
+/// namespace (nodes of a crashed run) are killed first, by pid. Returns
+/// what it removed.
+fn remove_leftovers() -> Vec<String> {
+    let mut removed = Vec::new();
     if let Ok(list) = run(&["ip", "netns", "list"]) {
         for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
             if !ns.starts_with(PREFIX) {
@@ -378,20 +383,24 @@ fn remove_leftovers() {
             }
             if let Ok(pids) = run(&["ip", "netns", "pids", ns]) {
                 for pid in pids.split_whitespace() {
-                    let _ = run(&["kill", "-KILL", pid]);
+                    if run(&["kill", "-KILL", pid]).is_ok() {
+                        removed.push(format!("process {pid}"));
+                    }
                 }
             }
             // A namespace goes once its last process has; its veth end
             // goes with it, taking the root side along.
-            let _ = run(&["ip", "netns", "delete", ns]);
+            if run(&["ip", "netns", "delete", ns]).is_ok() {
+                removed.push(ns.to_string());
+            }
         }
     }
     if let Ok(links) = run(&["ip", "-o", "link", "show"]) {
         // "7: kvj-n1h@if2: <...> ..."
         for name in links.lines().filter_map(|l| l.split(": ").nth(1)) {
             let name = name.split('@').next().unwrap_or(name);
-            if name.starts_with(PREFIX) {
-                let _ = run(&["ip", "link", "delete", name]);
+            if name.starts_with(PREFIX) && run(&["ip", "link", "delete", name]).is_ok() {
+                removed.push(name.to_string());
             }
         }
     }
@@ -403,7 +412,9 @@ fn remove_leftovers() {
         {
             break;
         }
+        removed.push(format!("route unreachable {GUARD_NET}"));
     }
+    removed
 }
 
 /// One lab per machine: wait for the lock on [`LOCK`].
