@@ -165,7 +165,7 @@ impl Stages {
             .iter()
             .filter_map(|&stage| {
                 let h = self.histograms[stage as usize].lock();
-                (h.len() > 0).then(|| StageSummary {
+                (!h.is_empty()).then(|| StageSummary {
                     stage: stage.name().into(),
                     count: h.len(),
                     p50_us: h.value_at_quantile(0.50),
