@@ -421,7 +421,9 @@ impl Cluster {
             }
         }
         if let Net::Netns(lab) = &net {
-            eprintln!("jepsen: {}", lab.describe());
+            for line in lab.describe() {
+                eprintln!("jepsen: {line}");
+            }
         }
         let nodes = nodes.into_iter().map(Mutex::new).collect();
         Cluster { nodes, net, restart_args, addresses, names }

@@ -176,12 +176,11 @@ impl Lab {
         if !left.is_empty() {
             eprintln!("jepsen: netns: removed what an earlier run left: {}", left.join(", "));
         }
-        let first = format!("{PREFIX}n1");
-        run(&["ip", "netns", "add", &first]).map_err(|e| Unavailable::NetnsAdd(e.why))?;
+        run(&["ip", "netns", "add", &namespace(0)]).map_err(|e| Unavailable::NetnsAdd(e.why))?;
         // From here on, dropping `lab` removes whatever was made.
         let mut lab = Lab { nodes, netem: Ok(()), _lock: lock };
         for i in 1..nodes {
-            run(&["ip", "netns", "add", &lab.namespace(i)]).unwrap_or_else(|e| panic!("{e}"));
+            run(&["ip", "netns", "add", &namespace(i)]).unwrap_or_else(|e| panic!("{e}"));
         }
         lab.wire().unwrap_or_else(|e| panic!("building the namespace lab: {e}"));
         lab.install_nft().map_err(|e| Unavailable::NoNft(e.to_string()))?;
@@ -204,7 +203,7 @@ impl Lab {
         run(&["ip", "addr", "add", &format!("{SUBNET}.254/24"), "dev", BRIDGE])?;
         run(&["ip", "link", "set", BRIDGE, "up"])?;
         for i in 0..self.nodes {
-            let (ns, host_end) = (self.namespace(i), self.host_end(i));
+            let (ns, host_end) = (namespace(i), self.host_end(i));
             run(&[
                 "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns",
                 &ns,
@@ -230,36 +229,33 @@ impl Lab {
         Ok(())
     }
 
-    /// One line on what this lab is and what it lacks.
-    pub fn describe(&self) -> String {
+    /// What this lab is, and a line on what it lacks.
+    pub fn describe(&self) -> Vec<String> {
         let last = self.nodes;
-        let mut text = format!(
+        let mut lines = vec![format!(
             "netns: nodes in namespaces {PREFIX}n1..{PREFIX}n{last} at {SUBNET}.1..{SUBNET}.{last} \
              port {PORT}, linked by veth pairs through bridge {BRIDGE} ({SUBNET}.254); every link \
              loses {}.{}% of its packets each way (nftables)",
             LOSS_PERMILLE / 10,
             LOSS_PERMILLE % 10
-        );
+        )];
         match &self.netem {
-            Ok(()) => text.push_str(&format!(
+            Ok(()) => lines[0].push_str(&format!(
                 " and delays them {} ms +- {} ms (netem)",
                 DELAY_US as f64 / 1000.0,
                 JITTER_US as f64 / 1000.0
             )),
-            Err(why) => text.push_str(&format!(
-                "\njepsen: netns: no link delays in this run: this kernel has no netem qdisc \
-                 (tc said: {why}); loss, partitions, resets and links going down still happen"
+            Err(why) => lines.push(format!(
+                "netns: no link delays in this run: netem is not available (`tc qdisc replace \
+                 ... netem` said: {why}); loss, partitions, resets and links going down still \
+                 happen"
             )),
         }
-        text
+        lines
     }
 
     pub fn has_netem(&self) -> bool {
         self.netem.is_ok()
-    }
-
-    pub fn namespace(&self, i: usize) -> String {
-        format!("{PREFIX}n{}", i + 1)
     }
 
     /// The root namespace's end of node `i`'s veth pair.
@@ -278,7 +274,7 @@ impl Lab {
 
     /// The command that runs a program inside node `i`'s namespace.
     pub fn exec_prefix(&self, i: usize) -> Vec<String> {
-        ["ip", "netns", "exec", &self.namespace(i)].map(String::from).to_vec()
+        ["ip", "netns", "exec", &namespace(i)].map(String::from).to_vec()
     }
 
     /// Take node `i`'s link down (`up == false`) or bring it back.
@@ -328,7 +324,7 @@ impl Lab {
         let delay = format!("{}us", DELAY_US + extra_ms * 1000);
         let jitter = format!("{JITTER_US}us");
         let netem = ["root", "netem", "delay", &delay, &jitter];
-        let ns = self.namespace(i);
+        let ns = namespace(i);
         let mut inside = vec!["ip", "netns", "exec", &ns, "tc", "qdisc", "replace", "dev", "eth0"];
         inside.extend(netem);
         run(&inside)?;
@@ -340,7 +336,7 @@ impl Lab {
 
     /// Run an nftables script inside node `i`'s namespace.
     fn nft(&self, i: usize, script: &str) -> Result<(), CommandFailed> {
-        let ns = self.namespace(i);
+        let ns = namespace(i);
         let command = format!("ip netns exec {ns} nft -f -");
         let failed = |why: String| CommandFailed { command: command.clone(), why };
         let mut child = Command::new("ip")
@@ -368,6 +364,11 @@ impl Drop for Lab {
         let removed = remove_leftovers();
         eprintln!("jepsen: netns: removed {}", removed.join(", "));
     }
+}
+
+/// The name of node `i`'s namespace.
+fn namespace(i: usize) -> String {
+    format!("{PREFIX}n{}", i + 1)
 }
 
 /// Remove every namespace and link named `kvj-*`, and the guard route:
