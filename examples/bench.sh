@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # make bench: kvstore's benchmark scenarios (docs/BENCHMARKS.md), one row each.
 #
-# Each figure is the median of RUNS runs (default 3) with min-max beside it.
-# Ports BASE_PORT.. (default 9500) must be free. Needs `make` and
-# `cargo build --release --examples` first (the Makefile target does both).
+# Each figure is the median of RUNS runs (default 3) with min-max beside it;
+# scenario 7's are the median of its own runs (FAILOVER_RUNS, HANDOVER_RUNS).
+# Ports BASE_PORT.. (default 9500) and FAILOVER_PORT..+2 (default 9601) must
+# be free. Needs `make` and `cargo build --release --examples` first (the
+# Makefile target does both).
 #
-#   SCENARIOS="1 2 3 4 5 6"   which scenarios to run (default: all)
+#   SCENARIOS="1 2 3 4 5 6 7" which scenarios to run (default: all)
 #   RUNS=3                    runs per figure
+#   FAILOVER_RUNS=20          scenario 7: leaders SIGKILLed
+#   HANDOVER_RUNS=10          scenario 7: SIGTERMs and transfers of leadership
 set -euo pipefail
 
 RUNS=${RUNS:-3}
 BASE=${BASE_PORT:-9500}
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7"}
 BIN=${BIN:-./build}
 EX=${EX:-./target/release/examples}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-bench.XXXXXX")
@@ -71,6 +75,12 @@ stats_f() {
     printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {
         m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
         printf "%.2f (%.2f-%.2f)", m, v[1], v[NR] }'
+}
+
+# ft_stats OUTPUT WHAT: "median (min-max)" from a summary line of
+# failover_time, WHAT being "failover time" or "longest gap".
+ft_stats() {
+    grep "^$2 (" <<<"$1" | sed -E 's/.*median ([0-9]+) ms, min ([0-9]+) ms, max ([0-9]+) ms.*/\1 (\2-\3)/'
 }
 
 row() { printf '| %-58s | %s |\n' "$1" "$2"; }
@@ -216,5 +226,24 @@ if [[ " $SCENARIOS " == *" 6 "* ]]; then
             stop_all
         done
         row "6. PUT with $n follower(s), local, fsync never (ops/s)" "$(stats "${put[@]}")"
+    done
+fi
+
+# 7. Failover time: a leader SIGKILLed, SIGTERMed, or asked to hand over,
+#    while one client keeps writing (examples/failover_time.rs).
+if [[ " $SCENARIOS " == *" 7 "* ]]; then
+    FP=${FAILOVER_PORT:-9601}
+    for fault in sigkill sigterm transfer; do
+        runs=${HANDOVER_RUNS:-10} name=$fault
+        [[ $fault == sigkill ]] && runs=${FAILOVER_RUNS:-20}
+        [[ $fault == sig* ]] && name=$(tr a-z A-Z <<<"$fault")
+        [[ $fault == transfer ]] && name=transfer-leadership
+        out=$("$EX/failover_time" --bin "$BIN/kvstore" --port "$FP" --fault "$fault" \
+            --runs "$runs" --dir "$WORK/failover-$fault" 2>&1) \
+            || fail "failover_time --fault $fault: $(tail -3 <<<"$out")"
+        row "7. $name ($runs runs): to new leader's 1st ack (ms)" \
+            "$(ft_stats "$out" "failover time")"
+        row "7.   $name: longest gap between acked writes (ms)" \
+            "$(ft_stats "$out" "longest gap")"
     done
 fi

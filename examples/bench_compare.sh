@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# make bench-compare: kvstore and Redis side by side, same machine, same run.
+# make bench-compare: kvstore beside Redis and etcd, same machine, same run.
 #
-# For RUNS rounds (default 3) it runs, interleaved so that both see the same
-# machine noise:
+# Part "redis": for RUNS rounds (default 3) it runs, interleaved so that
+# both see the same machine noise:
 #   - async replicated writes: Redis master + 2 replicas, no persistence,
 #     vs kvstore leader + 2 followers, write concern local, fsync never;
 #   - durable replicated writes: Redis with appendfsync always + 2 replicas,
@@ -12,7 +12,16 @@
 #     values): Redis full sync (diskless, no delay) vs kvstore catch-up.
 # Then it prints each pair's median, min-max and the ratio.
 #
-# Redis comes from the system's packages; it is installed if missing.
+# Part "failover": examples/failover_time.rs against a 3-member kvstore
+# cluster and a 3-member etcd cluster, both with default timings, one after
+# the other: the leader SIGKILLed FAILOVER_RUNS times (default 20), then
+# SIGTERMed and asked to hand over HANDOVER_RUNS times each (default 10).
+# It prints the medians, min-max and the ratio kvstore/etcd.
+#
+#   SCENARIOS="redis failover"   which parts to run (default: both)
+#
+# Redis and etcd come from the system's packages; they are installed if
+# missing.
 set -euo pipefail
 
 RUNS=${RUNS:-3}
@@ -21,17 +30,27 @@ BIN=${BIN:-./build}
 EX=${EX:-./target/release/examples}
 RP=${REDIS_PORT:-9600}
 KP=${KVSTORE_PORT:-9610}
+EP=${ETCD_PORT:-9620}   # etcd: clients on EP..EP+2, peers on EP+3..EP+5
+SCENARIOS=${SCENARIOS:-"redis failover"}
+FAILOVER_RUNS=${FAILOVER_RUNS:-20}
+HANDOVER_RUNS=${HANDOVER_RUNS:-10}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-compare.XXXXXX")
 PIDS=()
 REDIS_PORTS=()
 
 fail() { echo "bench-compare: $*" >&2; exit 1; }
 
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+if [[ " $SCENARIOS " == *" redis "* ]] \
+    && { ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; }; then
     echo "bench-compare: installing redis-server and redis-tools from the system's packages"
-    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+if [[ " $SCENARIOS " == *" failover "* ]] && ! command -v etcd >/dev/null; then
+    echo "bench-compare: installing etcd-server from the system's packages"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server >/dev/null
 fi
 
 stop_all() {
@@ -105,68 +124,112 @@ kv_bench() { # TEST: ops/s of kv_bench
         | awk '{for (i = 2; i <= NF; i++) if ($i == "ops/s") print $(i - 1)}'
 }
 
-# ---- rounds ------------------------------------------------------------------
+# ---- figures -----------------------------------------------------------------
 
 declare -A R
 add() { R[$1]="${R[$1]:-} $2"; }
 
-for run in $(seq 1 "$RUNS"); do
-    echo "bench-compare: round $run of $RUNS" >&2
-    redis_cluster "async-$run"
-    add redis_set_async "$(redis_bench set)"
-    add redis_get "$(redis_bench get)"
-    stop_all
-    kv_cluster "async-$run" --write-concern=local --fsync=never
-    add kv_put_async "$(kv_bench put)"
-    add kv_get "$(kv_bench get)"
-    stop_all
-
-    redis_cluster "durable-$run" --appendonly yes --appendfsync always
-    add redis_set_durable "$(redis_bench set)"
-    stop_all
-    kv_cluster "durable-$run" --write-concern=majority --fsync=always
-    add kv_put_durable "$(kv_bench put)"
-    stop_all
-
-    # Late joiner: load the master/leader, then time a new replica/follower.
-    redis_start "$RP" "$WORK/late-$run/m"
-    redis-cli -p "$RP" debug populate "$RECORDS" key:00000 100 >/dev/null
-    t0=$(now_ns)
-    redis_start $((RP + 1)) "$WORK/late-$run/r" --replicaof 127.0.0.1 "$RP"
-    poll 600 bash -c "redis-cli -p $((RP + 1)) info replication | grep -q 'master_link_status:up' \
-        && redis-cli -p $((RP + 1)) info replication | grep -q 'master_sync_in_progress:0' \
-        && [ \"\$(redis-cli -p $((RP + 1)) dbsize)\" -ge $RECORDS ]"
-    add redis_late "$(awk -v t="$(( $(now_ns) - t0 ))" 'BEGIN {print t / 1e9}')"
-    stop_all
-
-    kv_start "late-$run-l" "$KP" --role=leader --peers=$((KP + 1)) --fsync=never
-    "$EX/kv_bench" --quiet --port "$KP" --preload -r "$RECORDS" -n 0 -d 100 >/dev/null
-    t0=$(now_ns)
-    kv_start "late-$run-f" $((KP + 1)) --role=follower --leader="$KP"
-    poll 600 grep -q "caught up to LSN $RECORDS" "$WORK/late-$run-f.log"
-    add kv_late "$(awk -v t="$(( $(now_ns) - t0 ))" 'BEGIN {print t / 1e9}')"
-    stop_all
-done
-
-# ---- report ------------------------------------------------------------------
 
 median() { printf '%s\n' $1 | sort -g | awk '{v[NR] = $1} END {
     print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 range() { printf '%s\n' $1 | sort -g | awk '{v[NR] = $1} END { printf "%s-%s", v[1], v[NR] }'; }
 
-line() { # LABEL REDIS-KEY KVSTORE-KEY UNIT TARGET
+line() { # LABEL PEER-KEY KVSTORE-KEY UNIT TARGET
     local r k
     r=$(median "${R[$2]}") k=$(median "${R[$3]}")
     printf '| %-44s | %12s (%s) | %12s (%s) | %5.2fx | %s |\n' "$1" "$r" "$(range "${R[$2]}")" \
         "$k" "$(range "${R[$3]}")" "$(awk -v a="$k" -v b="$r" 'BEGIN {print a / b}')" "$5"
 }
 
-echo
-echo "kvstore vs Redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-) on $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ); median (min-max) of $RUNS interleaved rounds"
-echo
-echo "| scenario | Redis | kvstore | kvstore/Redis | target |"
-echo "|---|---|---|---|---|"
-line "replicated PUT/SET, async, no fsync (ops/s)" redis_set_async kv_put_async ops ">= 1.0x"
-line "replicated PUT/SET, fsync always (ops/s)" redis_set_durable kv_put_durable ops ">= 1.0x"
-line "GET (ops/s)" redis_get kv_get ops ">= 1.0x"
-line "late joiner, $RECORDS keys (seconds)" redis_late kv_late s "<= 0.5x"
+# ---- kvstore vs Redis -------------------------------------------------------
+
+if [[ " $SCENARIOS " == *" redis "* ]]; then
+    for run in $(seq 1 "$RUNS"); do
+        echo "bench-compare: round $run of $RUNS" >&2
+        redis_cluster "async-$run"
+        add redis_set_async "$(redis_bench set)"
+        add redis_get "$(redis_bench get)"
+        stop_all
+        kv_cluster "async-$run" --write-concern=local --fsync=never
+        add kv_put_async "$(kv_bench put)"
+        add kv_get "$(kv_bench get)"
+        stop_all
+
+        redis_cluster "durable-$run" --appendonly yes --appendfsync always
+        add redis_set_durable "$(redis_bench set)"
+        stop_all
+        kv_cluster "durable-$run" --write-concern=majority --fsync=always
+        add kv_put_durable "$(kv_bench put)"
+        stop_all
+
+        # Late joiner: load the master/leader, then time a new replica/follower.
+        redis_start "$RP" "$WORK/late-$run/m"
+        redis-cli -p "$RP" debug populate "$RECORDS" key:00000 100 >/dev/null
+        t0=$(now_ns)
+        redis_start $((RP + 1)) "$WORK/late-$run/r" --replicaof 127.0.0.1 "$RP"
+        poll 600 bash -c "redis-cli -p $((RP + 1)) info replication | grep -q 'master_link_status:up' \
+            && redis-cli -p $((RP + 1)) info replication | grep -q 'master_sync_in_progress:0' \
+            && [ \"\$(redis-cli -p $((RP + 1)) dbsize)\" -ge $RECORDS ]"
+        add redis_late "$(awk -v t="$(( $(now_ns) - t0 ))" 'BEGIN {print t / 1e9}')"
+        stop_all
+
+        kv_start "late-$run-l" "$KP" --role=leader --peers=$((KP + 1)) --fsync=never
+        "$EX/kv_bench" --quiet --port "$KP" --preload -r "$RECORDS" -n 0 -d 100 >/dev/null
+        t0=$(now_ns)
+        kv_start "late-$run-f" $((KP + 1)) --role=follower --leader="$KP"
+        poll 600 grep -q "caught up to LSN $RECORDS" "$WORK/late-$run-f.log"
+        add kv_late "$(awk -v t="$(( $(now_ns) - t0 ))" 'BEGIN {print t / 1e9}')"
+        stop_all
+    done
+
+    echo
+    echo "kvstore vs Redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-) on $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ); median (min-max) of $RUNS interleaved rounds"
+    echo
+    echo "| scenario | Redis | kvstore | kvstore/Redis | target |"
+    echo "|---|---|---|---|---|"
+    line "replicated PUT/SET, async, no fsync (ops/s)" redis_set_async kv_put_async ops ">= 1.0x"
+    line "replicated PUT/SET, fsync always (ops/s)" redis_set_durable kv_put_durable ops ">= 1.0x"
+    line "GET (ops/s)" redis_get kv_get ops ">= 1.0x"
+    line "late joiner, $RECORDS keys (seconds)" redis_late kv_late s "<= 0.5x"
+fi
+
+# ---- kvstore vs etcd: failover time -----------------------------------------
+
+# failover TARGET FAULT RUNS PORT: run examples/failover_time.rs and keep
+# every run's figures in R (TARGET_FAULT_failover, TARGET_FAULT_gap).
+failover() {
+    local target=$1 fault=$2 runs=$3 port=$4 bin out
+    bin="$BIN/kvstore"
+    [[ $target == etcd ]] && bin=$(command -v etcd)
+    echo "bench-compare: $target, leader $fault, $runs runs" >&2
+    out=$("$EX/failover_time" --target "$target" --bin "$bin" --port "$port" --fault "$fault" \
+        --runs "$runs" --dir "$WORK/failover-$target-$fault" 2>&1) \
+        || fail "failover_time --target $target --fault $fault: $(tail -3 <<<"$out")"
+    grep -E '^(failover time|longest gap) \(' <<<"$out" >&2
+    local ms gap
+    while read -r ms gap; do
+        add "${target}_${fault}_failover" "$ms"
+        add "${target}_${fault}_gap" "$gap"
+    done < <(sed -nE 's/^run +[0-9]+: .* after ([0-9]+) ms; longest gap between acknowledged writes ([0-9]+) ms$/\1 \2/p' <<<"$out")
+}
+
+if [[ " $SCENARIOS " == *" failover "* ]]; then
+    for fault in sigkill sigterm transfer; do
+        runs=$HANDOVER_RUNS
+        [[ $fault == sigkill ]] && runs=$FAILOVER_RUNS
+        failover kvstore "$fault" "$runs" "$KP"
+        failover etcd "$fault" "$runs" "$EP"
+    done
+
+    echo
+    echo "kvstore vs etcd $(etcd --version | awk '/^etcd Version/ {print $3}'): failover time, 3 members on loopback, default timings, on $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ); median (min-max) of $FAILOVER_RUNS SIGKILLs, $HANDOVER_RUNS SIGTERMs, $HANDOVER_RUNS transfers"
+    echo
+    echo "| scenario | etcd | kvstore | kvstore/etcd | target |"
+    echo "|---|---|---|---|---|"
+    line "SIGKILL: to the new leader's first ack (ms)" etcd_sigkill_failover kvstore_sigkill_failover ms "median <= 1500 ms"
+    line "SIGKILL: longest gap between acked writes (ms)" etcd_sigkill_gap kvstore_sigkill_gap ms ""
+    line "SIGTERM: longest gap between acked writes (ms)" etcd_sigterm_gap kvstore_sigterm_gap ms "< 100 ms"
+    line "SIGTERM: to the new leader's first ack (ms)" etcd_sigterm_failover kvstore_sigterm_failover ms ""
+    line "transfer: longest gap between acked writes (ms)" etcd_transfer_gap kvstore_transfer_gap ms "< 100 ms"
+    line "transfer: to the new leader's first ack (ms)" etcd_transfer_failover kvstore_transfer_failover ms ""
+fi
