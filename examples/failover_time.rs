@@ -679,6 +679,16 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The wall clock as the members' logs print it (UTC, `HH:MM:SS.mmm`), so
+/// that a fault can be found among their lines.
+fn utc_time_of_day() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (secs, millis) = (since_epoch.as_secs() % 86_400, since_epoch.subsec_millis());
+    format!("{:02}:{:02}:{:02}.{millis:03}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 /// One fault's figures.
 struct Run {
     failover_ms: f64,
@@ -698,7 +708,7 @@ fn measure(
     std::thread::sleep(GAP_MARGIN);
     let leader = wait_until("a leader", || cluster.target.leader())?;
 
-    let t0 = Instant::now();
+    let (t0, wall) = (Instant::now(), utc_time_of_day());
     cluster.fault(fault, leader.member)?;
     let t1 = wait_until("a write acknowledged by a new leader", || {
         let acks = shared.acks.lock();
@@ -728,8 +738,8 @@ fn measure(
     };
     let run = Run { failover_ms: ms(t1 - t0), gap_ms: ms(gap) };
     println!(
-        "run {number:>2}: {} member {} (led as {}){stopped}; first write acknowledged by the new \
-         leader after {:.0} ms; longest gap between acknowledged writes {:.0} ms",
+        "run {number:>2}: {} member {} (led as {}) at {wall}{stopped}; first write acknowledged \
+         by the new leader after {:.0} ms; longest gap between acknowledged writes {:.0} ms",
         fault.name(),
         leader.member + 1,
         leader.mark,
