@@ -682,9 +682,8 @@ fn ms(d: Duration) -> f64 {
 /// The wall clock as the members' logs print it (UTC, `HH:MM:SS.mmm`), so
 /// that a fault can be found among their lines.
 fn utc_time_of_day() -> String {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let (secs, millis) = (since_epoch.as_secs() % 86_400, since_epoch.subsec_millis());
     format!("{:02}:{:02}:{:02}.{millis:03}", secs / 3600, secs / 60 % 60, secs % 60)
 }

@@ -87,6 +87,39 @@ fn a_dead_leader_is_replaced_by_an_election_and_rejoins_as_a_follower() {
 }
 
 #[test]
+fn a_leader_whose_address_refuses_connections_is_replaced_without_waiting_out_the_timeout() {
+    // Goal: election rule 4. With a 60 s election timeout only the
+    // followers' redials, refused because no process listens on the dead
+    // leader's port, can start an election within the test's deadline.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let slow = ["--failover=auto", "--election-timeout-ms=60000", "--heartbeat-interval-ms=50"];
+    let args = |extra: &[&str]| -> Vec<String> {
+        slow.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let start = |name: &str, port: u16, extra: &[&str]| {
+        let args = args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Node::start_on(name, port, &dirs.path().join(name), &args)
+    };
+    let mut leader = start("leader", p1, &["--role=leader", &format!("--peers={p2},{p3}")]);
+    let to_leader = format!("--leader={p1}");
+    let f2 = start("follower2", p2, &["--role=follower", &to_leader]);
+    let f3 = start("follower3", p3, &["--role=follower", &to_leader]);
+    write_keys(&mut leader.client(), 0, 5);
+    f2.wait_for_lsn(5);
+    f3.wait_for_lsn(5);
+
+    leader.kill();
+    let new_leader = wait_for_new_leader(&[&f2, &f3], 1);
+    let line =
+        new_leader.wait_for_log(&format!("[election] leader 127.0.0.1:{p1} refuses connections"));
+    assert!(line.contains("standing for election in"), "{line}");
+    new_leader.wait_for_log("[election] won term 2 with votes from");
+    assert_eq!(new_leader.client().put(b"after", b"1").unwrap(), 7, "LSN 6 is the term's NOOP");
+}
+
+#[test]
 fn a_follower_cut_off_and_back_does_not_disturb_the_leader() {
     // Goal: pre-vote. follower3 reaches the leader through a proxy that is
     // cut: its election clock runs out, but the leader and follower2 still

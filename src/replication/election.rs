@@ -26,6 +26,16 @@
 //!    of the members (itself included) within `T` steps down and stops
 //!    taking writes: it is probably cut off, and the others may already
 //!    have elected someone.
+//! 4. **A leader that is gone.** Rules 1 and 2 wait out the lease because
+//!    silence may only be a slow network. A connection *refused* by the
+//!    leader's address is different: the leader's host answered that no
+//!    process listens on that port, so the leader crashed or was stopped
+//!    (a machine that loses power, or a cut cable, refuses nothing and
+//!    leaves rules 1 and 2 in charge). A follower told so ends its lease
+//!    early and stands for election after a short random wait, `[H, 3H)`
+//!    with `H` the heartbeat interval, instead of the whole timeout. It
+//!    still needs a majority of pre-votes, and a member that still hears
+//!    a leader refuses them, so a healthy leader is never deposed this way.
 
 use crate::{Lsn, Term};
 
@@ -74,6 +84,8 @@ pub struct ElectionClock {
     timing: Timing,
     /// When a leader last spoke to us (the pre-vote lease runs from here).
     last_leader_ms: Option<u64>,
+    /// Set by [`ElectionClock::leader_gone`]: the lease is over early.
+    leader_gone: bool,
     /// When the current wait began, and how long it lasts.
     waiting_since_ms: u64,
     timeout_ms: u64,
@@ -86,6 +98,7 @@ impl ElectionClock {
         let mut clock = ElectionClock {
             timing,
             last_leader_ms: None,
+            leader_gone: false,
             waiting_since_ms: now_ms,
             timeout_ms: 0,
             rng: seed | 1,
@@ -97,7 +110,25 @@ impl ElectionClock {
     /// We heard from a leader: the lease starts, and so does a new wait.
     pub fn heard_from_leader(&mut self, now_ms: u64) {
         self.last_leader_ms = Some(now_ms);
+        self.leader_gone = false;
         self.restart(now_ms);
+    }
+
+    /// Rule 4: our leader's address refuses connections, so no process
+    /// listens there: the leader is gone, not merely quiet. The lease ends
+    /// (there is no leader left to protect) and the wait is cut to a random
+    /// `[H, 3H)` (`H` the heartbeat interval) if that ends sooner than the
+    /// current one. Returns how long the wait still lasts.
+    pub fn leader_gone(&mut self, now_ms: u64) -> u64 {
+        self.leader_gone = true;
+        let h = self.timing.heartbeat_ms.max(1);
+        let short = h + self.next_random() % (2 * h);
+        let left = (self.waiting_since_ms + self.timeout_ms).saturating_sub(now_ms);
+        if short < left {
+            self.waiting_since_ms = now_ms;
+            self.timeout_ms = short;
+        }
+        short.min(left)
     }
 
     /// Wait again, with a fresh random timeout (after granting a vote, or
@@ -120,7 +151,10 @@ impl ElectionClock {
 
     /// Heard from a leader within the shortest timeout: refuse pre-votes.
     pub fn in_lease(&self, now_ms: u64) -> bool {
-        self.last_leader_ms.is_some_and(|at| now_ms.saturating_sub(at) < self.timing.election_ms)
+        !self.leader_gone
+            && self
+                .last_leader_ms
+                .is_some_and(|at| now_ms.saturating_sub(at) < self.timing.election_ms)
     }
 
     pub fn timeout_ms(&self) -> u64 {
@@ -201,6 +235,34 @@ mod tests {
         clock.restart(5_000);
         assert!(!clock.in_lease(5_001));
         assert_eq!(clock.expired(5_000 + clock.timeout_ms()), Some(clock.timeout_ms() + 4_900));
+    }
+
+    #[test]
+    fn a_leader_that_is_gone_ends_the_lease_and_shortens_the_wait() {
+        let mut clock = ElectionClock::new(TIMING, 11, 0);
+        clock.heard_from_leader(1_000);
+        assert!(clock.in_lease(1_050));
+        let wait = clock.leader_gone(1_100);
+        assert!((100..300).contains(&wait), "waits {wait} ms");
+        assert!(!clock.in_lease(1_100), "no lease for a leader that is gone");
+        assert_eq!(clock.expired(1_100 + wait - 1), None);
+        assert_eq!(clock.expired(1_100 + wait), Some(100 + wait), "silent since 1000");
+        // A failed election waits a whole timeout again, still without a lease.
+        clock.restart(1_500);
+        assert!(clock.timeout_ms() >= 1000 && !clock.in_lease(1_500));
+        // A leader that speaks brings the lease back.
+        clock.heard_from_leader(3_000);
+        assert!(clock.in_lease(3_001));
+    }
+
+    #[test]
+    fn a_leader_gone_late_in_the_wait_does_not_lengthen_it() {
+        let mut clock = ElectionClock::new(TIMING, 13, 0);
+        clock.heard_from_leader(0);
+        let timeout = clock.timeout_ms();
+        let wait = clock.leader_gone(timeout - 50);
+        assert_eq!(wait, 50);
+        assert_eq!(clock.expired(timeout), Some(timeout));
     }
 
     #[test]

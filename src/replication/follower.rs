@@ -25,7 +25,9 @@
 //!      carries our map's digest for the leader's corruption check.
 //! 5. When the link breaks — the leader restarted, the network failed, the
 //!    leader was silent for [`REPLICATION_TIMEOUT_MS`] — wait with capped
-//!    exponential backoff and go back to 1.
+//!    exponential backoff and go back to 1. If the leader's address refuses
+//!    the connection, tell the election clock once per outage: no process
+//!    listens there, so the leader is gone (election rule 4).
 
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -116,6 +118,8 @@ fn run(db: &Db, replica: &Replica, link: &FollowerLink) {
     let leader = link.leader();
     let mut backoff_ms = RECONNECT_BACKOFF_MIN_MS;
     let mut failures = 0u64;
+    // Whether this outage's "the leader is gone" was told (election rule 4).
+    let mut gone_told = false;
     while !link.is_stopped() {
         link.set(LinkState::Connecting, None);
         let started = Instant::now();
@@ -127,8 +131,15 @@ fn run(db: &Db, replica: &Replica, link: &FollowerLink) {
         if was_connected || started.elapsed() > Duration::from_millis(REPLICATION_TIMEOUT_MS) {
             backoff_ms = RECONNECT_BACKOFF_MIN_MS;
             failures = 0;
+            gone_told = false;
         }
         failures += 1;
+        if let Err(Error::Io { source, .. }) = &outcome {
+            if source.kind() == std::io::ErrorKind::ConnectionRefused && !gone_told {
+                gone_told = true;
+                replica.leader_refuses_connections(leader);
+            }
+        }
         if let Err(e) = outcome {
             // One line per outage, not one per redial.
             if was_connected || failures == 1 || matches!(e, Error::Server { .. }) {

@@ -811,6 +811,27 @@ impl Replica {
         self.heard_from(leader);
     }
 
+    /// Election rule 4: the leader we follow refuses connections, so it is
+    /// gone; end the lease and stand for election soon (if we may).
+    pub fn leader_refuses_connections(&self, leader: SocketAddr) {
+        {
+            let st = self.state.lock();
+            let following = match &st.live {
+                Live::Follower { link: Some(l) } => same_node(l.leader(), leader),
+                _ => false,
+            };
+            if !following || !self.election.automatic(st.stored.members.len()) {
+                return;
+            }
+        }
+        let now = self.now_ms();
+        let wait = self.clock.lock().leader_gone(now);
+        log::info!(
+            "[election] leader {leader} refuses connections (no process listens there); \
+             standing for election in {wait} ms unless a leader speaks first"
+        );
+    }
+
     /// `member` just showed it is reachable: it sent us something, or
     /// answered a question (`status` shows when each member last did).
     pub fn heard_from(&self, member: SocketAddr) {
