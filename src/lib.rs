@@ -22,6 +22,7 @@
 //! | [`store`]       | the hash map; no I/O                                         | week 1            |
 //! | [`db`]          | the one write path: WAL append → fsync → apply → notify      | week 9, lesson 3  |
 //! | [`server`]      | accept loop, one thread per connection, request dispatch     | week 2            |
+//! | [`sched`]       | the short scheduler slice request threads ask for            | —                 |
 //! | [`replication`] | leader side (hub, one sender per follower), follower side; terms, log matching, promotion | lessons 3, 4, 5; failover |
 //! | [`status`]      | the STATUS report shown by `kv_client status`                | lesson 4          |
 //! | [`cluster`]     | the cluster id that keeps two histories apart                | —                 |
@@ -62,6 +63,7 @@ pub mod fsutil;
 pub mod limits;
 pub mod protocol;
 pub mod replication;
+pub mod sched;
 pub mod server;
 pub mod stages;
 pub mod status;

@@ -69,6 +69,11 @@ struct Args {
     /// Most connections served at once; the next one gets an ERROR and is closed.
     #[arg(long, default_value_t = CONNECTIONS_MAX_DEFAULT)]
     max_connections: usize,
+    /// The scheduler slice (µs) the threads that answer requests ask for,
+    /// so a woken one runs soon on a busy machine (Linux 6.12+; see
+    /// src/sched.rs). 0: the kernel's default.
+    #[arg(long, default_value_t = kvstore::sched::REQUEST_SLICE_US_DEFAULT)]
+    request_slice_us: u64,
     /// The address other members reach this node on (port, or host:port),
     /// if not the one it binds: behind NAT, a container or a proxy.
     #[arg(long)]
@@ -188,6 +193,13 @@ fn config(args: Args) -> Result<Config, String> {
             Role::Leader { peers }
         }
     };
+    if args.request_slice_us != 0 && !(100..=100_000).contains(&args.request_slice_us) {
+        return Err(format!(
+            "--request-slice-us must be 0 (the kernel's default) or 100..100000, not {}",
+            args.request_slice_us
+        ));
+    }
+    kvstore::sched::set_request_slice_us(args.request_slice_us);
     if args.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }

@@ -109,7 +109,10 @@ impl FollowerLink {
 pub fn spawn(db: Arc<Db>, replica: Arc<Replica>, link: Arc<FollowerLink>) -> Result<()> {
     std::thread::Builder::new()
         .name("follower".into())
-        .spawn(move || run(&db, &replica, &link))
+        .spawn(move || {
+            crate::sched::request_thread();
+            run(&db, &replica, &link)
+        })
         .map(|_| ())
         .map_err(|e| Error::io("spawning follower thread", e))
 }

@@ -323,6 +323,7 @@ impl Link<'_> {
         std::thread::Builder::new()
             .name(format!("acks-{}", self.address))
             .spawn(move || {
+                crate::sched::request_thread();
                 let why = acks.read(&mut reader, &replica);
                 if acks.hub.is_current(acks.session) {
                     log::warn!("[replication] follower {}: {why}; closing the link", acks.address);

@@ -205,6 +205,7 @@ fn accept_loop(listener: &TcpListener, node: &Arc<Node>, max_connections: usize)
             .stack_size(CONNECTION_STACK_BYTES)
             .spawn(move || {
                 let _guard = guard;
+                crate::sched::request_thread();
                 connection::serve(stream, peer, &node);
             });
         if let Err(e) = spawned {
