@@ -98,9 +98,8 @@ fn set_own_slice(ns: u64) -> std::io::Result<()> {
     let mut attr = SchedAttr::default();
     // SAFETY: `attr` is a valid, writable `struct sched_attr` of `size`
     // bytes; pid 0 is the calling thread; flags must be 0.
-    let got = unsafe {
-        libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, size, 0)
-    };
+    let got =
+        unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, size, 0) };
     if got != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -141,9 +140,8 @@ mod tests {
             let mut attr = linux::SchedAttr::default();
             let size = std::mem::size_of::<linux::SchedAttr>() as u32;
             // SAFETY: as in `set_own_slice`.
-            let got = unsafe {
-                libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut _, size, 0)
-            };
+            let got =
+                unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut _, size, 0) };
             assert_eq!(got, 0);
             assert!(linux::FAIR_POLICIES.contains(&attr.sched_policy));
         })

@@ -32,8 +32,8 @@
 //!    process listens on that port, so the leader crashed or was stopped
 //!    (a machine that loses power, or a cut cable, refuses nothing and
 //!    leaves rules 1 and 2 in charge). A follower told so ends its lease
-//!    early and stands for election after a short random wait, `[H, 3H)`
-//!    with `H` the heartbeat interval, instead of the whole timeout. It
+//!    early and stands for election after a short random wait, `[H, H +
+//!    T/2)` with `H` the heartbeat interval, instead of the whole timeout. It
 //!    still needs a majority of pre-votes, and a member that still hears
 //!    a leader refuses them, so a healthy leader is never deposed this way.
 
@@ -117,12 +117,15 @@ impl ElectionClock {
     /// Rule 4: our leader's address refuses connections, so no process
     /// listens there: the leader is gone, not merely quiet. The lease ends
     /// (there is no leader left to protect) and the wait is cut to a random
-    /// `[H, 3H)` (`H` the heartbeat interval) if that ends sooner than the
-    /// current one. Returns how long the wait still lasts.
+    /// `[H, H + T/2)` (`H` the heartbeat interval) if that ends sooner than
+    /// the current one: wide enough that the followers, all told at once,
+    /// rarely stand together and split the vote. Returns how long the wait
+    /// still lasts.
     pub fn leader_gone(&mut self, now_ms: u64) -> u64 {
         self.leader_gone = true;
         let h = self.timing.heartbeat_ms.max(1);
-        let short = h + self.next_random() % (2 * h);
+        let spread = (self.timing.election_ms / 2).max(1);
+        let short = h + self.next_random() % spread;
         let left = (self.waiting_since_ms + self.timeout_ms).saturating_sub(now_ms);
         if short < left {
             self.waiting_since_ms = now_ms;
@@ -243,7 +246,7 @@ mod tests {
         clock.heard_from_leader(1_000);
         assert!(clock.in_lease(1_050));
         let wait = clock.leader_gone(1_100);
-        assert!((100..300).contains(&wait), "waits {wait} ms");
+        assert!((100..600).contains(&wait), "waits {wait} ms");
         assert!(!clock.in_lease(1_100), "no lease for a leader that is gone");
         assert_eq!(clock.expired(1_100 + wait - 1), None);
         assert_eq!(clock.expired(1_100 + wait), Some(100 + wait), "silent since 1000");

@@ -391,6 +391,11 @@ impl Replica {
         st.stored.store(self.db.data_dir())?;
         log::info!("[failover] adopted term {term}: {why}");
         self.follow_locked(&mut st, leader, &why)?;
+        // A new term is a new wait (Raft's "become follower"): without it,
+        // a clock that was about to run out would start a rival election
+        // while the candidate that brought the term is still collecting votes.
+        let now = self.now_ms();
+        self.clock.lock().restart(now);
         Ok(true)
     }
 
@@ -986,6 +991,14 @@ impl Replica {
             return Ok(());
         }
         let _one_at_a_time = self.campaigning.lock();
+        let now_term = self.term();
+        if now_term != term {
+            log::info!(
+                "[election] not standing for term {next}: a candidate brought term {now_term} \
+                 during the pre-vote"
+            );
+            return Ok(());
+        }
         let why = format!("elected after {silence}");
         match self.ask_for_votes(term, &others, false, &why)? {
             Ok((_, votes)) => {
