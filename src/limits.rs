@@ -53,6 +53,11 @@ pub const SHUTDOWN_DRAIN_MS_MAX: u64 = 10_000;
 /// (and, after a handover, sent to the new leader) instead of cut off.
 pub const SHUTDOWN_QUIET_MS: u64 = 100;
 
+/// Connections the kernel may hold for `accept` (Redis's `tcp-backlog`
+/// is 511): a burst of a thousand connects is not dropped and retried a
+/// second later. The kernel caps it at `net.core.somaxconn` (4096).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
 /// Stack size of a connection thread (256 KiB): request handling is shallow,
 /// and a small stack keeps a thousand connections cheap.
 pub const CONNECTION_STACK_BYTES: usize = 256 * 1024;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::db::{Db, FsyncPolicy};
 use crate::error::{Error, Result};
-use crate::limits::CONNECTION_STACK_BYTES;
+use crate::limits::{CONNECTION_STACK_BYTES, LISTEN_BACKLOG};
 use crate::protocol::{write_message, Message};
 use crate::replication::election::ElectionConfig;
 use crate::replication::hub::WriteConcern;
@@ -113,6 +113,7 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
     // 2. Bind. Port 0 asks the kernel for a free port; log the real one.
     let bind = format!("{}:{}", config.host, config.port);
     let listener = TcpListener::bind(&bind).map_err(|e| Error::io(format!("binding {bind}"), e))?;
+    deepen_backlog(&listener).map_err(|e| Error::io(format!("listening on {bind}"), e))?;
     let address = listener.local_addr().map_err(|e| Error::io("reading bound address", e))?;
 
     // 3. Replication: the role from the flags and the stored state.
@@ -168,6 +169,28 @@ pub fn fsync_name(fsync: FsyncPolicy) -> &'static str {
         FsyncPolicy::Always => "always",
         FsyncPolicy::Never => "never",
     }
+}
+
+/// Let [`LISTEN_BACKLOG`] connections wait for `accept` instead of the
+/// 128 that `TcpListener::bind` asks for: when a thousand clients connect at
+/// once, the kernel drops the SYNs beyond the backlog and those clients
+/// retry a whole second later. Calling `listen` again on a listening socket
+/// only changes its backlog (the kernel caps it at `net.core.somaxconn`).
+#[cfg(unix)]
+fn deepen_backlog(listener: &TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor belongs to `listener`, which outlives the call.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(unix))]
+fn deepen_backlog(_listener: &TcpListener) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Accept connections forever, one thread each, at most `max_connections`.
