@@ -61,6 +61,8 @@ pub enum Error {
     ShuttingDown { leader: Option<String> },
     /// The server already serves as many connections as it is allowed.
     TooManyConnections { max: usize },
+    /// The leader already serves `--max-observers` observers (`kv_client watch`).
+    TooManyObservers { max: usize },
     /// The server answered with an ERROR reply.
     Server { code: ErrorCode, message: String },
     /// A request or reply arrived where it makes no sense.
@@ -107,7 +109,9 @@ impl Error {
             Error::Unhealthy(_) => ErrorCode::Unhealthy,
             Error::WouldLoseCommitted { .. } => ErrorCode::Replication,
             Error::WriteTimeout { .. } => ErrorCode::WriteTimeout,
-            Error::TooManyConnections { .. } => ErrorCode::TooManyConnections,
+            Error::TooManyConnections { .. } | Error::TooManyObservers { .. } => {
+                ErrorCode::TooManyConnections
+            }
             Error::NotContiguous { .. } | Error::OtherCluster { .. } => ErrorCode::Replication,
             Error::Unexpected(_) => ErrorCode::Unexpected,
             Error::Refused(_) => ErrorCode::Refused,
@@ -216,6 +220,11 @@ impl fmt::Display for Error {
                     None => write!(f, "; the leader is not known yet"),
                 }
             }
+            Error::TooManyObservers { max } => write!(
+                f,
+                "too many observers: this leader already serves {max} (--max-observers {max}); \
+                 try again when one has left"
+            ),
             Error::TooManyConnections { max } => {
                 write!(f, "too many connections (the limit is {max}); try again later")
             }
@@ -263,7 +272,7 @@ pub enum ErrorCode {
     WriteTimeout = 5,
     /// The server failed internally (e.g. the WAL cannot be written).
     Internal = 6,
-    /// The connection limit was reached.
+    /// The connection limit was reached (or, for an observer, `--max-observers`).
     TooManyConnections = 7,
     /// Replication refused: entries that do not continue the log, another
     /// cluster, a repair that would remove committed records, a broken link.

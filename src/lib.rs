@@ -31,6 +31,7 @@
 //! | [`failpoint`]   | named places where a crash test can abort the process         | —                 |
 //! | [`client`]      | a small blocking client used by kv_client, tests, examples   | week 2            |
 //! | [`cluster_client`] | a client that finds the leader among the members          | failover          |
+//! | [`watch`]       | `kv_client watch`: an observer of the replication stream     | lessons 3, 5      |
 //!
 //! ## Map of the threads in a running `kvstore`
 //!
@@ -39,6 +40,9 @@
 //!   On a leader, a connection whose first message is FOLLOWER_HELLO becomes
 //!   that follower's **sender** (it streams AppendEntries), and spawns an
 //!   **ack reader** that records the follower's APPEND_ENTRIES_ACKs.
+//!   A connection whose first message is OBSERVER_HELLO (`kv_client watch`)
+//!   becomes an **observer**'s sender the same way: the same stream, but
+//!   no member, counted toward nothing.
 //! - `follower`: on a follower only; dials the leader, sends FOLLOWER_HELLO,
 //!   checks each AppendEntries against its log (repairing it if it
 //!   diverged), applies it through the write path and answers with ACKs. A
@@ -69,6 +73,7 @@ pub mod stages;
 pub mod status;
 pub mod store;
 pub mod wal;
+pub mod watch;
 
 /// A log sequence number: the position of a record in the WAL.
 ///

@@ -137,3 +137,10 @@ pub const PEER_REQUEST_TIMEOUT_MS: u64 = 1_000;
 /// term of the follower's log, so this bounds the work a confused or
 /// hostile follower can cause.
 pub const PROBE_ROUNDS_MAX: u32 = 64;
+
+/// Default of `--max-observers`: `kv_client watch` connections a leader
+/// serves at once. Each costs a sender thread, an ACK reader thread and,
+/// from `--from-lsn`, a catch-up read of the WAL; a few are enough to
+/// watch a cluster, and the bound keeps watchers from crowding out the
+/// members.
+pub const OBSERVERS_MAX_DEFAULT: usize = 4;

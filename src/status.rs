@@ -76,6 +76,10 @@ pub struct StatusReport {
     pub last_role_change: Option<RoleChange>,
 }
 
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 /// A member and when it was last heard from (`None`: not since this node
 /// started; 0 for the node itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +114,10 @@ pub struct FollowerRow {
     pub state: String,
     /// True if the follower is in `--peers` (and so counts for the majority).
     pub expected: bool,
+    /// True for an observer (`kv_client watch`): it receives the stream
+    /// but is no member and never counts.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub observer: bool,
     pub acked_lsn: Lsn,
     /// Records the follower is behind the leader's last LSN.
     pub lag_records: u64,
@@ -224,8 +232,11 @@ fn render_followers(rows: &[FollowerRow]) -> String {
     let cells: Vec<[String; 7]> = rows
         .iter()
         .map(|r| {
-            let name =
-                if r.expected { r.address.clone() } else { format!("{} (extra)", r.address) };
+            let name = match (r.observer, r.expected) {
+                (true, _) => format!("{} (observer)", r.address),
+                (false, true) => r.address.clone(),
+                (false, false) => format!("{} (extra)", r.address),
+            };
             let ack = match r.last_ack_ms_ago {
                 Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
                 None => "never".to_string(),

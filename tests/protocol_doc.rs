@@ -32,7 +32,7 @@ use kvstore::wal::{Record, Wal, INDEX_FILE_NAME, LOG_FILE_NAME};
 const FRAME_EXAMPLES_MIN: usize = 12;
 
 /// Every message type, as `Message::name` spells it: each needs an example.
-const MESSAGE_NAMES: [&str; 24] = [
+const MESSAGE_NAMES: [&str; 25] = [
     "PUT",
     "GET",
     "DELETE",
@@ -57,6 +57,7 @@ const MESSAGE_NAMES: [&str; 24] = [
     "READ",
     "TRANSFER_LEADERSHIP",
     "TIMEOUT_NOW",
+    "OBSERVER_HELLO",
 ];
 
 /// The info strings of hex examples these tests check.

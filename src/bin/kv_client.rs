@@ -7,6 +7,7 @@
 //! kv_client --port 9002 get k --min-lsn 42   once 9002 has applied LSN 42
 //! kv_client --port 9001 delete k
 //! kv_client --port 9001 status [--json]
+//! kv_client --port 9001 watch [--from-lsn 1] [--hex] [--json]   the replication stream, decoded
 //! kv_client --port 9002 promote [--force]   make 9002 the leader of a new term
 //! kv_client --port 9003 follow 127.0.0.1:9002   make 9003 follow 9002
 //! kv_client --port 9001 transfer-leadership [127.0.0.1:9002]   planned handover
@@ -28,8 +29,10 @@ use clap::{Parser, Subcommand};
 use kvstore::client::Client;
 use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
 use kvstore::error::Error;
+use kvstore::protocol::describe::VALUE_SHOWN_BYTES_DEFAULT;
 use kvstore::protocol::Consistency;
 use kvstore::wal::{scan_log, Op, ScanEnd, LOG_FILE_NAME};
+use kvstore::watch::WatchOptions;
 
 /// Values longer than this are shortened in `wal-dump` output.
 const DUMP_VALUE_BYTES_MAX: usize = 200;
@@ -82,6 +85,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Attach to the leader as an observer and print every replication
+    /// message it sends, decoded, one line each, until Ctrl-C. An observer
+    /// never votes and counts toward no majority.
+    Watch {
+        /// Start with a catch-up: the records from this LSN on (lesson 5).
+        /// 0: only what is written from now on.
+        #[arg(long, default_value_t = 0)]
+        from_lsn: u64,
+        /// Hide heartbeats (AppendEntries without records).
+        #[arg(long)]
+        no_heartbeats: bool,
+        /// Print each frame's bytes under its line.
+        #[arg(long)]
+        hex: bool,
+        /// One JSON object a line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Bytes of each value shown; longer values are cut, with their length.
+        #[arg(long, default_value_t = VALUE_SHOWN_BYTES_DEFAULT)]
+        max_value_bytes: usize,
+    },
     /// Make the node the leader of a new term (like pg_promote). It first
     /// checks that a majority of members answer and none holds more.
     Promote {
@@ -113,6 +137,16 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let address = format!("{}:{port}", args.host);
+    if let Command::Watch { from_lsn, no_heartbeats, hex, json, max_value_bytes } = args.command {
+        let options = WatchOptions {
+            from_lsn,
+            heartbeats: !no_heartbeats,
+            hex,
+            json,
+            value_bytes_max: max_value_bytes,
+        };
+        return watch(&address, &options);
+    }
     match run(&address, args.command) {
         Ok(code) => code,
         Err(e) => {
@@ -160,13 +194,31 @@ fn run(address: &str, command: Command) -> Result<ExitCode, Error> {
             &mut stdout,
             client.transfer_leadership(target.as_deref().unwrap_or(""))?.as_bytes(),
         ),
-        Command::Status { json: true } => print(&mut stdout, client.status_json()?.as_bytes()),
-        Command::Status { json: false } => {
+        Command::Status { json: true, .. } => print(&mut stdout, client.status_json()?.as_bytes()),
+        Command::Status { .. } => {
             print(&mut stdout, client.status()?.render().trim_end().as_bytes())
         }
-        Command::WalDump { .. } => unreachable!("handled before connecting"),
+        Command::WalDump { .. } | Command::Watch { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `watch`: print the leader's replication stream until the link ends.
+fn watch(address: &str, options: &WatchOptions) -> ExitCode {
+    let from = match options.from_lsn {
+        0 => "what is written from now on".to_string(),
+        lsn => format!("the records from LSN {lsn} on"),
+    };
+    eprintln!("kv_client: watching {address} as an observer: {from} (Ctrl-C to stop)");
+    match kvstore::watch::run(address, options, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kv_client: {address}: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// `--cluster`: put, get and delete on whichever member leads.

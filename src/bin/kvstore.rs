@@ -16,7 +16,7 @@ use clap::{Parser, ValueEnum};
 use kvstore::db::FsyncPolicy;
 use kvstore::limits::{
     CONNECTIONS_MAX_DEFAULT, ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS,
-    WRITE_TIMEOUT_MS_DEFAULT,
+    OBSERVERS_MAX_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT,
 };
 use kvstore::replication::election::{ElectionConfig, Failover, Timing};
 use kvstore::replication::hub::WriteConcern;
@@ -112,6 +112,10 @@ struct Args {
     /// How often a leader sends an empty AppendEntries on an idle link.
     #[arg(long, default_value_t = HEARTBEAT_INTERVAL_MS)]
     heartbeat_interval_ms: u64,
+    /// While this node leads: how many `kv_client watch` observers it
+    /// serves at once; the next one is refused with an ERROR.
+    #[arg(long, default_value_t = OBSERVERS_MAX_DEFAULT)]
+    max_observers: usize,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -223,6 +227,7 @@ fn config(args: Args) -> Result<Config, String> {
         ));
     }
     kvstore::sched::set_request_slice_us(args.request_slice_us);
+    kvstore::replication::hub::set_observers_max(args.max_observers);
     if args.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }

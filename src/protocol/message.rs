@@ -31,6 +31,7 @@
 //! | 0x27 | LEADER_ANNOUNCE    | `[cluster_id 16 bytes][term u64][leader address]`       |
 //! | 0x28 | PRE_VOTE           | `[cluster_id 16 bytes][term u64][last_lsn u64][last_term u64][candidate address]` |
 //! | 0x29 | TIMEOUT_NOW        | `[cluster_id 16 bytes][term u64]`                       |
+//! | 0x2a | OBSERVER_HELLO     | `[from_lsn u64]` — `kv_client watch`: the stream, no vote, no majority |
 //!
 //! A record inside APPEND_ENTRIES has the WAL's layout (see
 //! [`crate::wal::record`]): `[lsn u64][term u64][cmd u8][key_len u32][key][value_len u32][value]`.
@@ -73,6 +74,7 @@ pub const TYPE_VOTE: u8 = 0x26;
 pub const TYPE_LEADER_ANNOUNCE: u8 = 0x27;
 pub const TYPE_PRE_VOTE: u8 = 0x28;
 pub const TYPE_TIMEOUT_NOW: u8 = 0x29;
+pub const TYPE_OBSERVER_HELLO: u8 = 0x2a;
 
 /// Longest ERROR or DONE message accepted (64 KiB): such texts are a sentence.
 const ERROR_MESSAGE_BYTES_MAX: u32 = 64 * 1024;
@@ -289,6 +291,14 @@ pub enum Message {
         term: Term,
         leader: String,
     },
+    /// `kv_client watch`: the opening message of an **observer**, which
+    /// receives the replication stream like a follower but is not a member:
+    /// it never votes and never counts toward a majority or a write
+    /// concern. The leader sends the records from `from_lsn` on (0: only
+    /// those written from now on), after a LEADER_HELLO.
+    ObserverHello {
+        from_lsn: Lsn,
+    },
 }
 
 impl Message {
@@ -319,6 +329,7 @@ impl Message {
             Message::Vote { .. } => "VOTE",
             Message::LeaderAnnounce { .. } => "LEADER_ANNOUNCE",
             Message::TimeoutNow { .. } => "TIMEOUT_NOW",
+            Message::ObserverHello { .. } => "OBSERVER_HELLO",
         }
     }
 
@@ -453,6 +464,10 @@ impl Message {
                 put_cluster_id(out, *cluster_id);
                 put_u64s(out, &[*term]);
             }
+            Message::ObserverHello { from_lsn } => {
+                out.push(TYPE_OBSERVER_HELLO);
+                put_u64s(out, &[*from_lsn]);
+            }
         }
     }
 
@@ -565,6 +580,9 @@ impl Message {
                 cluster_id: decode_cluster_id(&mut d, "timeout-now cluster_id")?,
                 term: d.u64("timeout-now term")?,
             },
+            TYPE_OBSERVER_HELLO => {
+                Message::ObserverHello { from_lsn: d.u64("observer hello from_lsn")? }
+            }
             other => return Err(Error::UnknownMessageType(other)),
         };
         d.finish(message.name())?;
@@ -840,6 +858,7 @@ mod tests {
                     last_lsn: f[1],
                     members
                 }),
+            any::<u64>().prop_map(|from_lsn| Message::ObserverHello { from_lsn }),
             any::<[u64; 4]>().prop_map(|f| Message::AppendEntriesRefuse {
                 term: f[0],
                 last_lsn: f[1],

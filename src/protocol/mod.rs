@@ -7,9 +7,12 @@
 //! ```
 //!
 //! [`frame`] reads and writes frames and enforces the size limit before any
-//! allocation; [`message`] gives every message type and its byte layout.
+//! allocation; [`message`] gives every message type and its byte layout;
+//! [`describe`] turns a replication message into the one decoded line that
+//! `kv_client watch` prints.
 //! `docs/PROTOCOL.md` has the same layouts with a hex example of each.
 
+pub mod describe;
 pub mod frame;
 pub mod message;
 

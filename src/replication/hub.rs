@@ -1,5 +1,13 @@
 //! The leader's table of followers: acked LSNs, commit LSN, write concern (lesson 4).
 //!
+//! The table also holds **observers** (`kv_client watch`): connections that
+//! receive the replication stream and ACK it like a follower, but are no
+//! member. Their rows exist so that `status` can show them and the limit
+//! `--max-observers` can hold; nothing that counts followers looks at
+//! them — not the majority, not a write concern, not check-quorum, not the
+//! choice of a successor. A follower's HELLO is never matched to an
+//! observer's row.
+//!
 //! A hub lives as long as one leadership: it is created when a node becomes
 //! leader of a term and **deposed** when it stops being leader, which fails
 //! every write still waiting for its write concern and closes every
@@ -46,13 +54,23 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::limits::HEARTBEAT_INTERVAL_MS;
+use crate::limits::{HEARTBEAT_INTERVAL_MS, OBSERVERS_MAX_DEFAULT};
 use crate::replication::lag::{LagSummary, LagTracker};
 use crate::stages::{Stage, Stages};
 use crate::status::FollowerRow;
 use crate::{Lsn, Term};
+
+/// `--max-observers`, set once at start-up; every hub reads it.
+static OBSERVERS_MAX: AtomicUsize = AtomicUsize::new(OBSERVERS_MAX_DEFAULT);
+
+/// Set how many observers a leader serves at once (`--max-observers`).
+pub fn set_observers_max(max: usize) {
+    OBSERVERS_MAX.store(max, Ordering::Release);
+}
 
 /// How many nodes must hold a write before the client hears OK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +125,8 @@ pub struct Session {
 struct Peer {
     address: SocketAddr,
     expected: bool,
+    /// A `kv_client watch` connection: never a member, never counted.
+    observer: bool,
     state: LinkState,
     acked_lsn: Lsn,
     last_ack: Option<Instant>,
@@ -125,6 +145,7 @@ impl Peer {
         Peer {
             address,
             expected,
+            observer: false,
             state: LinkState::Connecting,
             acked_lsn: 0,
             last_ack: None,
@@ -133,6 +154,11 @@ impl Peer {
             digest_mismatch: None,
             stream: None,
         }
+    }
+
+    /// Connected now (catching up or streaming).
+    fn is_linked(&self) -> bool {
+        matches!(self.state, LinkState::CatchingUp | LinkState::Streaming)
     }
 }
 
@@ -170,6 +196,8 @@ pub struct Hub {
     round: Mutex<()>,
     /// The node's write-stage histograms (`None` in unit tests).
     stages: Option<Arc<Stages>>,
+    /// Observers served at once (`--max-observers`).
+    observers_max: usize,
 }
 
 impl Hub {
@@ -196,7 +224,14 @@ impl Hub {
             confirmed_from: Mutex::new(None),
             round: Mutex::new(()),
             stages: None,
+            observers_max: OBSERVERS_MAX.load(Ordering::Acquire),
         }
+    }
+
+    /// The same hub, serving at most `max` observers at once.
+    pub fn with_observers_max(mut self, max: usize) -> Hub {
+        self.observers_max = max;
+        self
     }
 
     /// The same hub, recording the `wakeup` stage of its waiting writers.
@@ -275,11 +310,7 @@ impl Hub {
     /// Addresses of the followers whose link is up right now.
     pub fn connected(&self) -> Vec<SocketAddr> {
         let st = self.state.lock();
-        st.peers
-            .iter()
-            .filter(|p| matches!(p.state, LinkState::CatchingUp | LinkState::Streaming))
-            .map(|p| p.address)
-            .collect()
+        st.peers.iter().filter(|p| !p.observer && p.is_linked()).map(|p| p.address).collect()
     }
 
     /// The corruption check found `session`'s follower differs from us at
@@ -309,15 +340,60 @@ impl Hub {
     /// LSN starts at 0. `stream` is kept to close the link on deposition.
     pub fn attach(&self, address: SocketAddr, term: Term, stream: Option<TcpStream>) -> Session {
         let mut st = self.state.lock();
-        let id = st.next_session_id;
-        st.next_session_id += 1;
-        let index = match st.peers.iter().position(|p| same_node(p.address, address)) {
+        let found = st.peers.iter().position(|p| !p.observer && same_node(p.address, address));
+        let index = match found {
             Some(i) => i,
             None => {
                 st.peers.push(Peer::new(address, false));
                 st.peers.len() - 1
             }
         };
+        self.start_session(&mut st, index, term, stream)
+    }
+
+    /// An observer (`kv_client watch`) at `address` connected: give it a
+    /// row of its own — never a member's — or refuse it if
+    /// `--max-observers` are already attached. A disconnected observer's
+    /// row is reused, so the table stays bounded however many come and go.
+    pub fn attach_observer(&self, address: SocketAddr, stream: TcpStream) -> Result<Session> {
+        let mut st = self.state.lock();
+        let attached = st.peers.iter().filter(|p| p.observer && p.is_linked()).count();
+        if attached >= self.observers_max {
+            return Err(Error::TooManyObservers { max: self.observers_max });
+        }
+        let index = match st.peers.iter().position(|p| p.observer && !p.is_linked()) {
+            Some(i) => {
+                // The row now tells the new observer's story only.
+                let mut row = Peer::new(address, false);
+                row.observer = true;
+                st.peers[i] = row;
+                i
+            }
+            None => {
+                let mut row = Peer::new(address, false);
+                row.observer = true;
+                st.peers.push(row);
+                st.peers.len() - 1
+            }
+        };
+        Ok(self.start_session(&mut st, index, 0, Some(stream)))
+    }
+
+    /// How many observers are attached now.
+    pub fn observer_count(&self) -> usize {
+        self.state.lock().peers.iter().filter(|p| p.observer && p.is_linked()).count()
+    }
+
+    /// A new session on row `index`: nothing it holds counts yet.
+    fn start_session(
+        &self,
+        st: &mut HubState,
+        index: usize,
+        term: Term,
+        stream: Option<TcpStream>,
+    ) -> Session {
+        let id = st.next_session_id;
+        st.next_session_id += 1;
         let deposed = st.deposed.is_some();
         let peer = &mut st.peers[index];
         peer.session_id = id;
@@ -564,7 +640,9 @@ impl Hub {
         let st = self.state.lock();
         st.peers
             .iter()
-            .find(|p| same_node(p.address, address) && p.state == LinkState::Streaming)
+            .find(|p| {
+                !p.observer && same_node(p.address, address) && p.state == LinkState::Streaming
+            })
             .map(|p| p.acked_lsn)
     }
 
@@ -573,7 +651,7 @@ impl Hub {
         let mut st = self.state.lock();
         st.confirming += 1;
         let reached = loop {
-            let acked = st.peers.iter().find(|p| same_node(p.address, address));
+            let acked = st.peers.iter().find(|p| !p.observer && same_node(p.address, address));
             if acked.is_some_and(|p| p.acked_lsn >= lsn) {
                 break true;
             }
@@ -594,6 +672,7 @@ impl Hub {
                 address: p.address.to_string(),
                 state: p.state.name().to_string(),
                 expected: p.expected,
+                observer: p.observer,
                 acked_lsn: p.acked_lsn,
                 lag_records: leader_last_lsn.saturating_sub(p.acked_lsn),
                 last_ack_ms_ago: p.last_ack.map(|t| t.elapsed().as_millis() as u64),
@@ -720,6 +799,52 @@ mod tests {
         hub.record_ack(a, 11, 2);
         assert_eq!(hub.commit_lsn(&db), 11);
         drop(dir);
+    }
+
+    /// A connected socket pair end, to stand for an observer's stream.
+    fn socket() -> TcpStream {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        TcpStream::connect(listener.local_addr().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn observers_count_toward_nothing() {
+        // Goal: an observer that ACKs everything moves no commit LSN, meets
+        // no write concern, keeps no leader in office and is no successor.
+        let (_dir, db) = db_with(10, 1);
+        let hub = Hub::new(&[addr(9002)], 1);
+        let watcher = hub.attach_observer(addr(9002), socket()).unwrap();
+        hub.record_ack(watcher, 10, 1);
+        assert_eq!(hub.commit_lsn(&db), 0);
+        assert!(hub.wait_for(10, WriteConcern::Majority, Duration::from_millis(10)).is_err());
+        assert_eq!(hub.ack_ages_ms(), vec![None]);
+        assert_eq!(hub.most_up_to_date(), None);
+        assert_eq!(hub.acked_by(addr(9002)), None, "an observer is not the member 9002");
+        assert!(hub.connected().is_empty());
+        // The member's HELLO, from the very same address, gets its own row.
+        let follower = hub.attach(addr(9002), 1, None);
+        hub.record_ack(follower, 10, 1);
+        assert_eq!(hub.commit_lsn(&db), 10);
+        let rows = hub.rows(10);
+        assert_eq!(rows.len(), 2);
+        assert!(rows.iter().any(|r| r.observer && !r.expected));
+    }
+
+    #[test]
+    fn the_observer_after_the_last_one_allowed_is_refused() {
+        // Goal: --max-observers holds, and a departed observer's row is
+        // reused, so the table stays bounded.
+        let hub = Hub::new(&[], 1).with_observers_max(2);
+        let first = hub.attach_observer(addr(50001), socket()).unwrap();
+        hub.attach_observer(addr(50002), socket()).unwrap();
+        match hub.attach_observer(addr(50003), socket()) {
+            Err(Error::TooManyObservers { max: 2 }) => {}
+            other => panic!("expected TooManyObservers, got {other:?}"),
+        }
+        hub.detach(first);
+        assert_eq!(hub.observer_count(), 1);
+        hub.attach_observer(addr(50003), socket()).unwrap();
+        assert_eq!(hub.rows(0).len(), 2, "the departed observer's row was reused");
     }
 
     #[test]

@@ -42,6 +42,16 @@
 //! on disk is the buffer, as in PostgreSQL, so memory stays bounded). No
 //! record is lost, sent twice or reordered, however the two sources race.
 //!
+//! ## Observers (`kv_client watch`)
+//!
+//! A connection whose first message is OBSERVER_HELLO gets the same stream
+//! from [`serve_observer`]: LEADER_HELLO, the records from the LSN it asked
+//! for, then every new batch and the heartbeats. It skips the probe (it has
+//! no log to match) and its row in the hub is an observer's, which nothing
+//! counts: not the majority, not a write concern, not check-quorum. Its
+//! ACKs only move its own row; one that claims a newer term is a protocol
+//! error, never a reason to step down — an observer cannot depose a leader.
+//!
 //! ## The corruption check (etcd's `corrupt-check`)
 //!
 //! Every few seconds a follower's ACK carries `(digest_lsn, digest)`: its
@@ -65,12 +75,13 @@ use crate::limits::{
     APPEND_ENTRIES_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX, PROBE_ROUNDS_MAX,
     REPLICATION_TIMEOUT_MS,
 };
-use crate::protocol::frame::{is_timeout, read_frame, write_message};
+use crate::protocol::frame::{is_timeout, read_frame, write_message, FRAME_HEADER_BYTES};
 use crate::protocol::message::{AppendEntriesEncoder, AppendEntriesHeader};
 use crate::protocol::Message;
 use crate::replication::hub::{Hub, LinkState, Session};
 use crate::replication::log_match::{self, Refusal};
 use crate::replication::replica::{Replica, RoleView};
+use crate::replication::PeerKind;
 use crate::replication::RateLimitedLine;
 use crate::stages::Stage;
 use crate::{Lsn, Term};
@@ -98,6 +109,7 @@ pub struct Hello {
 pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, replica: &Replica) {
     let address = SocketAddr::new(peer.ip(), hello.listen_port.unwrap_or(peer.port()));
     let db = replica.db();
+    let refuse = send_error;
 
     // 1. Only a leader serves followers; a newer term deposes it.
     let (hub, term) = match replica.view() {
@@ -105,14 +117,13 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
         RoleView::Follower { .. } => {
             let err = replica.not_leader();
             log::warn!("[replication] refusing follower {address}: {err}");
-            let _ = write_message(&mut stream, &Message::error(&err));
+            refuse(&mut stream, &err);
             return;
         }
     };
     // The cluster first: a stranger's term must not move ours.
     let Some(cluster_id) = db.cluster_id() else {
-        let err = Error::Unexpected("this leader has no cluster id yet".into());
-        let _ = write_message(&mut stream, &Message::error(&err));
+        refuse(&mut stream, &Error::Unexpected("this leader has no cluster id yet".into()));
         return;
     };
     if let Some(theirs) = hello.cluster_id.filter(|id| *id != cluster_id) {
@@ -122,7 +133,7 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
             peer: format!("follower {address}"),
         };
         log::error!("[replication] refusing follower {address}: {err}");
-        let _ = write_message(&mut stream, &Message::error(&err));
+        refuse(&mut stream, &err);
         return;
     }
     if hello.term > term && hello.cluster_id.is_none() {
@@ -131,7 +142,7 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
             hello.term
         ));
         log::error!("[replication] refusing follower {address}: {err}");
-        let _ = write_message(&mut stream, &Message::error(&err));
+        refuse(&mut stream, &err);
         return;
     }
     if hello.term > term {
@@ -140,7 +151,7 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
         if let Err(e) = replica.observe_term(hello.term, None, &from) {
             log::error!("[failover] cannot store term {}: {e}", hello.term);
         }
-        let _ = write_message(&mut stream, &Message::error(&err));
+        refuse(&mut stream, &err);
         return;
     }
 
@@ -150,7 +161,8 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
     let target = db.last_lsn();
     let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
     let _ = stream.set_read_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
-    let link = Link { address, db, hub: &hub, replica, session, term };
+    let kind = PeerKind::Follower;
+    let link = Link { address, kind, db, hub: &hub, replica, session, term };
     let outcome = link.run(stream, cluster_id, &hello, target, &batches);
     if hub.is_current(session) {
         hub.detach(session);
@@ -161,9 +173,80 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
     }
 }
 
-/// One follower's link, for the steps after registration.
+/// Serve an observer that said OBSERVER_HELLO on `stream` (`kv_client
+/// watch`): the replication stream from `from_lsn` on (0: from now on),
+/// for a connection that is no member and counts for nothing.
+///
+/// Called on the connection's own thread; returns when the link ends.
+/// 1. Refuse if we are not the leader, or if `--max-observers` observers
+///    are attached already (ERROR code 7).
+/// 2. Give it an observer's row in the hub and subscribe to new batches.
+/// 3. Answer LEADER_HELLO: cluster id, term, last LSN, members.
+/// 4. Send the records from `from_lsn` up to our last LSN from the WAL (no
+///    probe: an observer has no log to match), then stream new batches,
+///    with heartbeats when idle, until the link breaks.
+pub fn serve_observer(mut stream: TcpStream, peer: SocketAddr, from_lsn: Lsn, replica: &Replica) {
+    let db = replica.db();
+    let refuse = send_error;
+
+    // 1. Only a leader has a stream to watch; only so many watch at once.
+    let (hub, term) = match replica.view() {
+        RoleView::Leader { hub, term } => (hub, term),
+        RoleView::Follower { .. } => {
+            refuse(&mut stream, &replica.not_leader());
+            return;
+        }
+    };
+    let Some(cluster_id) = db.cluster_id() else {
+        refuse(&mut stream, &Error::Unexpected("this leader has no cluster id yet".into()));
+        return;
+    };
+    let attached = stream
+        .try_clone()
+        .map_err(|e| Error::io("cloning observer socket", e))
+        .and_then(|handle| hub.attach_observer(peer, handle));
+    let session = match attached {
+        Ok(session) => session,
+        Err(e) => {
+            log::warn!("[observer] refusing {peer}: {e}");
+            refuse(&mut stream, &e);
+            return;
+        }
+    };
+
+    // 2. Subscribe before reading the WAL, so no batch falls in between.
+    let batches = db.subscribe();
+    let target = db.last_lsn();
+    let first = if from_lsn == 0 || from_lsn > target { target + 1 } else { from_lsn };
+    log::info!(
+        "[observer] {peer} attached ({} watching): sending LSN {first}..{target} from the WAL \
+         ({} record(s)), then the live stream; it counts toward no majority",
+        hub.observer_count(),
+        (target + 1).saturating_sub(first)
+    );
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
+    let kind = PeerKind::Observer;
+    let link = Link { address: peer, kind, db, hub: &hub, replica, session, term };
+    let outcome = link.observe(stream, cluster_id, first - 1, target, &batches);
+    if hub.is_current(session) {
+        hub.detach(session);
+        match outcome {
+            Ok(()) => log::info!("[observer] {peer} detached"),
+            Err(e) => log::info!("[observer] {peer} detached: {e}"),
+        }
+    }
+}
+
+/// Send an ERROR for `err` (best effort) before closing a link.
+fn send_error(stream: &mut TcpStream, err: &Error) {
+    let _ = write_message(stream, &Message::error(err));
+}
+
+/// One follower's (or observer's) link, for the steps after registration.
 struct Link<'a> {
     address: SocketAddr,
+    kind: PeerKind,
     db: &'a Arc<Db>,
     hub: &'a Arc<Hub>,
     replica: &'a Replica,
@@ -182,11 +265,7 @@ impl Link<'_> {
     ) -> Result<()> {
         let (address, term) = (self.address, self.term);
         // 3. Our half of the handshake.
-        let members = self.replica.members();
-        write_message(
-            &mut stream,
-            &Message::LeaderHello { cluster_id, term, last_lsn: target, members },
-        )?;
+        self.send_leader_hello(&mut stream, cluster_id, target)?;
         let reader = stream.try_clone().map_err(|e| Error::io("cloning follower socket", e))?;
         let mut reader = BufReader::new(reader);
 
@@ -215,16 +294,56 @@ impl Link<'_> {
         );
 
         // 5. Stream, with ACKs read on their own thread.
+        self.stream_after(stream, reader, matched, target, batches)
+    }
+
+    /// An observer's link: LEADER_HELLO, then the stream after `matched`
+    /// (the LSN before the first one it asked for), without a probe.
+    fn observe(
+        &self,
+        mut stream: TcpStream,
+        cluster_id: ClusterId,
+        matched: Lsn,
+        target: Lsn,
+        batches: &Receiver<Batch>,
+    ) -> Result<()> {
+        self.send_leader_hello(&mut stream, cluster_id, target)?;
+        let reader = stream.try_clone().map_err(|e| Error::io("cloning observer socket", e))?;
+        self.stream_after(stream, BufReader::new(reader), matched, target, batches)
+    }
+
+    fn send_leader_hello(
+        &self,
+        stream: &mut TcpStream,
+        cluster_id: ClusterId,
+        target: Lsn,
+    ) -> Result<()> {
+        let members = self.replica.members();
+        let hello = Message::LeaderHello { cluster_id, term: self.term, last_lsn: target, members };
+        write_message(stream, &hello)
+    }
+
+    /// Catch-up from the WAL after `matched` up to `target`, then the live
+    /// stream, with the ACKs read on their own thread; until the link ends.
+    fn stream_after(
+        &self,
+        stream: TcpStream,
+        reader: BufReader<TcpStream>,
+        matched: Lsn,
+        target: Lsn,
+        batches: &Receiver<Batch>,
+    ) -> Result<()> {
         let sent_through = Arc::new(AtomicU64::new(matched));
         let closed = Arc::new(AtomicBool::new(false));
         self.spawn_ack_reader(reader, &sent_through, &closed)?;
         let mut sender = Sender::new(
             stream,
-            (address, self.db, self.hub),
-            (self.session, term),
+            (self.address, self.db, self.hub),
+            (self.session, self.term),
             matched + 1,
             sent_through,
         );
+        sender.kind = self.kind;
         let outcome = sender.catch_up(target).and_then(|()| sender.stream_live(batches, &closed));
         let _ = sender.stream.shutdown(Shutdown::Both);
         outcome
@@ -311,6 +430,7 @@ impl Link<'_> {
     ) -> Result<()> {
         let acks = AckReader {
             address: self.address,
+            kind: self.kind,
             session: self.session,
             term: self.term,
             hub: Arc::clone(self.hub),
@@ -326,7 +446,11 @@ impl Link<'_> {
                 crate::sched::request_thread();
                 let why = acks.read(&mut reader, &replica);
                 if acks.hub.is_current(acks.session) {
-                    log::warn!("[replication] follower {}: {why}; closing the link", acks.address);
+                    log::warn!(
+                        "[replication] {} {}: {why}; closing the link",
+                        acks.kind,
+                        acks.address
+                    );
                 }
                 closed.store(true, Ordering::Release);
                 let _ = reader.get_ref().shutdown(Shutdown::Both);
@@ -351,6 +475,7 @@ fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Message> {
 /// The ack reader's state: what it checks every ACK against.
 struct AckReader {
     address: SocketAddr,
+    kind: PeerKind,
     session: Session,
     term: Term,
     hub: Arc<Hub>,
@@ -374,11 +499,18 @@ impl AckReader {
                 }
                 Err(e) => return e.to_string(),
             };
+            let observer = self.kind == PeerKind::Observer;
             let ack = match Message::decode(&frame) {
+                Ok(Message::AppendEntriesAck { term, .. }) if observer && term > self.term => {
+                    return format!(
+                        "protocol error: an observer's ACK in term {term}, newer than ours; an \
+                         observer cannot depose a leader"
+                    )
+                }
                 Ok(Message::AppendEntriesAck { last_lsn, term, digest_lsn, digest }) => {
                     (last_lsn, term, digest_lsn, digest)
                 }
-                Ok(Message::AppendEntriesRefuse { term, .. }) if term > self.term => {
+                Ok(Message::AppendEntriesRefuse { term, .. }) if term > self.term && !observer => {
                     let _ = replica.observe_term(term, None, &format!("follower {}", self.address));
                     return format!("it is in term {term}, newer than ours");
                 }
@@ -401,6 +533,9 @@ impl AckReader {
                 );
             }
             self.hub.record_ack(self.session, last_lsn, term);
+            if observer {
+                continue; // an observer's ACKs move its own row only
+            }
             measured = self.db.stages().reached(Stage::Ack, measured, last_lsn);
             if digest_lsn != 0 && digest_lsn <= last_lsn {
                 self.check_digest(digest_lsn, digest);
@@ -422,10 +557,11 @@ impl AckReader {
     }
 }
 
-/// One follower's sender: the socket and the cursor `next_lsn`.
+/// One follower's (or observer's) sender: the socket and the cursor `next_lsn`.
 struct Sender<'a> {
     stream: TcpStream,
     address: SocketAddr,
+    kind: PeerKind,
     db: &'a Db,
     hub: &'a Hub,
     session: Session,
@@ -450,6 +586,7 @@ impl<'a> Sender<'a> {
         Sender {
             stream,
             address,
+            kind: PeerKind::Follower,
             db,
             hub,
             session,
@@ -476,8 +613,9 @@ impl<'a> Sender<'a> {
         self.hub.set_state(self.session, LinkState::Streaming);
         if target >= first {
             log::info!(
-                "[catch-up] sent follower {} {} record(s), LSN {first}..{target}, in {} ms; \
-                 now streaming",
+                "[catch-up] sent {} {} {} record(s), LSN {first}..{target}, in {} ms; now \
+                 streaming",
+                self.kind,
                 self.address,
                 target + 1 - first,
                 started.elapsed().as_millis()
@@ -553,8 +691,9 @@ impl<'a> Sender<'a> {
                 // is in the WAL. Send what we have, then the gap.
                 self.flush(&mut message)?;
                 log::info!(
-                    "[replication] follower {} fell behind its channel; reading LSN {}..{} \
-                     from the WAL",
+                    "[replication] {} {} fell behind its channel; reading LSN {}..{} from the \
+                     WAL",
+                    self.kind,
                     self.address,
                     self.next_lsn,
                     record.lsn - 1
@@ -632,11 +771,14 @@ impl<'a> Sender<'a> {
         // Publish what this link will hold *before* it can be ACKed.
         self.sent_through.fetch_max(message.last_lsn(), Ordering::AcqRel);
         let frame = message.finish();
-        debug_assert!(frame.len() <= FRAME_BYTES_MAX as usize + 4);
+        debug_assert!(frame.len() <= FRAME_BYTES_MAX as usize + FRAME_HEADER_BYTES);
         self.stream
             .write_all(frame)
             .map_err(|e| Error::io(format!("sending AppendEntries to {}", self.address), e))?;
         let (address, last) = (self.address, self.next_lsn - 1);
+        if self.kind == PeerKind::Observer {
+            return Ok(()); // neither a write stage nor lesson 3's log line
+        }
         self.send_measured = self.db.stages().reached(Stage::Send, self.send_measured, last);
         self.sent_log.note(1, count as usize, |messages, records| {
             let what = if messages == 1 {

@@ -56,6 +56,10 @@
 //! - [`follower`]: the follower's side — dial, hello, check, repair, apply,
 //!   ack, redial.
 //!
+//! An **observer** (`kv_client watch`, [`crate::watch`]) gets a follower's
+//! stream from [`leader::serve_observer`] without being a member: the hub
+//! gives it a row that nothing counts.
+//!
 //! ## Left out (on purpose, for now)
 //!
 //! No automatic election: a human promotes a follower (`kv_client promote`),
@@ -72,10 +76,29 @@ pub mod peers;
 pub mod replica;
 pub mod state;
 
+use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+
+/// What is at the other end of a link, in log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerKind {
+    Leader,
+    Follower,
+    Observer,
+}
+
+impl fmt::Display for PeerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PeerKind::Leader => "leader",
+            PeerKind::Follower => "follower",
+            PeerKind::Observer => "observer",
+        })
+    }
+}
 
 /// Parse a peer as the lessons write it: a bare port means 127.0.0.1, and
 /// `host:port` is accepted too.

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::limits::{CLIENT_READ_TIMEOUT_MS, FRAME_BYTES_MAX};
 use crate::protocol::frame::{is_timeout, read_frame};
 use crate::protocol::{write_message, Message};
-use crate::replication::leader::{serve_follower, Hello};
+use crate::replication::leader::{serve_follower, serve_observer, Hello};
 use crate::replication::parse_peer;
 use crate::replication::replica::RoleView;
 use crate::server::{fsync_name, Node};
@@ -82,6 +82,16 @@ fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Resu
             drop((reader, writer));
             return hand_over_to_replication(stream, peer, node, hello);
         }
+        if let Message::ObserverHello { from_lsn } = message {
+            if !is_first {
+                let e =
+                    Error::Unexpected("OBSERVER_HELLO must be a connection's first message".into());
+                return Err(refuse(&mut writer, e));
+            }
+            writer.flush().map_err(|e| Error::io("flushing", e))?;
+            drop((reader, writer));
+            return hand_over_to_observer(stream, peer, node, from_lsn);
+        }
         let in_flight = node.shutdown.begin_request();
         let reply = match handle_request(node, message) {
             Ok(reply) => reply,
@@ -123,6 +133,29 @@ fn hand_over_to_replication(
                     format!("FOLLOWER_HELLO sent to a follower; replicate from the leader {l}")
                 }
                 None => "FOLLOWER_HELLO sent to a follower that knows no leader yet".into(),
+            };
+            Err(refuse(&mut stream, Error::Unexpected(why)))
+        }
+    }
+}
+
+/// `kv_client watch`: the first message was OBSERVER_HELLO. Only the
+/// leader has a stream to watch; a follower names it.
+fn hand_over_to_observer(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    node: &Arc<Node>,
+    from_lsn: crate::Lsn,
+) -> Result<()> {
+    match node.replica.view() {
+        RoleView::Leader { .. } => {
+            serve_observer(stream, peer, from_lsn, &node.replica);
+            Ok(())
+        }
+        RoleView::Follower { leader, .. } => {
+            let why = match leader {
+                Some(l) => format!("OBSERVER_HELLO sent to a follower; watch the leader {l}"),
+                None => "OBSERVER_HELLO sent to a follower that knows no leader yet".into(),
             };
             Err(refuse(&mut stream, Error::Unexpected(why)))
         }

@@ -1,0 +1,243 @@
+//! Watching replication work, with real processes: `kv_client watch` (an
+//! observer of the leader's stream). Lessons 3, 4 and 5, made visible.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use common::*;
+use kvstore::error::{Error, ErrorCode};
+use parking_lot::Mutex;
+
+/// A running `kv_client watch`, its output collected line by line; killed
+/// when dropped.
+struct Watch {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watch {
+    /// Start `kv_client --port PORT watch ARGS...`.
+    fn start(port: u16, args: &[&str]) -> Watch {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kv_client"))
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("watch")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kv_client watch");
+        let collect = |pipe: Box<dyn std::io::Read + Send>| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    sink.lock().push(line);
+                }
+            });
+            lines
+        };
+        let stdout = collect(Box::new(child.stdout.take().expect("stdout")));
+        let stderr = collect(Box::new(child.stderr.take().expect("stderr")));
+        Watch { child, stdout, stderr }
+    }
+
+    /// Start and wait until the leader has answered (it is attached).
+    fn attached(port: u16, args: &[&str]) -> Watch {
+        let watch = Watch::start(port, args);
+        watch.wait_for_line("LeaderHello");
+        watch
+    }
+
+    /// Wait for an output line containing `needle`; return it.
+    fn wait_for_line(&self, needle: &str) -> String {
+        eventually(&format!("watch prints {needle:?}"), DEADLINE, || {
+            self.stdout.lock().iter().find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.stdout.lock().clone()
+    }
+
+    /// Wait until the process exits; return (success, stderr).
+    fn wait_exit(&mut self) -> (bool, String) {
+        let status =
+            eventually("kv_client watch exits", DEADLINE, || self.child.try_wait().ok().flatten());
+        // The reader thread may still be draining the pipe.
+        let text = eventually("watch's stderr is read", DEADLINE, || {
+            let text = self.stderr.lock().join("\n");
+            (!text.is_empty()).then_some(text)
+        });
+        (status.success(), text)
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== kv_client watch printed ====\n{}", self.lines().join("\n"));
+            eprintln!("==== and on stderr ====\n{}", self.stderr.lock().join("\n"));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The LSNs of the records in watch's lines, in the order printed.
+fn record_lsns(lines: &[String]) -> Vec<u64> {
+    let mut lsns = Vec::new();
+    for line in lines.iter().filter(|l| l.starts_with("AppendEntries")) {
+        let Some((_, records)) = line.split_once(": ") else { continue };
+        for record in records.split('[').skip(1) {
+            let lsn = record.split([' ', ']']).next().unwrap();
+            lsns.push(lsn.parse().unwrap_or_else(|_| panic!("no LSN in {line:?}")));
+        }
+    }
+    lsns
+}
+
+#[test]
+fn watch_prints_the_puts_made_while_it_runs_in_lsn_order() {
+    // Goal: an observer sees each write as it is replicated, decoded, in
+    // LSN order, in AppendEntries of the leader's term, and the heartbeats
+    // in between unless they are hidden.
+    let dirs = tempfile::tempdir().unwrap();
+    let p2 = free_port();
+    let leader = leader(&dirs, &[p2], &[]);
+    let _f2 = follower("follower2", &dirs, p2, &leader);
+    let watch = Watch::attached(leader.port(), &[]);
+    let quiet = Watch::attached(leader.port(), &["--no-heartbeats"]);
+
+    let mut client = leader.client();
+    for i in 1..=5 {
+        client.put(format!("user:{i}").as_bytes(), format!("alice {i}").as_bytes()).unwrap();
+    }
+    client.delete(b"user:2").unwrap();
+    for w in [&watch, &quiet] {
+        w.wait_for_line("[6 DEL user:2]");
+        w.wait_for_line("[1 PUT user:1 = \"alice 1\"]");
+        assert_eq!(record_lsns(&w.lines()), (1..=6).collect::<Vec<_>>());
+        for line in w.lines().iter().filter(|l| l.starts_with("AppendEntries")) {
+            assert!(line.starts_with("AppendEntries term=1 prev=(LSN "), "{line}");
+        }
+    }
+    watch.wait_for_line("records=0 (heartbeat)");
+    assert!(!quiet.lines().iter().any(|l| l.contains("(heartbeat)")), "{:?}", quiet.lines());
+}
+
+#[test]
+fn watch_from_lsn_replays_the_log_then_streams() {
+    // Goal: lesson 5, watched: --from-lsn 4 starts with a catch-up of LSN
+    // 4..10 from the leader's WAL, then the live stream continues at 11.
+    let dirs = tempfile::tempdir().unwrap();
+    let leader = leader(&dirs, &[], &[]);
+    let mut client = leader.client();
+    write_keys(&mut client, 1, 10);
+
+    let watch = Watch::attached(leader.port(), &["--from-lsn", "4", "--no-heartbeats"]);
+    let hello = watch.wait_for_line("LeaderHello");
+    assert!(hello.contains("last_lsn=10"), "{hello}");
+    let catch_up = watch.wait_for_line("[10 PUT key10");
+    assert!(catch_up.starts_with("AppendEntries term=1 prev=(LSN 3, term 1)"), "{catch_up}");
+    assert!(catch_up.contains("records=7: [4 PUT key4 = \"value4\"]"), "{catch_up}");
+    client.put(b"late", b"comer").unwrap();
+    watch.wait_for_line("[11 PUT late = \"comer\"]");
+    assert_eq!(record_lsns(&watch.lines()), (4..=11).collect::<Vec<_>>());
+}
+
+#[test]
+fn watch_hex_and_json_show_the_frames() {
+    // Goal: --hex puts the frame's bytes under its line (length prefix,
+    // then type 0x20); --json prints one object a line, values cut at
+    // --max-value-bytes with their full length.
+    let dirs = tempfile::tempdir().unwrap();
+    let leader = leader(&dirs, &[], &[]);
+    leader.client().put(b"k", b"a rather long value").unwrap();
+    let hex = Watch::attached(leader.port(), &["--from-lsn", "1", "--hex", "--no-heartbeats"]);
+    let json = Watch::attached(
+        leader.port(),
+        &["--from-lsn", "1", "--json", "--no-heartbeats", "--max-value-bytes", "6"],
+    );
+    hex.wait_for_line("[1 PUT k = \"a rather long value\"]");
+    let lines = hex.lines();
+    let at = lines.iter().position(|l| l.starts_with("AppendEntries")).unwrap();
+    assert!(lines[at + 1].starts_with("    0000  00 00 00 5a 20 "), "{lines:?}");
+
+    let line = json.wait_for_line("\"AppendEntries\"");
+    let object: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(object["records"][0]["lsn"], 1);
+    assert_eq!(object["records"][0]["value"], "a rath");
+    assert_eq!(object["records"][0]["value_bytes"], 19);
+}
+
+#[test]
+fn an_observer_does_not_count_toward_a_majority() {
+    // Goal: a leader whose only follower is down cannot meet `majority`
+    // with an observer attached: the write times out, although the
+    // observer received it and ACKed it.
+    let dirs = tempfile::tempdir().unwrap();
+    let p2 = free_port(); // never started
+    let leader = leader(&dirs, &[p2], &["--write-concern=majority", "--write-timeout-ms=1000"]);
+    let watch = Watch::attached(leader.port(), &["--no-heartbeats"]);
+
+    match leader.client().put(b"k", b"v") {
+        Err(Error::Server { code: ErrorCode::WriteTimeout, message }) => {
+            assert!(message.contains("only 1 of the 2 nodes required"), "{message}");
+        }
+        other => panic!("expected a write-concern timeout, got {other:?}"),
+    }
+    watch.wait_for_line("[1 PUT k = \"v\"]");
+    let status = leader.status();
+    let row = status.followers.iter().find(|r| r.observer).expect("the observer's row");
+    assert!(!row.expected);
+    assert_eq!(status.commit_lsn, 0, "nothing is committed by an observer");
+    eventually("the observer's ACK of LSN 1 is in status", DEADLINE, || {
+        let status = leader.status();
+        status.followers.iter().any(|r| r.observer && r.acked_lsn == 1).then_some(())
+    });
+}
+
+#[test]
+fn the_fifth_observer_is_refused_and_a_freed_place_is_taken() {
+    // Goal: --max-observers (default 4) holds: the fifth watcher gets a
+    // clear ERROR; once one leaves, another may attach.
+    let dirs = tempfile::tempdir().unwrap();
+    let leader = leader(&dirs, &[], &[]);
+    let mut watches: Vec<Watch> = (0..4).map(|_| Watch::attached(leader.port(), &[])).collect();
+
+    let mut fifth = Watch::start(leader.port(), &[]);
+    let (ok, stderr) = fifth.wait_exit();
+    assert!(!ok);
+    assert!(
+        stderr.contains("too many observers: this leader already serves 4 (--max-observers 4)"),
+        "{stderr}"
+    );
+
+    drop(watches.pop());
+    eventually("the leader sees an observer leave", DEADLINE, || {
+        let status = leader.status();
+        let attached = status.followers.iter().filter(|r| r.observer && r.state == "streaming");
+        (attached.count() == 3).then_some(())
+    });
+    let _another = Watch::attached(leader.port(), &[]);
+}
+
+#[test]
+fn watch_on_a_follower_names_the_leader() {
+    // Goal: only the leader has a stream to watch; a follower says where it is.
+    let dirs = tempfile::tempdir().unwrap();
+    let p2 = free_port();
+    let leader = leader(&dirs, &[p2], &[]);
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    let mut watch = Watch::start(f2.port(), &[]);
+    let (ok, stderr) = watch.wait_exit();
+    assert!(!ok);
+    assert!(stderr.contains(&format!("watch the leader {}", leader.addr)), "{stderr}");
+}
