@@ -1,5 +1,6 @@
 //! Watching replication work, with real processes: `kv_client watch` (an
-//! observer of the leader's stream). Lessons 3, 4 and 5, made visible.
+//! observer of the leader's stream) and `--trace-replication` (each node's
+//! side of the conversation in its log). Lessons 3, 4 and 5, made visible.
 
 mod common;
 
@@ -240,4 +241,89 @@ fn watch_on_a_follower_names_the_leader() {
     let (ok, stderr) = watch.wait_exit();
     assert!(!ok);
     assert!(stderr.contains(&format!("watch the leader {}", leader.addr)), "{stderr}");
+}
+
+/// Milliseconds of the day of a log line's timestamp
+/// (`2026-11-25T07:55:55.604Z DEBUG ...`).
+fn log_ms(line: &str) -> u64 {
+    let time = line.split('T').nth(1).and_then(|t| t.split('Z').next()).expect("timestamp");
+    let parts: Vec<f64> = time.split(':').map(|p| p.parse().expect("number")).collect();
+    ((parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]) * 1000.0).round() as u64
+}
+
+#[test]
+fn trace_replication_shows_the_conversation_at_debug_one_line_a_second_per_link() {
+    // Goal: with --trace-replication and RUST_LOG=debug, each node logs
+    // its side of the conversation — HELLO, AppendEntries, ACK — decoded
+    // and without values; under load each link logs at most one line a
+    // second, saying how many messages it sums. Without debug, nothing.
+    let dirs = tempfile::tempdir().unwrap();
+    let p2 = free_port();
+    let debug = [("RUST_LOG", "debug")];
+    let peers = format!("--peers={p2}");
+    let leader = Node::start_with_env(
+        "leader",
+        0,
+        &dirs.path().join("leader"),
+        &["--role=leader", &peers, "--trace-replication"],
+        &debug,
+    );
+    let leader_arg = format!("--leader={}", leader.port());
+    let f2 = Node::start_with_env(
+        "follower2",
+        p2,
+        &dirs.path().join("follower2"),
+        &["--role=follower", &leader_arg, "--trace-replication"],
+        &debug,
+    );
+    let mut client = leader.client();
+    client.put(b"hello", b"secret-value").unwrap();
+    for _ in 0..4 {
+        write_keys(&mut client, 0, 500);
+    }
+    let last = leader.last_lsn();
+    f2.wait_for_lsn(last);
+
+    let follower = format!("follower {}", f2.addr);
+    leader.wait_for_log(&format!("[trace] received from {follower}: FollowerHello last_lsn=0"));
+    f2.wait_for_log(&format!("[trace] sent to leader {}: FollowerHello", leader.addr));
+    f2.wait_for_log("[trace] received from leader");
+    leader.wait_for_log(&format!("[trace] sent to {follower}: AppendEntries term=1"));
+    leader.wait_for_log(&format!("[trace] received from {follower}: AppendEntriesAck"));
+    let summed = leader.wait_for_log("messages on this link in");
+    assert!(summed.contains(" DEBUG [trace] "), "{summed}");
+
+    // At most one line a second per link: on each node, consecutive trace
+    // lines (each node has one link here) are a second apart or more.
+    for node in [&leader, &f2] {
+        let text = node.log_text();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("[trace]")).collect();
+        assert!(!text.contains("secret-value"), "a value in {}'s log", node.name);
+        for pair in lines.windows(2) {
+            let gap = log_ms(pair[1]).saturating_sub(log_ms(pair[0]));
+            assert!(gap >= 990, "{} logged two trace lines {gap} ms apart:\n{pair:#?}", node.name);
+        }
+        let total: u64 = lines
+            .iter()
+            .map(|l| {
+                l.split("(1 of ").nth(1).map_or(1, |rest| {
+                    rest.split_whitespace().next().unwrap().parse::<u64>().unwrap()
+                })
+            })
+            .sum();
+        assert!(
+            total > lines.len() as u64 * 2,
+            "{}: {} lines for {total} messages",
+            node.name,
+            lines.len()
+        );
+    }
+
+    // Without RUST_LOG=debug the flag logs nothing.
+    let quiet =
+        Node::start("quiet", &dirs.path().join("quiet"), &["--role=leader", "--trace-replication"]);
+    let _watch = Watch::attached(quiet.port(), &[]);
+    quiet.client().put(b"k", b"v").unwrap();
+    quiet.wait_for_log("[observer]");
+    assert!(!quiet.log_text().contains("[trace]"), "{}", quiet.log_text());
 }

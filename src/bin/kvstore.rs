@@ -116,6 +116,11 @@ struct Args {
     /// serves at once; the next one is refused with an ERROR.
     #[arg(long, default_value_t = OBSERVERS_MAX_DEFAULT)]
     max_observers: usize,
+    /// Log every replication message this node sends and receives, decoded
+    /// (values only by size), at debug level (RUST_LOG=debug); at most one
+    /// line a second per link, the rest counted in it.
+    #[arg(long)]
+    trace_replication: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -228,6 +233,15 @@ fn config(args: Args) -> Result<Config, String> {
     }
     kvstore::sched::set_request_slice_us(args.request_slice_us);
     kvstore::replication::hub::set_observers_max(args.max_observers);
+    if args.trace_replication {
+        if !log::log_enabled!(log::Level::Debug) {
+            eprintln!(
+                "kvstore: --trace-replication logs at debug level, which is off; run with \
+                 RUST_LOG=debug to see the trace"
+            );
+        }
+        kvstore::replication::trace::enable();
+    }
     if args.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }

@@ -1,5 +1,5 @@
 //! One decoded line per replication message: what `kv_client watch` prints
-//! (lessons 3 and 5, made visible).
+//! and what `--trace-replication` logs (lessons 3 and 5, made visible).
 //!
 //! ```text
 //! LeaderHello term=2 last_lsn=44 cluster=9c1d6e0a4b7f42d8a15e03c6b2f98e47 members=[127.0.0.1:9001 127.0.0.1:9002]
@@ -24,7 +24,7 @@
 //!
 //! Values are shown only where the reader is entitled to them: `kv_client
 //! watch` shows them ([`Values::Shown`]); a node's log never does, at any
-//! level, so a line meant for a log gives only their size ([`Values::Sizes`]).
+//! level, so `--trace-replication` gives only their size ([`Values::Sizes`]).
 
 use std::fmt::Write as _;
 

@@ -9,7 +9,7 @@
 //! [`frame`] reads and writes frames and enforces the size limit before any
 //! allocation; [`message`] gives every message type and its byte layout;
 //! [`describe`] turns a replication message into the one decoded line that
-//! `kv_client watch` prints.
+//! `kv_client watch` prints and `--trace-replication` logs.
 //! `docs/PROTOCOL.md` has the same layouts with a hex example of each.
 
 pub mod describe;

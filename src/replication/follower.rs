@@ -43,11 +43,13 @@ use crate::limits::{
     APPEND_ENTRIES_RECORDS_MAX, DIGEST_REPORT_INTERVAL_MS, FRAME_BYTES_MAX,
     RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS, REPLICATION_TIMEOUT_MS,
 };
-use crate::protocol::frame::{is_timeout, read_frame};
+use crate::protocol::frame::{is_timeout, read_frame, FRAME_HEADER_BYTES};
 use crate::protocol::{AppendEntries, Message};
 use crate::replication::hub::LinkState;
 use crate::replication::log_match::{self, Verdict};
 use crate::replication::replica::Replica;
+use crate::replication::trace::{Direction, LinkTrace};
+use crate::replication::PeerKind;
 use crate::replication::RateLimitedLine;
 use crate::status::LeaderLink;
 use crate::wal::Record;
@@ -178,7 +180,11 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         return Ok(());
     }
     let mut writer = stream.try_clone().map_err(setup)?;
-    let mut inbox = Inbox { reader: BufReader::with_capacity(256 * 1024, stream), pending: None };
+    let mut inbox = Inbox {
+        reader: BufReader::with_capacity(256 * 1024, stream),
+        pending: None,
+        trace: LinkTrace::new(PeerKind::Leader, leader),
+    };
 
     // Lesson 5: say where our log ends; the leader sends what comes after.
     let (last_lsn, last_term) = (db.last_lsn(), db.last_term());
@@ -193,12 +199,12 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         listen_port: Some(replica.address().port()),
         cluster_id: db.cluster_id(),
     };
-    send(&mut writer, &hello)?;
+    send(&mut writer, &hello, inbox.trace.as_ref())?;
     let answer = inbox.read_message(replica, leader)?;
     if let Err(e) = check_leader(db, replica, &answer, leader) {
         if let Error::OtherCluster { .. } | Error::Link(_) | Error::StaleTerm { .. } = e {
             log::error!("[replication] refusing leader {leader}: {e}");
-            let _ = send(&mut writer, &Message::error(&e));
+            let _ = send(&mut writer, &Message::error(&e), inbox.trace.as_ref());
         }
         return Err(e);
     }
@@ -220,11 +226,11 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
             Err(e) => {
                 // Tell the leader why we drop the link (a stale term, a
                 // repair that would lose committed data), then redial.
-                let _ = send(&mut writer, &Message::error(&e));
+                let _ = send(&mut writer, &Message::error(&e), inbox.trace.as_ref());
                 return Err(e);
             }
         };
-        send(&mut writer, &reply)?;
+        send(&mut writer, &reply, inbox.trace.as_ref())?;
     }
 }
 
@@ -400,6 +406,8 @@ impl Follower<'_> {
 struct Inbox {
     reader: BufReader<TcpStream>,
     pending: Option<AppendEntries>,
+    /// `--trace-replication`: this link's trace, for both directions.
+    trace: Option<LinkTrace>,
 }
 
 impl Inbox {
@@ -456,6 +464,9 @@ impl Inbox {
                 }
                 Err(e) => return Err(e),
             };
+            if let Some(trace) = &self.trace {
+                trace.note(Direction::Received, &frame);
+            }
             match Message::decode(&frame)? {
                 Message::Error { code, message } if code == ErrorCode::Unhealthy as u16 => {
                     replica.mark_unhealthy(&message);
@@ -517,9 +528,12 @@ fn check_leader(db: &Db, replica: &Replica, message: &Message, leader: SocketAdd
     replica.set_members(members.clone())
 }
 
-fn send(writer: &mut TcpStream, message: &Message) -> Result<()> {
+fn send(writer: &mut TcpStream, message: &Message, trace: Option<&LinkTrace>) -> Result<()> {
     let mut out = Vec::with_capacity(64);
     message.encode_frame(&mut out);
+    if let Some(trace) = trace {
+        trace.note(Direction::Sent, &out[FRAME_HEADER_BYTES..]);
+    }
     writer.write_all(&out).map_err(|e| Error::io(format!("sending {}", message.name()), e))
 }
 

@@ -81,6 +81,7 @@ use crate::protocol::Message;
 use crate::replication::hub::{Hub, LinkState, Session};
 use crate::replication::log_match::{self, Refusal};
 use crate::replication::replica::{Replica, RoleView};
+use crate::replication::trace::{Direction, LinkTrace};
 use crate::replication::PeerKind;
 use crate::replication::RateLimitedLine;
 use crate::stages::Stage;
@@ -109,7 +110,13 @@ pub struct Hello {
 pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, replica: &Replica) {
     let address = SocketAddr::new(peer.ip(), hello.listen_port.unwrap_or(peer.port()));
     let db = replica.db();
-    let refuse = send_error;
+    let trace = LinkTrace::new(PeerKind::Follower, address).map(Arc::new);
+    if let Some(trace) = &trace {
+        let Hello { last_lsn, last_term, term, listen_port, cluster_id } = hello;
+        let message = Message::FollowerHello { last_lsn, last_term, term, listen_port, cluster_id };
+        trace.note_message(Direction::Received, &message);
+    }
+    let refuse = |stream: &mut TcpStream, err: &Error| send_error(stream, trace.as_deref(), err);
 
     // 1. Only a leader serves followers; a newer term deposes it.
     let (hub, term) = match replica.view() {
@@ -162,7 +169,7 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
     let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
     let _ = stream.set_read_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
     let kind = PeerKind::Follower;
-    let link = Link { address, kind, db, hub: &hub, replica, session, term };
+    let link = Link { address, kind, db, hub: &hub, replica, session, term, trace };
     let outcome = link.run(stream, cluster_id, &hello, target, &batches);
     if hub.is_current(session) {
         hub.detach(session);
@@ -187,7 +194,11 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
 ///    with heartbeats when idle, until the link breaks.
 pub fn serve_observer(mut stream: TcpStream, peer: SocketAddr, from_lsn: Lsn, replica: &Replica) {
     let db = replica.db();
-    let refuse = send_error;
+    let trace = LinkTrace::new(PeerKind::Observer, peer).map(Arc::new);
+    if let Some(trace) = &trace {
+        trace.note_message(Direction::Received, &Message::ObserverHello { from_lsn });
+    }
+    let refuse = |stream: &mut TcpStream, err: &Error| send_error(stream, trace.as_deref(), err);
 
     // 1. Only a leader has a stream to watch; only so many watch at once.
     let (hub, term) = match replica.view() {
@@ -227,7 +238,7 @@ pub fn serve_observer(mut stream: TcpStream, peer: SocketAddr, from_lsn: Lsn, re
     let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
     let _ = stream.set_read_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
     let kind = PeerKind::Observer;
-    let link = Link { address: peer, kind, db, hub: &hub, replica, session, term };
+    let link = Link { address: peer, kind, db, hub: &hub, replica, session, term, trace };
     let outcome = link.observe(stream, cluster_id, first - 1, target, &batches);
     if hub.is_current(session) {
         hub.detach(session);
@@ -238,9 +249,13 @@ pub fn serve_observer(mut stream: TcpStream, peer: SocketAddr, from_lsn: Lsn, re
     }
 }
 
-/// Send an ERROR for `err` (best effort) before closing a link.
-fn send_error(stream: &mut TcpStream, err: &Error) {
-    let _ = write_message(stream, &Message::error(err));
+/// Send an ERROR for `err` (best effort) before closing a link, and trace it.
+fn send_error(stream: &mut TcpStream, trace: Option<&LinkTrace>, err: &Error) {
+    let message = Message::error(err);
+    if let Some(trace) = trace {
+        trace.note_message(Direction::Sent, &message);
+    }
+    let _ = write_message(stream, &message);
 }
 
 /// One follower's (or observer's) link, for the steps after registration.
@@ -252,6 +267,8 @@ struct Link<'a> {
     replica: &'a Replica,
     session: Session,
     term: Term,
+    /// `--trace-replication`: the link's trace, shared with its ACK reader.
+    trace: Option<Arc<LinkTrace>>,
 }
 
 impl Link<'_> {
@@ -320,6 +337,9 @@ impl Link<'_> {
     ) -> Result<()> {
         let members = self.replica.members();
         let hello = Message::LeaderHello { cluster_id, term: self.term, last_lsn: target, members };
+        if let Some(trace) = &self.trace {
+            trace.note_message(Direction::Sent, &hello);
+        }
         write_message(stream, &hello)
     }
 
@@ -344,6 +364,7 @@ impl Link<'_> {
             sent_through,
         );
         sender.kind = self.kind;
+        sender.trace = self.trace.clone();
         let outcome = sender.catch_up(target).and_then(|()| sender.stream_live(batches, &closed));
         let _ = sender.stream.shutdown(Shutdown::Both);
         outcome
@@ -371,10 +392,14 @@ impl Link<'_> {
                 leader_last_lsn: self.db.last_lsn(),
             };
             let mut probe = AppendEntriesEncoder::new(&header);
+            let frame = probe.finish();
+            if let Some(trace) = &self.trace {
+                trace.note(Direction::Sent, &frame[FRAME_HEADER_BYTES..]);
+            }
             stream
-                .write_all(probe.finish())
+                .write_all(frame)
                 .map_err(|e| Error::io(format!("probing {}", self.address), e))?;
-            match read_reply(reader)? {
+            match read_reply(reader, self.trace.as_deref())? {
                 Message::AppendEntriesAck { term, .. }
                 | Message::AppendEntriesRefuse { term, .. }
                     if term > self.term =>
@@ -431,6 +456,7 @@ impl Link<'_> {
         let acks = AckReader {
             address: self.address,
             kind: self.kind,
+            trace: self.trace.clone(),
             session: self.session,
             term: self.term,
             hub: Arc::clone(self.hub),
@@ -461,9 +487,14 @@ impl Link<'_> {
 }
 
 /// Read one reply during the probe, turning silence and EOF into errors.
-fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Message> {
+fn read_reply(reader: &mut BufReader<TcpStream>, trace: Option<&LinkTrace>) -> Result<Message> {
     match read_frame(reader, FRAME_BYTES_MAX) {
-        Ok(Some(frame)) => Message::decode(&frame),
+        Ok(Some(frame)) => {
+            if let Some(trace) = trace {
+                trace.note(Direction::Received, &frame);
+            }
+            Message::decode(&frame)
+        }
         Ok(None) => Err(Error::Link("connection closed during the probe".into())),
         Err(e) if is_timeout(&e) => {
             Err(Error::Link(format!("no answer to a probe for {REPLICATION_TIMEOUT_MS} ms")))
@@ -476,6 +507,7 @@ fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Message> {
 struct AckReader {
     address: SocketAddr,
     kind: PeerKind,
+    trace: Option<Arc<LinkTrace>>,
     session: Session,
     term: Term,
     hub: Arc<Hub>,
@@ -499,6 +531,9 @@ impl AckReader {
                 }
                 Err(e) => return e.to_string(),
             };
+            if let Some(trace) = &self.trace {
+                trace.note(Direction::Received, &frame);
+            }
             let observer = self.kind == PeerKind::Observer;
             let ack = match Message::decode(&frame) {
                 Ok(Message::AppendEntriesAck { term, .. }) if observer && term > self.term => {
@@ -562,6 +597,7 @@ struct Sender<'a> {
     stream: TcpStream,
     address: SocketAddr,
     kind: PeerKind,
+    trace: Option<Arc<LinkTrace>>,
     db: &'a Db,
     hub: &'a Hub,
     session: Session,
@@ -587,6 +623,7 @@ impl<'a> Sender<'a> {
             stream,
             address,
             kind: PeerKind::Follower,
+            trace: None,
             db,
             hub,
             session,
@@ -675,6 +712,9 @@ impl<'a> Sender<'a> {
              LSN {lsn} (digest mismatch)"
         );
         let error = Message::Error { code: ErrorCode::Unhealthy as u16, message };
+        if let Some(trace) = &self.trace {
+            trace.note_message(Direction::Sent, &error);
+        }
         write_message(&mut self.stream, &error)
     }
 
@@ -772,6 +812,9 @@ impl<'a> Sender<'a> {
         self.sent_through.fetch_max(message.last_lsn(), Ordering::AcqRel);
         let frame = message.finish();
         debug_assert!(frame.len() <= FRAME_BYTES_MAX as usize + FRAME_HEADER_BYTES);
+        if let Some(trace) = &self.trace {
+            trace.note(Direction::Sent, &frame[FRAME_HEADER_BYTES..]);
+        }
         self.stream
             .write_all(frame)
             .map_err(|e| Error::io(format!("sending AppendEntries to {}", self.address), e))?;

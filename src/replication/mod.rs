@@ -55,6 +55,8 @@
 //!   the live stream from its channel, with the WAL as the overflow buffer.
 //! - [`follower`]: the follower's side — dial, hello, check, repair, apply,
 //!   ack, redial.
+//! - [`trace`]: `--trace-replication`, each link's messages decoded in the
+//!   log, at most one line a second per link.
 //!
 //! An **observer** (`kv_client watch`, [`crate::watch`]) gets a follower's
 //! stream from [`leader::serve_observer`] without being a member: the hub
@@ -75,6 +77,7 @@ pub mod log_match;
 pub mod peers;
 pub mod replica;
 pub mod state;
+pub mod trace;
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -98,6 +98,20 @@ impl Node {
         node
     }
 
+    /// Start with extra environment variables (`RUST_LOG` included) and
+    /// wait until it listens.
+    pub fn start_with_env(
+        name: &str,
+        port: u16,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
+        let mut node = Node::unstarted(name, port, data_dir, args, env);
+        node.spawn(port);
+        node
+    }
+
     /// Start with extra environment variables, without waiting for it to
     /// listen (a failpoint may make it die first). Use [`Node::wait_exit`]
     /// or [`Node::wait_for_log`] next.
@@ -213,8 +227,9 @@ impl Node {
                     .all(|a| !a.starts_with("--failover"))
                     .then_some("--failover=manual"),
             )
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", std::env::var("KVSTORE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            // After RUST_LOG, so that a test can ask for another level.
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
