@@ -3,7 +3,8 @@
 #   make            build release binaries into ./build (the lessons' paths)
 #   make test       every test: unit, property and integration
 #   make lint       rustfmt check + clippy with warnings as errors
-#   make demo       lesson 5's late-joiner scenario, end to end (PORT=9001 to move it)
+#   make demo       lesson 5's late-joiner scenario, end to end, ending with the replication
+#                   timeline (PORT=9001 to move it)
 #   make demo-failover   a manual failover: promote, follow, the old leader's repair (PORT too)
 #   make soak       the fault tests at full counts (100 leader crashes, 1M writes, ...)
 #   make model      the cluster model of tests/model.rs, 100000 random histories (KVSTORE_SEED to replay)

@@ -5,6 +5,8 @@
 #   2. write 10 keys to the leader
 #   3. start a second follower late; it catches up from LSN 0
 #   4. read key1 and key10 from the late follower, print the leader's status
+#   5. draw the leader's replication timeline: when each follower connected,
+#      caught up, and how its acknowledged LSN moved
 #
 # Every process it starts is stopped on exit, on Ctrl-C and on failure.
 # Ports: PORT (leader), PORT+1 and PORT+2 (followers); default PORT=9001.
@@ -83,5 +85,8 @@ say "5. The leader's view (kv_client --port $P1 status)"
 wait_for "both followers to acknowledge LSN 10" \
     bash -c "[ \"\$('$BIN/kv_client' --port $P1 status --json | grep -o '\"acked_lsn\":10' | wc -l)\" = 2 ]"
 "$BIN/kv_client" --port "$P1" status
+
+say "6. The replication timeline (kv_client --port $P1 status --timeline)"
+"$BIN/kv_client" --port "$P1" status --timeline
 
 say "Done: follower 2 received the 10 records it missed. Stopping all nodes."

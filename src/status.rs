@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::replication::lag::LagSummary;
+use crate::replication::timeline::Timeline;
 use crate::stages::StageSummary;
 use crate::{Lsn, Term};
 
@@ -74,6 +75,10 @@ pub struct StatusReport {
     /// The last change of this node's role: when and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_role_change: Option<RoleChange>,
+    /// On a leader: when each follower connected and caught up, and its
+    /// acked LSN over time (`kv_client status --timeline` draws it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
 }
 
 fn is_false(value: &bool) -> bool {

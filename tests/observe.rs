@@ -1,6 +1,7 @@
 //! Watching replication work, with real processes: `kv_client watch` (an
-//! observer of the leader's stream) and `--trace-replication` (each node's
-//! side of the conversation in its log). Lessons 3, 4 and 5, made visible.
+//! observer of the leader's stream), `--trace-replication` (each node's
+//! side of the conversation in its log) and `status --timeline` (the
+//! leader's bookkeeping, drawn). Lessons 3, 4 and 5, made visible.
 
 mod common;
 
@@ -326,4 +327,46 @@ fn trace_replication_shows_the_conversation_at_debug_one_line_a_second_per_link(
     quiet.client().put(b"k", b"v").unwrap();
     quiet.wait_for_log("[observer]");
     assert!(!quiet.log_text().contains("[trace]"), "{}", quiet.log_text());
+}
+
+#[test]
+fn status_timeline_draws_when_each_follower_connected_caught_up_and_acked() {
+    // Goal: the demo's story from the leader's own bookkeeping: follower 2
+    // connected at once, follower 3 late; both caught up and acked LSN 10.
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let leader = leader(&dirs, &[p2, p3], &[]);
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    let mut client = leader.client();
+    write_keys(&mut client, 1, 10);
+    f2.wait_for_lsn(10);
+    let f3 = follower("follower3", &dirs, p3, &leader);
+    f3.wait_for_log("caught up to LSN 10");
+
+    let timeline = eventually("both followers acked LSN 10 in the timeline", DEADLINE, || {
+        let out = kv_client(&["--port", &leader.port().to_string(), "status", "--timeline"]);
+        let text = stdout(&out);
+        (out.status.success() && text.matches("acked 10").count() == 2).then_some(text)
+    });
+    let lines: Vec<&str> = timeline.lines().collect();
+    assert!(lines[0].starts_with("replication timeline of term 1, leader "), "{timeline}");
+    assert!(lines[2].starts_with("leader "), "{timeline}");
+    for follower in [&f2, &f3] {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(&follower.addr.to_string()))
+            .unwrap_or_else(|| panic!("no row for {}:\n{timeline}", follower.name));
+        assert!(row.contains("connected ") && row.contains("caught up "), "{row}");
+        assert!(row.contains('█'), "a full bar at LSN 10: {row}");
+    }
+    let report = leader.status().timeline.expect("a leader reports its timeline");
+    let row3 = report.rows.iter().find(|r| r.address == f3.addr.to_string()).unwrap();
+    let row2 = report.rows.iter().find(|r| r.address == f2.addr.to_string()).unwrap();
+    assert!(row3.events[0].ms > row2.events[0].ms, "follower 3 connected later");
+    assert_eq!(row3.events[1].lsn, 10, "follower 3 caught up at LSN 10");
+
+    // A follower has no timeline of its own: it says whom to ask.
+    let out = kv_client(&["--port", &f2.port().to_string(), "status", "--timeline"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("the timeline is the leader's bookkeeping"), "{}", stderr(&out));
 }

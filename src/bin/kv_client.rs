@@ -7,6 +7,7 @@
 //! kv_client --port 9002 get k --min-lsn 42   once 9002 has applied LSN 42
 //! kv_client --port 9001 delete k
 //! kv_client --port 9001 status [--json]
+//! kv_client --port 9001 status --timeline   each follower's connect, catch-up and ACKs over time
 //! kv_client --port 9001 watch [--from-lsn 1] [--hex] [--json]   the replication stream, decoded
 //! kv_client --port 9002 promote [--force]   make 9002 the leader of a new term
 //! kv_client --port 9003 follow 127.0.0.1:9002   make 9003 follow 9002
@@ -31,6 +32,7 @@ use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
 use kvstore::error::Error;
 use kvstore::protocol::describe::VALUE_SHOWN_BYTES_DEFAULT;
 use kvstore::protocol::Consistency;
+use kvstore::replication::timeline::TIMELINE_COLUMNS;
 use kvstore::wal::{scan_log, Op, ScanEnd, LOG_FILE_NAME};
 use kvstore::watch::WatchOptions;
 
@@ -82,8 +84,12 @@ enum Command {
     /// Show the node's role, term, LSNs and followers.
     Status {
         /// Print the raw JSON instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "timeline")]
         json: bool,
+        /// On a leader: draw, from its own bookkeeping, when each follower
+        /// connected and caught up, and its acknowledged LSN over time.
+        #[arg(long)]
+        timeline: bool,
     },
     /// Attach to the leader as an observer and print every replication
     /// message it sends, decoded, one line each, until Ctrl-C. An observer
@@ -195,6 +201,19 @@ fn run(address: &str, command: Command) -> Result<ExitCode, Error> {
             client.transfer_leadership(target.as_deref().unwrap_or(""))?.as_bytes(),
         ),
         Command::Status { json: true, .. } => print(&mut stdout, client.status_json()?.as_bytes()),
+        Command::Status { timeline: true, .. } => {
+            let report = client.status()?;
+            let Some(timeline) = report.timeline else {
+                let leader = report.leader.map_or("not known".into(), |l| l.address);
+                eprintln!(
+                    "kv_client: {address} is a {}; the timeline is the leader's bookkeeping \
+                     (the leader: {leader})",
+                    report.role
+                );
+                return Ok(ExitCode::from(2));
+            };
+            print(&mut stdout, timeline.render(TIMELINE_COLUMNS).trim_end().as_bytes())
+        }
         Command::Status { .. } => {
             print(&mut stdout, client.status()?.render().trim_end().as_bytes())
         }

@@ -8,6 +8,10 @@
 //! choice of a successor. A follower's HELLO is never matched to an
 //! observer's row.
 //!
+//! And it keeps each row's **timeline** ([`crate::replication::timeline`]):
+//! when the link connected, caught up and disconnected, and its acked LSN
+//! over time, with the leader's own last LSN beside them.
+//!
 //! A hub lives as long as one leadership: it is created when a node becomes
 //! leader of a term and **deposed** when it stops being leader, which fails
 //! every write still waiting for its write concern and closes every
@@ -60,6 +64,7 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::limits::{HEARTBEAT_INTERVAL_MS, OBSERVERS_MAX_DEFAULT};
 use crate::replication::lag::{LagSummary, LagTracker};
+use crate::replication::timeline::{EventKind, Events, Series, Timeline, TimelineRow};
 use crate::stages::{Stage, Stages};
 use crate::status::FollowerRow;
 use crate::{Lsn, Term};
@@ -138,6 +143,10 @@ struct Peer {
     digest_mismatch: Option<Lsn>,
     /// A handle on the current session's socket, to close it on deposition.
     stream: Option<TcpStream>,
+    /// The catch-up's target while the link catches up (for the timeline).
+    catching_up_to: Option<Lsn>,
+    events: Events,
+    acks: Series,
 }
 
 impl Peer {
@@ -153,6 +162,9 @@ impl Peer {
             term: 0,
             digest_mismatch: None,
             stream: None,
+            catching_up_to: None,
+            events: Events::default(),
+            acks: Series::default(),
         }
     }
 
@@ -174,6 +186,8 @@ struct HubState {
     /// When an ACK last moved the majority or the all-followers position
     /// (the `wakeup` stage runs from here).
     moved_at: Option<Instant>,
+    /// The leader's own last LSN over time, for the timeline.
+    leader_lsns: Series,
 }
 
 /// The leader's replication bookkeeping for one term.
@@ -214,6 +228,7 @@ impl Hub {
                 deposed: None,
                 confirming: 0,
                 moved_at: None,
+                leader_lsns: Series::default(),
             }),
             acked: Condvar::new(),
             expected_count: expected.len(),
@@ -232,6 +247,11 @@ impl Hub {
     pub fn with_observers_max(mut self, max: usize) -> Hub {
         self.observers_max = max;
         self
+    }
+
+    /// Milliseconds since this leadership began: the timeline's clock.
+    fn ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.since).as_millis() as u64
     }
 
     /// The same hub, recording the `wakeup` stage of its waiting writers.
@@ -395,11 +415,14 @@ impl Hub {
         let id = st.next_session_id;
         st.next_session_id += 1;
         let deposed = st.deposed.is_some();
+        let ms = self.ms(Instant::now());
         let peer = &mut st.peers[index];
         peer.session_id = id;
         peer.state = LinkState::CatchingUp;
         peer.acked_lsn = 0;
         peer.term = term;
+        peer.catching_up_to = None;
+        peer.events.note(ms, EventKind::Connected, 0);
         if let Some(old) = std::mem::replace(&mut peer.stream, stream) {
             let _ = old.shutdown(Shutdown::Both);
         }
@@ -409,6 +432,17 @@ impl Hub {
             }
         }
         Session { peer: index, id }
+    }
+
+    /// The session's link will be caught up once it has acknowledged
+    /// `target` (the leader's last LSN when the link began): the timeline
+    /// marks that moment.
+    pub fn catching_up(&self, session: Session, target: Lsn) {
+        let mut st = self.state.lock();
+        let peer = &mut st.peers[session.peer];
+        if peer.session_id == session.id {
+            peer.catching_up_to = Some(target);
+        }
     }
 
     /// The configured address of the session's follower.
@@ -446,6 +480,12 @@ impl Hub {
         peer.acked_lsn = peer.acked_lsn.max(last_lsn);
         let now = Instant::now();
         peer.last_ack = Some(now);
+        let ms = self.ms(now);
+        peer.acks.note(ms, peer.acked_lsn);
+        if peer.catching_up_to.is_some_and(|target| peer.acked_lsn >= target) {
+            peer.catching_up_to = None;
+            peer.events.note(ms, EventKind::CaughtUp, peer.acked_lsn);
+        }
         let after = self.positions(&st);
         if after != before {
             st.moved_at = Some(now);
@@ -501,6 +541,10 @@ impl Hub {
         if peer.session_id == session.id {
             peer.state = LinkState::Disconnected;
             peer.stream = None;
+            peer.catching_up_to = None;
+            let lsn = peer.acked_lsn;
+            let ms = self.ms(Instant::now());
+            peer.events.note(ms, EventKind::Disconnected, lsn);
         }
     }
 
@@ -509,8 +553,11 @@ impl Hub {
     /// moves, of this leader's term. Never goes back.
     pub fn commit_lsn(&self, db: &Db) -> Lsn {
         let mut st = self.state.lock();
+        let last_lsn = db.last_lsn();
+        let ms = self.ms(Instant::now());
+        st.leader_lsns.note(ms, last_lsn);
         let (majority, _) = self.positions(&st);
-        let candidate = majority.min(db.last_lsn());
+        let candidate = majority.min(last_lsn);
         if candidate > st.commit_lsn && db.term_at(candidate) == Some(self.term) {
             st.commit_lsn = candidate;
             // The node's own record of it: after a step-down, its repair
@@ -683,6 +730,40 @@ impl Hub {
     }
 }
 
+impl Hub {
+    /// The timeline of this leadership, for `status` (`leader` names us).
+    pub fn timeline(&self, leader: &str, db: &Db) -> Timeline {
+        let last_lsn = db.last_lsn();
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        st.leader_lsns.note(self.ms(now), last_lsn);
+        let rows = st
+            .peers
+            .iter()
+            .filter(|p| p.expected || p.session_id != 0)
+            .map(|p| TimelineRow {
+                address: p.address.to_string(),
+                kind: match (p.observer, p.expected) {
+                    (true, _) => "observer",
+                    (false, true) => "follower",
+                    (false, false) => "extra",
+                }
+                .to_string(),
+                events: p.events.to_vec(),
+                acks: p.acks.points().to_vec(),
+            })
+            .collect();
+        Timeline {
+            term: self.term,
+            leader: leader.to_string(),
+            now_ms: self.ms(now),
+            last_lsn,
+            leader_points: st.leader_lsns.points().to_vec(),
+            rows,
+        }
+    }
+}
+
 /// Two addresses name the same node if the ports match and the IPs match,
 /// counting any loopback address as the same machine.
 pub fn same_node(a: SocketAddr, b: SocketAddr) -> bool {
@@ -845,6 +926,28 @@ mod tests {
         assert_eq!(hub.observer_count(), 1);
         hub.attach_observer(addr(50003), socket()).unwrap();
         assert_eq!(hub.rows(0).len(), 2, "the departed observer's row was reused");
+    }
+
+    #[test]
+    fn the_timeline_marks_connect_catch_up_and_disconnect() {
+        // Goal: the leader's bookkeeping gives each row its story: connected,
+        // caught up once it acknowledged the catch-up's target, its ACKs.
+        let (_dir, db) = db_with(10, 1);
+        let hub = Hub::new(&[addr(9002), addr(9003)], 1);
+        let a = hub.attach(addr(9002), 1, None);
+        hub.catching_up(a, 10);
+        hub.record_ack(a, 4, 1);
+        hub.record_ack(a, 10, 1);
+        hub.detach(a);
+        let timeline = hub.timeline("127.0.0.1:9001", &db);
+        assert_eq!(timeline.last_lsn, 10);
+        assert_eq!(timeline.rows.len(), 2, "both members, one never connected");
+        let kinds: Vec<EventKind> = timeline.rows[0].events.iter().map(|e| e.what).collect();
+        assert_eq!(kinds, [EventKind::Connected, EventKind::CaughtUp, EventKind::Disconnected]);
+        assert_eq!(timeline.rows[0].events[1].lsn, 10);
+        assert_eq!(timeline.rows[0].acks.last().map(|p| p.1), Some(10));
+        assert!(timeline.rows[1].events.is_empty());
+        assert!(timeline.render(20).contains("not connected in this term"));
     }
 
     #[test]

@@ -288,6 +288,7 @@ impl Link<'_> {
 
         // 4. Probe.
         let matched = self.probe(&mut stream, &mut reader, hello)?;
+        self.hub.catching_up(self.session, target);
         self.hub.record_ack(self.session, matched, hello.term);
         if matched < hello.last_lsn {
             log::warn!(
@@ -326,6 +327,7 @@ impl Link<'_> {
     ) -> Result<()> {
         self.send_leader_hello(&mut stream, cluster_id, target)?;
         let reader = stream.try_clone().map_err(|e| Error::io("cloning observer socket", e))?;
+        self.hub.catching_up(self.session, target);
         self.stream_after(stream, BufReader::new(reader), matched, target, batches)
     }
 

@@ -57,6 +57,8 @@
 //!   ack, redial.
 //! - [`trace`]: `--trace-replication`, each link's messages decoded in the
 //!   log, at most one line a second per link.
+//! - [`timeline`]: the leader's record of when each follower connected and
+//!   caught up and how its ACKs moved (`kv_client status --timeline`).
 //!
 //! An **observer** (`kv_client watch`, [`crate::watch`]) gets a follower's
 //! stream from [`leader::serve_observer`] without being a member: the hub
@@ -77,6 +79,7 @@ pub mod log_match;
 pub mod peers;
 pub mod replica;
 pub mod state;
+pub mod timeline;
 pub mod trace;
 
 use std::fmt;

@@ -293,6 +293,7 @@ pub fn status(node: &Node) -> StatusReport {
         failover: Some(node.replica.failover_name().into()),
         voted_for: node.replica.voted_for(),
         last_role_change: node.replica.last_role_change(),
+        timeline: None,
     };
     match node.replica.view() {
         RoleView::Leader { hub, term } => {
@@ -310,6 +311,7 @@ pub fn status(node: &Node) -> StatusReport {
                 }
             }
             report.replication_lag = hub.lag_summary();
+            report.timeline = Some(hub.timeline(&node.address.to_string(), db));
             report.leader = Some(LeaderLink {
                 address: node.address.to_string(),
                 state: "leader".into(),
