@@ -550,6 +550,7 @@ impl Db {
         }
         let written = Instant::now();
         self.stages.record(Stage::Write, written - started);
+        crate::metrics::global().commit_batch(batch.len());
         // Hand the batch to the followers' senders now, while our own fsync
         // runs: see "Sending before the leader's fsync" in the module docs.
         let batch = Arc::new(batch);

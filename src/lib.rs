@@ -25,6 +25,7 @@
 //! | [`sched`]       | the short scheduler slice request threads ask for            | —                 |
 //! | [`replication`] | leader side (hub, one sender per follower), follower side; terms, log matching, promotion | lessons 3, 4, 5; failover |
 //! | [`status`]      | the STATUS report shown by `kv_client status`                | lesson 4          |
+//! | [`metrics`]     | Prometheus series for `--metrics-port` (`/metrics`)         | lesson 4          |
 //! | [`cluster`]     | the cluster id that keeps two histories apart                | —                 |
 //! | [`codec`]       | checked big-endian reads of untrusted bytes                  | week 2            |
 //! | [`fsutil`]      | small files written atomically and durably                    | —                 |
@@ -47,6 +48,8 @@
 //!   checks each AppendEntries against its log (repairing it if it
 //!   diverged), applies it through the write path and answers with ACKs. A
 //!   change of leader stops it and starts another.
+//! - `metrics-http`: with `--metrics-port` only; answers `GET /metrics`
+//!   and `GET /healthz`, one request at a time ([`server::http`]).
 //! - `announce-tN`: on the leader of term N; tells members that are not
 //!   following it that it leads, so a deposed leader learns it was.
 //!
@@ -65,6 +68,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fsutil;
 pub mod limits;
+pub mod metrics;
 pub mod protocol;
 pub mod replication;
 pub mod sched;

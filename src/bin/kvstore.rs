@@ -121,6 +121,10 @@ struct Args {
     /// line a second per link, the rest counted in it.
     #[arg(long)]
     trace_replication: bool,
+    /// Serve Prometheus metrics (GET /metrics) and a health check (GET
+    /// /healthz) over HTTP on this port, on --host (0 picks a free port).
+    #[arg(long)]
+    metrics_port: Option<u16>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -275,6 +279,7 @@ fn config(args: Args) -> Result<Config, String> {
         write_timeout: Duration::from_millis(args.write_timeout_ms),
         max_connections: args.max_connections,
         advertise,
+        metrics_port: args.metrics_port,
         election: ElectionConfig {
             failover: args.failover.map(|f| match f {
                 FailoverArg::Auto => Failover::Auto,

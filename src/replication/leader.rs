@@ -219,6 +219,9 @@ pub fn serve_observer(mut stream: TcpStream, peer: SocketAddr, from_lsn: Lsn, re
     let session = match attached {
         Ok(session) => session,
         Err(e) => {
+            if let Error::TooManyObservers { .. } = e {
+                crate::metrics::global().refused("max_observers");
+            }
             log::warn!("[observer] refusing {peer}: {e}");
             refuse(&mut stream, &e);
             return;
@@ -355,6 +358,7 @@ impl Link<'_> {
         target: Lsn,
         batches: &Receiver<Batch>,
     ) -> Result<()> {
+        crate::metrics::global().catch_up(&self.kind.to_string());
         let sent_through = Arc::new(AtomicU64::new(matched));
         let closed = Arc::new(AtomicBool::new(false));
         self.spawn_ack_reader(reader, &sent_through, &closed)?;

@@ -93,11 +93,13 @@ fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Resu
             return hand_over_to_observer(stream, peer, node, from_lsn);
         }
         let in_flight = node.shutdown.begin_request();
+        let kind = message.name();
         let reply = match handle_request(node, message) {
             Ok(reply) => reply,
             Err(e @ Error::Unexpected(_)) => return Err(refuse(&mut writer, e)),
             Err(e) => Message::error(&e),
         };
+        crate::metrics::global().request(kind, &reply);
         write_message(&mut writer, &reply)?;
         if reader.buffer().is_empty() || node.shutdown.is_requested() {
             writer.flush().map_err(|e| Error::io("flushing reply", e))?;

@@ -10,8 +10,10 @@
 //!   node's role ([`Replica`]), and runs the accept loop on the calling thread.
 //! - [`connection`] reads requests, answers them, and hands a replication
 //!   connection (first message FOLLOWER_HELLO) to [`crate::replication::leader`].
+//! - [`http`] serves `--metrics-port`: `/metrics` for Prometheus, `/healthz`.
 
 pub mod connection;
+pub mod http;
 pub mod shutdown;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -45,6 +47,8 @@ pub struct Config {
     pub advertise: Option<SocketAddr>,
     /// `--failover`, `--election-timeout-ms`, `--heartbeat-interval-ms`.
     pub election: ElectionConfig,
+    /// `--metrics-port`: serve `/metrics` and `/healthz` over HTTP there.
+    pub metrics_port: Option<u16>,
 }
 
 /// What this node was told to be on the command line.
@@ -78,6 +82,10 @@ pub struct Node {
 /// Run a kvstore node until the process is killed.
 pub fn run(config: Config) -> Result<()> {
     let (node, listener) = start(&config)?;
+    if let Some(port) = config.metrics_port {
+        let bound = http::spawn(&format!("{}:{port}", config.host), Arc::clone(&node))?;
+        log::info!("[metrics] serving GET /metrics and /healthz on http://{bound}");
+    }
     shutdown::spawn_signal_handler(Arc::clone(&node))?;
     accept_loop(&listener, &node, config.max_connections);
     Ok(())
