@@ -321,3 +321,106 @@ impl Connection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream as StdTcpStream};
+    use std::thread::{self, JoinHandle};
+
+    use clap::Parser;
+    use kvstore::limits::VALUE_BYTES_MAX;
+    use kvstore::protocol::read_frame;
+
+    use super::*;
+    use crate::{measure, Args};
+
+    /// Requests a stand-in server answered: (PUTs, GETs).
+    type Served = (u64, u64);
+
+    /// A stand-in for kvstore on `listener`, for `connections` connections:
+    /// it answers PUT with OK and GET with NOT_FOUND, in order, and writes
+    /// every reply one byte per `write` so that the client's reads end at
+    /// every possible point inside a frame.
+    fn stand_in_server(listener: TcpListener, connections: usize) -> JoinHandle<Served> {
+        thread::spawn(move || {
+            let mut servers = Vec::new();
+            for _ in 0..connections {
+                let (stream, _) = listener.accept().unwrap();
+                servers.push(thread::spawn(move || serve_byte_by_byte(stream)));
+            }
+            servers
+                .into_iter()
+                .map(|s| s.join().unwrap())
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        })
+    }
+
+    fn serve_byte_by_byte(mut stream: StdTcpStream) -> Served {
+        stream.set_nodelay(true).unwrap();
+        let mut served = (0, 0);
+        while let Some(payload) = read_frame(&mut stream, FRAME_BYTES_MAX).unwrap() {
+            let reply = match Message::decode(&payload).unwrap() {
+                Message::Put { .. } => {
+                    served.0 += 1;
+                    Message::Ok { lsn: served.0 }
+                }
+                Message::Get { .. } => {
+                    served.1 += 1;
+                    Message::NotFound
+                }
+                other => panic!("the load generator sent {}", other.name()),
+            };
+            let mut frame = Vec::new();
+            reply.encode_frame(&mut frame);
+            for byte in frame {
+                stream.write_all(&[byte]).unwrap();
+            }
+        }
+        served
+    }
+
+    #[test]
+    fn every_reply_is_counted_when_bytes_move_in_pieces() {
+        // Goal: the loop pairs every reply with its request however the
+        // bytes are cut. Method: replies arrive a byte at a time (partial
+        // reads), and a window of four PUTs of the largest value (4 MiB each)
+        // is more than loopback's socket buffers take at once (short
+        // writes); three connections on two loop threads, mixed PUTs and
+        // GETs, every count checked.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port().to_string();
+        let server = stand_in_server(listener, 3);
+        let value_bytes = VALUE_BYTES_MAX.to_string();
+        let args = Args::try_parse_from([
+            "kv_bench",
+            "--port",
+            &port,
+            "-c",
+            "3",
+            "--threads",
+            "2",
+            "-n",
+            "30",
+            "--pipeline",
+            "4",
+            "-d",
+            &value_bytes,
+            "-t",
+            "mixed",
+            "--warmup",
+            "2",
+            "--quiet",
+        ])
+        .unwrap();
+        args.check().unwrap();
+
+        let (total, _) = measure(&args).unwrap();
+        let (puts, gets) = server.join().unwrap();
+
+        assert_eq!(total.count, 30, "measured replies");
+        assert_eq!(puts + gets, 30 + 3 * 2, "requests served, warm-up included");
+        assert_eq!(total.errors, 0);
+        assert_eq!(total.latency_us.len(), 30, "one latency per measured reply");
+        assert!(total.not_found > 0 && total.not_found < 30, "a mix: {} GETs", total.not_found);
+    }
+}

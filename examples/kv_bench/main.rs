@@ -643,6 +643,17 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> BenchResult<()> {
+    let (total, elapsed) = measure(args)?;
+    print_report(args, &total, elapsed);
+    if let Some(path) = &args.json {
+        write_json(args, &total, elapsed, path)?;
+    }
+    Ok(())
+}
+
+/// Connect, set up, run the measured phase on every connection; return
+/// what they saw together and how long the measured phase took.
+fn measure(args: &Args) -> BenchResult<(Stats, Duration)> {
     let mode = args.mode();
     let shared = Shared {
         args,
@@ -685,12 +696,7 @@ fn run(args: &Args) -> BenchResult<()> {
         total.merge(&outcome.stats)?;
         finished_at = finished_at.max(outcome.finished_at);
     }
-    let elapsed = finished_at.duration_since(started_at);
-    print_report(args, &total, elapsed);
-    if let Some(path) = &args.json {
-        write_json(args, &total, elapsed, path)?;
-    }
-    Ok(())
+    Ok((total, finished_at.duration_since(started_at)))
 }
 
 /// Until every driving thread has finished, print a progress line on stderr
