@@ -90,10 +90,15 @@ pub fn start<'scope>(
         shares[id % threads].push((id, stream));
     }
 
-    let mut handles = Vec::with_capacity(threads);
+    // Every loop is built before any thread starts: a thread started
+    // before a later loop failed would wait at the barrier for ever.
+    let mut event_loops = Vec::with_capacity(threads);
     for (index, share) in shares.into_iter().enumerate() {
-        let mut event_loop =
-            EventLoop::new(share).map_err(|e| format!("event-loop thread {index}: {e}"))?;
+        event_loops
+            .push(EventLoop::new(share).map_err(|e| format!("event-loop thread {index}: {e}"))?);
+    }
+    let mut handles = Vec::with_capacity(threads);
+    for (index, mut event_loop) in event_loops.into_iter().enumerate() {
         let handle = thread::Builder::new().name(format!("bench-loop-{index}")).spawn_scoped(
             scope,
             move || -> BenchResult<WorkerOutcome> {
