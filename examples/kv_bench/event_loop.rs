@@ -11,11 +11,11 @@
 //!    ([`POLL_TICK`]) passes so that the loop looks at the abort flag and
 //!    the reply deadline.
 //! 2. For each ready connection: read what the socket holds, a chunk at a
-//!    time, until it would block; after each chunk take every complete frame
-//!    off the front of the connection's input buffer. Each frame is the
-//!    reply to the oldest request in flight (the server answers in order).
-//! 3. Top up that connection's window with new requests, encoded into its
-//!    output buffer, and write as much of the buffer as the socket takes.
+//!    time, until it would block. After each chunk, take every complete
+//!    frame off the front of the connection's input buffer (each is the
+//!    reply to the oldest request in flight: the server answers in order),
+//!    then top up the window with new requests, encoded into the output
+//!    buffer, and write as much of that buffer as the socket takes.
 //!
 //! ## Bytes arrive and leave in pieces
 //!
@@ -182,7 +182,13 @@ impl Driver for EventLoop {
                 };
                 let mut turn = || -> BenchResult<()> {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
-                        connection.receive(&mut self.scratch, stats, progress)?;
+                        // The replies of each chunk make room in the window:
+                        // the next requests go out before the read that
+                        // finds the socket empty, not after it.
+                        while connection.read_chunk(&mut self.scratch)? {
+                            connection.take_replies(stats, progress)?;
+                            connection.send(ops, window, shared)?;
+                        }
                     }
                     connection.send(ops, window, shared)
                 };
@@ -277,23 +283,21 @@ impl Connection {
         Ok(())
     }
 
-    /// Read everything the socket holds and count every complete reply.
-    fn receive(
-        &mut self,
-        scratch: &mut [u8],
-        stats: &mut Stats,
-        progress: Option<&AtomicU64>,
-    ) -> BenchResult<()> {
+    /// Read one chunk from the socket onto the input buffer: `Ok(false)`
+    /// once the socket is empty (the edge-triggered poll announces the next
+    /// bytes that arrive).
+    fn read_chunk(&mut self, scratch: &mut [u8]) -> BenchResult<bool> {
         loop {
-            let n = match self.stream.read(scratch) {
+            match self.stream.read(scratch) {
                 Ok(0) => return Err("the server closed the connection".into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Ok(n) => {
+                    self.input.extend_from_slice(&scratch[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("reading replies: {e}").into()),
-            };
-            self.input.extend_from_slice(&scratch[..n]);
-            self.take_replies(stats, progress)?;
+            }
         }
     }
 
