@@ -13,7 +13,8 @@
 #                   made by the kernel (root only; installs nftables; skipped with a reason elsewhere)
 #   make fuzz       coverage-guided fuzzing of the decoders (nightly + cargo-fuzz; FUZZ_SECONDS=60)
 #   make bench      the benchmark scenarios of docs/BENCHMARKS.md
-#   make bench-compare   kvstore beside Redis (throughput, late joiner) and etcd (failover time),
+#   make bench-compare   kvstore beside Redis (throughput, late joiner; single node in both
+#                   client modes, with and without pipelining) and etcd (failover time),
 #                   same machine, same run (installs redis-server and etcd-server if missing)
 
 CARGO ?= cargo
