@@ -25,13 +25,18 @@
 # its match, without and with pipelining (-P 16 / --pipeline 16):
 # throughput, p50, p99 and p99.9 of both.
 #
+# Part "etcd": durable replicated PUT, a 3-member etcd cluster (its own Go
+# client, examples/etcd_put_bench, built offline from Debian's
+# golang-etcd-server-dev) vs kvstore leader + 2 followers with write concern
+# majority and fsync always; RUNS interleaved rounds, c=16.
+#
 # Part "failover": examples/failover_time.rs against a 3-member kvstore
 # cluster and a 3-member etcd cluster, both with default timings, one after
 # the other: the leader SIGKILLed FAILOVER_RUNS times (default 20), then
 # SIGTERMed and asked to hand over HANDOVER_RUNS times each (default 10).
 # It prints the medians, min-max and the ratio kvstore/etcd.
 #
-#   SCENARIOS="redis single failover"   which parts to run (default: all)
+#   SCENARIOS="redis single etcd failover"   which parts to run (default: all)
 #
 # Redis and etcd come from the system's packages; they are installed if
 # missing.
@@ -44,7 +49,7 @@ EX=${EX:-./target/release/examples}
 RP=${REDIS_PORT:-9600}
 KP=${KVSTORE_PORT:-9610}
 EP=${ETCD_PORT:-9620}   # etcd: clients on EP..EP+2, peers on EP+3..EP+5
-SCENARIOS=${SCENARIOS:-"redis single failover"}
+SCENARIOS=${SCENARIOS:-"redis single etcd failover"}
 FAILOVER_RUNS=${FAILOVER_RUNS:-20}
 HANDOVER_RUNS=${HANDOVER_RUNS:-10}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-compare.XXXXXX")
@@ -59,6 +64,13 @@ if [[ " $SCENARIOS " == *" redis "* || " $SCENARIOS " == *" single "* ]] \
     echo "bench-compare: installing redis-server and redis-tools from the system's packages"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+if [[ " $SCENARIOS " == *" etcd "* ]] && { ! command -v etcd >/dev/null || ! command -v go >/dev/null \
+    || [ ! -d /usr/share/gocode/src/go.etcd.io/etcd/clientv3 ]; }; then
+    echo "bench-compare: installing etcd-server, golang-go and golang-etcd-server-dev from the system's packages"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server golang-go \
+        golang-etcd-server-dev >/dev/null
 fi
 if [[ " $SCENARIOS " == *" failover "* ]] && ! command -v etcd >/dev/null; then
     echo "bench-compare: installing etcd-server from the system's packages"
@@ -276,6 +288,59 @@ if [[ " $SCENARIOS " == *" single "* ]]; then
     latency_lines redis_one_p16 kv_one_p16 ""
     line "pipelined, 16 client threads: -P 16 --threads 16 vs --pipeline 16 (ops/s)" redis_threads_p16_ops kv_threads_p16_ops ops ""
     latency_lines redis_threads_p16 kv_threads_p16 ""
+fi
+
+# ---- kvstore vs etcd: durable replicated writes ----------------------------
+
+# etcd_cluster NAME: three members, clients on EP..EP+2, peers on EP+3..EP+5.
+etcd_cluster() {
+    local name=$1 cluster="" i
+    for i in 0 1 2; do cluster+="${cluster:+,}m$i=http://127.0.0.1:$((EP + 3 + i))"; done
+    for i in 0 1 2; do
+        etcd --name "m$i" --data-dir "$WORK/$name/m$i" \
+            --listen-client-urls "http://127.0.0.1:$((EP + i))" \
+            --advertise-client-urls "http://127.0.0.1:$((EP + i))" \
+            --listen-peer-urls "http://127.0.0.1:$((EP + 3 + i))" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$((EP + 3 + i))" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token "$name" >"$WORK/$name-m$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    poll 30 env ETCDCTL_API=3 etcdctl --endpoints="127.0.0.1:$EP" endpoint health
+}
+
+# etcd_bench: "ops/s p50 p99 p99.9" (us) of examples/etcd_put_bench, etcd's
+# own Go client, 16 clients sharing one gRPC connection to the members.
+etcd_bench() {
+    "$ETCD_BENCH" -endpoints "127.0.0.1:$EP,127.0.0.1:$((EP + 1)),127.0.0.1:$((EP + 2))" \
+        -c 16 -n "${ETCD_OPS:-20000}" -d 100 -r 100000 -brief
+}
+
+if [[ " $SCENARIOS " == *" etcd "* ]]; then
+    # Built offline from Debian's etcd client sources (GOPATH mode).
+    ETCD_BENCH="$PWD/target/etcd_put_bench"
+    (cd examples/etcd_put_bench && GO111MODULE=off GOPATH=/usr/share/gocode \
+        GOCACHE="$PWD/../../target/gocache" go build -o "$ETCD_BENCH" .) \
+        || fail "building examples/etcd_put_bench"
+    for run in $(seq 1 "$RUNS"); do
+        echo "bench-compare: etcd round $run of $RUNS" >&2
+        etcd_cluster "etcd-$run"
+        record etcd_put etcd_bench
+        stop_all
+        kv_cluster "kv-etcd-$run" --write-concern=majority --fsync=always
+        record kv_put_majority kv_bench put --threads 1
+        stop_all
+    done
+
+    echo
+    echo "kvstore vs etcd $(etcd --version | awk '/^etcd Version/ {print $3}'): durable replicated PUT, 3 members on loopback (etcd fsyncs always; kvstore --write-concern=majority --fsync=always), c=16, 100-byte values, on $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ); median (min-max) of $RUNS interleaved rounds"
+    echo
+    echo "| scenario | etcd | kvstore | kvstore/etcd | target |"
+    echo "|---|---|---|---|---|"
+    line "durable replicated PUT (ops/s)" etcd_put_ops kv_put_majority_ops ops ">= 4.0x"
+    line "  p50 (us)" etcd_put_p50 kv_put_majority_p50 us ""
+    line "  p99 (us)" etcd_put_p99 kv_put_majority_p99 us ""
+    line "  p99.9 (us)" etcd_put_p999 kv_put_majority_p999 us ""
 fi
 
 # ---- kvstore vs etcd: failover time -----------------------------------------

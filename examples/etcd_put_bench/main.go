@@ -30,6 +30,7 @@ func main() {
 	total := flag.Int("n", 100000, "puts in all")
 	size := flag.Int("d", 100, "value size in bytes")
 	keys := flag.Int("r", 100000, "key space: keys drawn uniformly from this many")
+	brief := flag.Bool("brief", false, "print only \"ops/s p50 p99 p99.9\" (latencies in us), for scripts")
 	flag.Parse()
 
 	eps := strings.Split(*endpoints, ",")
@@ -83,9 +84,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "etcd_put_bench: no put succeeded")
 		os.Exit(1)
 	}
-	q := func(p float64) string { return show(all[int(float64(len(all)-1)*p)]) }
+	at := func(p float64) time.Duration { return all[int(float64(len(all)-1)*p)] }
+	q := func(p float64) string { return show(at(p)) }
+	ops := float64(len(all)) / elapsed.Seconds()
+	if *brief {
+		fmt.Printf("%.0f %d %d %d\n", ops, at(0.5).Microseconds(), at(0.99).Microseconds(), at(0.999).Microseconds())
+		return
+	}
 	fmt.Printf("etcd put c=%d conns=%d n=%d d=%d: %.0f ops/s  p50 %s  p99 %s  p99.9 %s  max %s  errors %d\n",
-		*clients, *conns, len(all), *size, float64(len(all))/elapsed.Seconds(),
+		*clients, *conns, len(all), *size, ops,
 		q(0.5), q(0.99), q(0.999), show(all[len(all)-1]), errs)
 }
 
