@@ -14,8 +14,9 @@
 #   make fuzz       coverage-guided fuzzing of the decoders (nightly + cargo-fuzz; FUZZ_SECONDS=60)
 #   make bench      the benchmark scenarios of docs/BENCHMARKS.md
 #   make bench-compare   kvstore beside Redis (throughput, late joiner; single node in both
-#                   client modes, with and without pipelining) and etcd (failover time),
-#                   same machine, same run (installs redis-server and etcd-server if missing)
+#                   client modes, with and without pipelining) and etcd (durable writes,
+#                   failover time), same machine, same run (installs redis-server, etcd-server
+#                   and the Go client's sources if missing)
 
 CARGO ?= cargo
 PORT ?= 9001
