@@ -78,6 +78,7 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use hdrhistogram::Histogram;
+use kvstore::auth::Credentials;
 use kvstore::client::Client;
 use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
 use kvstore::error::Error as KvError;
@@ -164,6 +165,11 @@ struct Args {
     /// No progress lines on stderr.
     #[arg(short = 'q', long)]
     quiet: bool,
+
+    /// A file holding the secret of a node started with --auth-file: every
+    /// connection authenticates first (docs/SECURITY.md).
+    #[arg(long, env = "KVSTORE_AUTH_FILE", value_name = "PATH")]
+    auth_file: Option<PathBuf>,
 }
 
 impl Args {
@@ -570,19 +576,21 @@ fn run(args: &Args) -> BenchResult<()> {
     // Connect every client up front: a server that is not there is reported
     // once, before any thread starts. (A cluster client finds the leader
     // with its first request.)
+    let credentials = Credentials::client_from_file(args.auth_file.as_deref())?;
     let mut clients = Vec::with_capacity(args.connections);
     for id in 0..args.connections {
         let target = match args.port {
             Some(port) => {
                 let address = format!("{}:{port}", args.host);
-                let client = Client::connect(address.as_str())
+                let client = Client::connect_with(address.as_str(), &credentials)
                     .map_err(|e| format!("connection {id}: {e}"))?;
                 client.set_timeout(Some(REPLY_TIMEOUT))?;
                 Target::Node(client)
             }
             None => {
                 let budget = Duration::from_millis(args.retry_ms);
-                Target::Cluster(ClusterClient::new(&args.cluster, budget)?)
+                let cluster = ClusterClient::new(&args.cluster, budget)?;
+                Target::Cluster(cluster.with_credentials(credentials.clone()))
             }
         };
         clients.push(target);

@@ -10,13 +10,18 @@
 //! ```
 //!
 //! An ERROR reply becomes [`Error::Server`] with the server's code and text.
+//!
+//! A node started with `--auth-file` takes only authenticated connections:
+//! [`Client::connect_with`] runs the handshake of [`crate::auth`] first,
+//! and refuses to go on unless the server proves it knows the secret too.
 
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use crate::auth::Credentials;
 use crate::error::{Error, ErrorCode, Result};
-use crate::limits::FRAME_BYTES_MAX;
+use crate::limits::{AUTH_TIMEOUT_MS, FRAME_BYTES_MAX};
 use crate::protocol::{read_frame, write_message, Consistency, Message};
 use crate::status::StatusReport;
 use crate::Lsn;
@@ -31,17 +36,33 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connect to `address` (`host:port`).
+    /// Connect to `address` (`host:port`), without authentication.
     pub fn connect(address: impl ToSocketAddrs + std::fmt::Display) -> Result<Client> {
+        Client::connect_with(address, &Credentials::none())
+    }
+
+    /// Connect to `address` and, if `credentials` hold a secret, run the
+    /// handshake: both sides prove they know it before any request.
+    pub fn connect_with(
+        address: impl ToSocketAddrs + std::fmt::Display,
+        credentials: &Credentials,
+    ) -> Result<Client> {
         let ctx = format!("connecting to {address}");
         let addr = address
             .to_socket_addrs()
             .map_err(|e| Error::io(&ctx, e))?
             .next()
             .ok_or_else(|| Error::io(&ctx, std::io::Error::other("no address")))?;
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .map_err(|e| Error::io(&ctx, e))?;
+        let mut stream =
+            TcpStream::connect_timeout(&addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
+                .map_err(|e| Error::io(&ctx, e))?;
         stream.set_nodelay(true).map_err(|e| Error::io(&ctx, e))?;
+        if !credentials.is_none() {
+            let timeout = Some(Duration::from_millis(AUTH_TIMEOUT_MS));
+            stream.set_read_timeout(timeout).map_err(|e| Error::io(&ctx, e))?;
+            credentials.authenticate(&mut stream, &address.to_string())?;
+            stream.set_read_timeout(None).map_err(|e| Error::io(&ctx, e))?;
+        }
         let reader = BufReader::new(stream.try_clone().map_err(|e| Error::io(&ctx, e))?);
         Ok(Client { reader, writer: BufWriter::new(stream) })
     }

@@ -18,6 +18,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::auth::Credentials;
 use crate::client::Client;
 use crate::error::{Error, ErrorCode, Result};
 use crate::protocol::Consistency;
@@ -39,6 +40,8 @@ pub struct ClusterClient {
     leader: Option<(String, Client)>,
     /// The member to try next when no leader is known.
     next: usize,
+    /// What each connection proves itself with (`--auth-file`).
+    credentials: Credentials,
 }
 
 impl ClusterClient {
@@ -49,7 +52,19 @@ impl ClusterClient {
         if members.is_empty() {
             return Err(Error::NoLeader("no members given".into()));
         }
-        Ok(ClusterClient { members, budget, leader: None, next: 0 })
+        Ok(ClusterClient {
+            members,
+            budget,
+            leader: None,
+            next: 0,
+            credentials: Credentials::none(),
+        })
+    }
+
+    /// Authenticate every connection with `credentials` (`--auth-file`).
+    pub fn with_credentials(mut self, credentials: Credentials) -> ClusterClient {
+        self.credentials = credentials;
+        self
     }
 
     /// The member that answered last as the leader, if any.
@@ -166,7 +181,7 @@ impl ClusterClient {
     /// caller forever. A write that times out is indeterminate, like any
     /// other write whose connection failed after it was sent.
     fn connect(&self, address: &str) -> Result<Client> {
-        let client = Client::connect(address)?;
+        let client = Client::connect_with(address, &self.credentials)?;
         client.set_timeout(Some(self.budget.max(Duration::from_millis(1))))?;
         Ok(client)
     }

@@ -17,6 +17,9 @@
 //! |-----------------|--------------------------------------------------------------|-------------------|
 //! | [`limits`]      | every bound the server enforces, each with its reason        | —                 |
 //! | [`error`]       | the one error type and the codes sent on the wire            | —                 |
+//! | [`auth`]        | the shared-secret handshake (HMAC-SHA256, mutual)            | —                 |
+//! | [`admission`]   | the budgets connections draw on; refusals counted, not logged one by one | — |
+//! | [`datadir`]     | the data directory's permissions: created private, refused if others may write | — |
 //! | [`protocol`]    | length-prefixed frames and every message's byte layout       | week 2, lesson 3  |
 //! | [`wal`]         | the log file, crash recovery, the LSN index, the term history | week 9, lesson 5 |
 //! | [`store`]       | the hash map; no I/O                                         | week 1            |
@@ -34,7 +37,8 @@
 //! ## Map of the threads in a running `kvstore`
 //!
 //! - `main`: parses arguments, opens the data directory, runs the accept loop.
-//! - `conn-N`: one per client connection; reads a request, answers it, repeats.
+//! - `conn-N`: one per client connection; authenticates it (with
+//!   `--auth-file`), then reads a request, answers it, repeats.
 //!   On a leader, a connection whose first message is FOLLOWER_HELLO becomes
 //!   that follower's **sender** (it streams AppendEntries), and spawns an
 //!   **ack reader** that records the follower's APPEND_ENTRIES_ACKs.
@@ -45,16 +49,22 @@
 //! - `announce-tN`: on the leader of term N; tells members that are not
 //!   following it that it leads, so a deposed leader learns it was.
 //!
+//! - `refusals`: logs the refusals of [`admission`] and [`auth`], summed,
+//!   once a second at most.
+//!
 //! `kv_client promote` and `follow` are answered on their connection's
 //! thread, which asks the other members for votes with short timeouts.
 //!
 //! Client writes wait for the WAL's group commit (see [`db`]); no lock is ever
 //! held across socket I/O.
 
+pub mod admission;
+pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod cluster_client;
 pub mod codec;
+pub mod datadir;
 pub mod db;
 pub mod error;
 pub mod failpoint;

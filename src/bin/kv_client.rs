@@ -12,6 +12,7 @@
 //! kv_client --port 9001 transfer-leadership [127.0.0.1:9002]   planned handover
 //! kv_client wal-dump ./node1           one record a line, like pg_waldump
 //! kv_client --cluster 9001,9002,9003 put k v   on whichever member leads
+//! kv_client --auth-file ./kvstore.secret --port 9001 put k v   (or KVSTORE_AUTH_FILE=...)
 //! ```
 //!
 //! Exit codes: 0 success, 1 key not found, 2 any error (unreachable server,
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use kvstore::auth::Credentials;
 use kvstore::client::Client;
 use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
 use kvstore::error::Error;
@@ -51,6 +53,11 @@ struct Args {
     /// With --cluster: how long to keep looking for the leader.
     #[arg(long, global = true, default_value_t = RETRY_BUDGET_MS_DEFAULT)]
     retry_ms: u64,
+    /// A file holding the secret of a node started with --auth-file: the
+    /// connection authenticates first, and the node must prove it knows
+    /// the secret too.
+    #[arg(long, global = true, env = "KVSTORE_AUTH_FILE", value_name = "PATH")]
+    auth_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -105,15 +112,23 @@ fn main() -> ExitCode {
     if let Command::WalDump { data_dir } = &args.command {
         return wal_dump(data_dir);
     }
+    let credentials = match Credentials::client_from_file(args.auth_file.as_deref()) {
+        Ok(credentials) => credentials,
+        Err(e) => {
+            eprintln!("kv_client: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if !args.cluster.is_empty() {
-        return on_cluster(&args.cluster, Duration::from_millis(args.retry_ms), args.command);
+        let budget = Duration::from_millis(args.retry_ms);
+        return on_cluster(&args.cluster, budget, credentials, args.command);
     }
     let Some(port) = args.port else {
         eprintln!("kv_client: --port (or --cluster) is required for this command");
         return ExitCode::from(2);
     };
     let address = format!("{}:{port}", args.host);
-    match run(&address, args.command) {
+    match run(&address, &credentials, args.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kv_client: {address}: {e}");
@@ -122,8 +137,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(address: &str, command: Command) -> Result<ExitCode, Error> {
-    let mut client = Client::connect(address)?;
+fn run(address: &str, credentials: &Credentials, command: Command) -> Result<ExitCode, Error> {
+    let mut client = Client::connect_with(address, credentials)?;
     let mut stdout = std::io::stdout().lock();
     let print = |out: &mut std::io::StdoutLock, bytes: &[u8]| {
         let _ = out.write_all(bytes);
@@ -170,8 +185,14 @@ fn run(address: &str, command: Command) -> Result<ExitCode, Error> {
 }
 
 /// `--cluster`: put, get and delete on whichever member leads.
-fn on_cluster(members: &[String], budget: Duration, command: Command) -> ExitCode {
-    let result = ClusterClient::new(members, budget).and_then(|mut cluster| {
+fn on_cluster(
+    members: &[String],
+    budget: Duration,
+    credentials: Credentials,
+    command: Command,
+) -> ExitCode {
+    let cluster = ClusterClient::new(members, budget).map(|c| c.with_credentials(credentials));
+    let result = cluster.and_then(|mut cluster| {
         let line = match &command {
             Command::Put { key, value } => {
                 let lsn = cluster.put(key.as_bytes(), value.as_bytes())?;

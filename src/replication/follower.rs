@@ -4,7 +4,9 @@
 //! A follower runs one `follower` thread per leader it follows; a role
 //! change stops it ([`FollowerLink::stop`]) and starts another.
 //!
-//! 1. Dial the leader (the same port its clients use).
+//! 1. Dial the leader (the same port its clients use); with `--auth-file`,
+//!    run the handshake of [`crate::auth`] first: the leader proves it
+//!    knows the secret before the follower says anything.
 //! 2. Send `FOLLOWER_HELLO [last_lsn][last_term][term][listen_port][cluster_id]`
 //!    — lesson 5's handshake, with where our log ends and our term.
 //! 3. Read LEADER_HELLO. A leader in an **older term** than ours was
@@ -164,12 +166,15 @@ fn run(db: &Db, replica: &Replica, link: &FollowerLink) {
 fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
     let leader = link.leader();
     let timeout = Duration::from_millis(REPLICATION_TIMEOUT_MS);
-    let stream = TcpStream::connect_timeout(&leader, timeout)
+    let mut stream = TcpStream::connect_timeout(&leader, timeout)
         .map_err(|e| Error::io(format!("connecting to {leader}"), e))?;
     let setup = |e| Error::io("configuring replication socket", e);
     stream.set_nodelay(true).map_err(setup)?;
     stream.set_read_timeout(Some(timeout)).map_err(setup)?;
     stream.set_write_timeout(Some(timeout)).map_err(setup)?;
+    // With --auth-file, both sides prove they know the secret before the
+    // follower says anything about its log.
+    replica.credentials().authenticate(&mut stream, &leader.to_string())?;
     *link.socket.lock() = Some(stream.try_clone().map_err(setup)?);
     if link.is_stopped() {
         return Ok(());

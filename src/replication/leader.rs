@@ -58,12 +58,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::admission::Permit;
 use crate::cluster::ClusterId;
 use crate::db::{Batch, Db};
 use crate::error::{Error, ErrorCode, Result};
 use crate::limits::{
-    APPEND_ENTRIES_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX, PROBE_ROUNDS_MAX,
-    REPLICATION_TIMEOUT_MS,
+    APPEND_ENTRIES_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FOLLOWER_FRAME_BYTES_MAX,
+    FRAME_BYTES_MAX, PROBE_ROUNDS_MAX, REPLICATION_TIMEOUT_MS,
 };
 use crate::protocol::frame::{is_timeout, read_frame, write_message};
 use crate::protocol::message::{AppendEntriesEncoder, AppendEntriesHeader};
@@ -88,6 +89,8 @@ pub struct Hello {
 /// Serve a follower that said FOLLOWER_HELLO on `stream`.
 ///
 /// Called on the connection's own thread; returns when the link ends.
+/// `catch_up_slot` is held through steps 1 to 5's catch-up and given back
+/// when the follower streams live (`--max-catch-ups`).
 /// 1. Refuse if we are not the leader, if the follower is in a newer term
 ///    (then we were deposed: step down), or if it belongs to another cluster.
 /// 2. Register the session and subscribe to new batches.
@@ -95,7 +98,13 @@ pub struct Hello {
 /// 4. Probe for the last record both logs share.
 /// 5. Send everything after it from the WAL (catch-up), then stream new
 ///    batches, with heartbeats when idle, until the link breaks.
-pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, replica: &Replica) {
+pub fn serve_follower(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    hello: Hello,
+    replica: &Replica,
+    catch_up_slot: Permit,
+) {
     let address = SocketAddr::new(peer.ip(), hello.listen_port.unwrap_or(peer.port()));
     let db = replica.db();
 
@@ -151,7 +160,7 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
     let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
     let _ = stream.set_read_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
     let link = Link { address, db, hub: &hub, replica, session, term };
-    let outcome = link.run(stream, cluster_id, &hello, target, &batches);
+    let outcome = link.run(stream, (cluster_id, &hello, target), &batches, catch_up_slot);
     if hub.is_current(session) {
         hub.detach(session);
         match outcome {
@@ -175,10 +184,9 @@ impl Link<'_> {
     fn run(
         &self,
         mut stream: TcpStream,
-        cluster_id: ClusterId,
-        hello: &Hello,
-        target: Lsn,
+        (cluster_id, hello, target): (ClusterId, &Hello, Lsn),
         batches: &Receiver<Batch>,
+        catch_up_slot: Permit,
     ) -> Result<()> {
         let (address, term) = (self.address, self.term);
         // 3. Our half of the handshake.
@@ -225,7 +233,9 @@ impl Link<'_> {
             matched + 1,
             sent_through,
         );
-        let outcome = sender.catch_up(target).and_then(|()| sender.stream_live(batches, &closed));
+        let caught_up = sender.catch_up(target);
+        drop(catch_up_slot);
+        let outcome = caught_up.and_then(|()| sender.stream_live(batches, &closed));
         let _ = sender.stream.shutdown(Shutdown::Both);
         outcome
     }
@@ -337,7 +347,7 @@ impl Link<'_> {
 
 /// Read one reply during the probe, turning silence and EOF into errors.
 fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Message> {
-    match read_frame(reader, FRAME_BYTES_MAX) {
+    match read_frame(reader, FOLLOWER_FRAME_BYTES_MAX) {
         Ok(Some(frame)) => Message::decode(&frame),
         Ok(None) => Err(Error::Link("connection closed during the probe".into())),
         Err(e) if is_timeout(&e) => {
@@ -365,7 +375,7 @@ impl AckReader {
     fn read(&self, reader: &mut BufReader<TcpStream>, replica: &Replica) -> String {
         let mut measured = self.measured_from;
         loop {
-            let frame = match read_frame(reader, FRAME_BYTES_MAX) {
+            let frame = match read_frame(reader, FOLLOWER_FRAME_BYTES_MAX) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return "connection closed".into(),
                 Err(e) if is_timeout(&e) => {

@@ -8,18 +8,26 @@
 //!
 //! - [`run`] opens the data directory, binds, starts replication in the
 //!   node's role ([`Replica`]), and runs the accept loop on the calling thread.
-//! - [`connection`] reads requests, answers them, and hands a replication
-//!   connection (first message FOLLOWER_HELLO) to [`crate::replication::leader`].
+//! - [`connection`] authenticates a connection (with `--auth-file`), reads
+//!   requests, answers them, and hands a replication connection (first
+//!   message FOLLOWER_HELLO) to [`crate::replication::leader`].
+//! - [`inbound`] reads a stranger's frames with a deadline per frame and a
+//!   shared memory budget.
+//!
+//! Every connection is admitted against the budgets of
+//! [`crate::admission`] before its thread starts.
 
 pub mod connection;
+pub mod inbound;
 pub mod shutdown;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admission::{Admission, AdmissionLimits, Refusal};
+use crate::auth::{Credentials, ServerKeys};
 use crate::db::{Db, FsyncPolicy};
 use crate::error::{Error, Result};
 use crate::limits::CONNECTION_STACK_BYTES;
@@ -39,7 +47,11 @@ pub struct Config {
     pub fsync: FsyncPolicy,
     pub write_concern: WriteConcern,
     pub write_timeout: Duration,
-    pub max_connections: usize,
+    /// `--max-connections` and the other budgets of [`crate::admission`].
+    pub limits: AdmissionLimits,
+    /// `--auth-file` (and `--replication-auth-file`): the secrets every
+    /// connection must prove it knows. `None`: no authentication.
+    pub auth: Option<ServerKeys>,
     /// The address other members reach this node on, if not the bound one
     /// (behind NAT, a container, or a proxy).
     pub advertise: Option<SocketAddr>,
@@ -73,13 +85,18 @@ pub struct Node {
     pub write_timeout: Duration,
     /// Set on SIGTERM/SIGINT; counts the requests in flight.
     pub shutdown: shutdown::Shutdown,
+    /// The secrets connections must prove they know (`None`: no auth).
+    pub auth: Option<ServerKeys>,
+    /// The budgets connections draw on, and the refusal counters.
+    pub admission: Arc<Admission>,
 }
 
 /// Run a kvstore node until the process is killed.
 pub fn run(config: Config) -> Result<()> {
     let (node, listener) = start(&config)?;
     shutdown::spawn_signal_handler(Arc::clone(&node))?;
-    accept_loop(&listener, &node, config.max_connections);
+    node.admission.spawn_refusal_logger()?;
+    accept_loop(&listener, &node);
     Ok(())
 }
 
@@ -114,6 +131,16 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
     let bind = format!("{}:{}", config.host, config.port);
     let listener = TcpListener::bind(&bind).map_err(|e| Error::io(format!("binding {bind}"), e))?;
     let address = listener.local_addr().map_err(|e| Error::io("reading bound address", e))?;
+    if config.auth.is_none() && !address.ip().is_loopback() {
+        log::warn!(
+            "[server] bound to {address}, reachable beyond this machine, without --auth-file: \
+             anyone who can reach this port can read and write every key and join as a follower \
+             (see docs/SECURITY.md)"
+        );
+    }
+    if let Some(keys) = &config.auth {
+        log::info!("[auth] every connection must authenticate ({})", keys.describe());
+    }
 
     // 3. Replication: the role from the flags and the stored state.
     let startup = match &config.role {
@@ -126,7 +153,11 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
     if identity != address {
         log::info!("[server] members reach this node at {identity} (--advertise)");
     }
-    let replica = Replica::start(Arc::clone(&db), identity, startup, config.election)?;
+    let credentials = config.auth.as_ref().map_or_else(Credentials::none, |keys| {
+        // What this node proves itself with when it dials another member.
+        keys.member_credentials()
+    });
+    let replica = Replica::start(Arc::clone(&db), identity, startup, config.election, credentials)?;
     let members = replica.members();
     let term = replica.term();
     match replica.view() {
@@ -159,6 +190,8 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
         write_concern: config.write_concern,
         write_timeout: config.write_timeout,
         shutdown: shutdown::Shutdown::default(),
+        auth: config.auth.clone(),
+        admission: Admission::new(config.limits),
     };
     Ok((Arc::new(node), listener))
 }
@@ -170,9 +203,9 @@ pub fn fsync_name(fsync: FsyncPolicy) -> &'static str {
     }
 }
 
-/// Accept connections forever, one thread each, at most `max_connections`.
-fn accept_loop(listener: &TcpListener, node: &Arc<Node>, max_connections: usize) {
-    let active = Arc::new(AtomicUsize::new(0));
+/// Accept connections forever, one thread each, within the budgets of
+/// [`crate::admission`].
+fn accept_loop(listener: &TcpListener, node: &Arc<Node>) {
     let mut next_id = 0u64;
     for incoming in listener.incoming() {
         let stream = match incoming {
@@ -187,26 +220,27 @@ fn accept_loop(listener: &TcpListener, node: &Arc<Node>, max_connections: usize)
         let peer = stream.peer_addr().unwrap_or_else(|_| node.address);
         if node.shutdown.is_requested() {
             // Stopping: say so, naming the leader, so a client sends its
-            // request elsewhere knowing it was not applied here.
-            let why = Error::ShuttingDown { leader: node.replica.leader_address() };
-            std::thread::spawn(move || refuse_connection(stream, peer, why));
+            // request elsewhere knowing it was not applied here (a node
+            // with auth names nobody to a connection that proved nothing).
+            let leader = node.replica.leader_address().filter(|_| node.auth.is_none());
+            node.admission.count(Refusal::ShuttingDown, peer);
+            let why = Error::ShuttingDown { leader };
+            std::thread::spawn(move || refuse_connection(stream, why));
             continue;
         }
-        if active.load(Ordering::Acquire) >= max_connections {
-            refuse_connection(stream, peer, Error::TooManyConnections { max: max_connections });
-            continue;
-        }
+        let ticket = match node.admission.admit(&stream, peer) {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                refuse_connection(stream, e);
+                continue;
+            }
+        };
         next_id += 1;
-        active.fetch_add(1, Ordering::AcqRel);
-        let guard = ActiveGuard(Arc::clone(&active));
         let node = Arc::clone(node);
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{next_id}"))
             .stack_size(CONNECTION_STACK_BYTES)
-            .spawn(move || {
-                let _guard = guard;
-                connection::serve(stream, peer, &node);
-            });
+            .spawn(move || connection::serve(stream, peer, &node, ticket));
         if let Err(e) = spawned {
             log::warn!("[server] cannot start a thread for {peer}: {e}");
         }
@@ -217,22 +251,13 @@ fn accept_loop(listener: &TcpListener, node: &Arc<Node>, max_connections: usize)
 /// tell the client why, then close without losing the reply. Closing a
 /// socket with unread bytes (the client's first request) sends a reset,
 /// which can destroy the reply before the client reads it; so stop
-/// writing, read until the client closes (briefly), then close.
-fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, err: Error) {
-    log::warn!("[server] {peer}: {err}");
+/// writing, read until the client closes (briefly), then close. The
+/// refusal was counted by the caller, and is logged with the others.
+fn refuse_connection(mut stream: TcpStream, err: Error) {
     let linger = Some(Duration::from_millis(100));
     let _ = stream.set_write_timeout(linger);
     let _ = write_message(&mut stream, &Message::error(&err));
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let _ = stream.set_read_timeout(linger);
     let _ = std::io::copy(&mut stream, &mut std::io::sink());
-}
-
-/// Decrements the active-connection count when a connection thread ends.
-struct ActiveGuard(Arc<AtomicUsize>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kvstore::auth::Credentials;
 use kvstore::client::Client;
 use kvstore::protocol::Message;
 use kvstore::status::StatusReport;
@@ -236,10 +237,19 @@ impl Node {
         self.addr.port()
     }
 
+    /// A client of this node; with the node's own `--auth-file`, if it
+    /// was started with one.
     pub fn client(&self) -> Client {
+        let credentials = self.credentials();
         eventually(&format!("{} accepts connections", self.name), DEADLINE, || {
-            Client::connect(self.addr).ok()
+            Client::connect_with(self.addr, &credentials).ok()
         })
+    }
+
+    /// The client credentials of the node's `--auth-file=PATH`, if any.
+    pub fn credentials(&self) -> Credentials {
+        let path = self.args.iter().find_map(|a| a.strip_prefix("--auth-file="));
+        Credentials::client_from_file(path.map(Path::new)).expect("the node's auth file")
     }
 
     pub fn status(&self) -> StatusReport {
@@ -273,6 +283,14 @@ impl Node {
                 );
             }
             self.logs.lock().iter().skip(from).find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    /// Wait for a log line containing `needle`, also after the process
+    /// exited (for a node expected to refuse to start).
+    pub fn wait_for_log_text(&self, needle: &str) -> String {
+        eventually(&format!("{} logs {needle:?}", self.name), DEADLINE, || {
+            self.logs.lock().iter().find(|l| l.contains(needle)).cloned()
         })
     }
 
@@ -441,4 +459,14 @@ pub fn wait_converged(nodes: &[&Node]) -> (Lsn, String) {
             .all(|r| r.last_lsn == first.last_lsn && r.digest == first.digest)
             .then(|| (first.last_lsn, first.digest.clone()))
     })
+}
+
+/// Write `secret` to `dir/name` with mode 0600 (as `--auth-file` needs)
+/// and return its path.
+pub fn secret_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
 }
