@@ -29,6 +29,7 @@
 //! | [`status`]      | the STATUS report shown by `kv_client status`                | lesson 4          |
 //! | [`cluster`]     | the cluster id that keeps two histories apart                | —                 |
 //! | [`codec`]       | checked big-endian reads of untrusted bytes                  | week 2            |
+//! | [`logline`]     | what a log line may hold: never a value, keys only at debug, one line per event | — |
 //! | [`fsutil`]      | small files written atomically and durably                    | —                 |
 //! | [`failpoint`]   | named places where a crash test can abort the process         | —                 |
 //! | [`client`]      | a small blocking client used by kv_client, tests, examples   | week 2            |
@@ -70,6 +71,7 @@ pub mod error;
 pub mod failpoint;
 pub mod fsutil;
 pub mod limits;
+pub mod logline;
 pub mod protocol;
 pub mod replication;
 pub mod server;

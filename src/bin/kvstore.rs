@@ -147,7 +147,10 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(|buf, record| {
             use std::io::Write;
-            writeln!(buf, "{} {:<5} {}", buf.timestamp_millis(), record.level(), record.args())
+            // One line per event, whatever text a peer put in it.
+            let text = record.args().to_string();
+            let text = kvstore::logline::one_line(&text);
+            writeln!(buf, "{} {:<5} {text}", buf.timestamp_millis(), record.level())
         })
         .init();
     let args = Args::parse();

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::limits::{
     AUTH_FRAME_BYTES_MAX, AUTH_TIMEOUT_MS, CLIENT_READ_TIMEOUT_MS, FRAME_BYTES_MAX,
 };
+use crate::logline;
 use crate::protocol::frame::is_timeout;
 use crate::protocol::{write_message, Message};
 use crate::replication::leader::{serve_follower, Hello};
@@ -239,8 +240,15 @@ fn hand_over_to_replication(
 /// other errors become an ERROR reply on an open connection.
 fn handle_request(node: &Node, request: Message) -> Result<Message> {
     match request {
-        Message::Put { key, value } => write(node, Op::Put { key, value }),
-        Message::Delete { key } => write(node, Op::Delete { key }),
+        Message::Put { key, value } => {
+            // Keys at debug only, escaped and cut; values never (logline).
+            log::debug!("[server] PUT {} ({} value bytes)", logline::key(&key), value.len());
+            write(node, Op::Put { key, value })
+        }
+        Message::Delete { key } => {
+            log::debug!("[server] DELETE {}", logline::key(&key));
+            write(node, Op::Delete { key })
+        }
         Message::Get { key } => {
             if let Some(why) = node.replica.unhealthy() {
                 return Err(Error::Unhealthy(why));
