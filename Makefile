@@ -56,7 +56,7 @@ FUZZ_SECONDS ?= 60
 
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	for target in frame message wal_recovery; do \
+	for target in frame message handshake wal_recovery; do \
 		$(CARGO) +nightly fuzz run --fuzz-dir tests/fuzz $$target -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; \
 	done
