@@ -28,9 +28,11 @@
 //! ## Refusals are counted, not logged one by one
 //!
 //! A flood of refusals must not become a flood of log lines. Each refusal
-//! is counted by kind ([`Refusal`]) with the address it came from, and a
-//! `refusals` thread logs one line per kind at most every
-//! [`REFUSAL_LOG_INTERVAL_MS`]: how many, and the last address.
+//! — of a limit, of authentication, and of bad input or silence, which a
+//! flood can send as easily — is counted by kind ([`Refusal`]) with the
+//! address it came from, and a `refusals` thread logs one line per kind at
+//! most every [`REFUSAL_LOG_INTERVAL_MS`]: how many, the last address, and
+//! for bad input the last one's error.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
@@ -41,7 +43,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
-use crate::limits::REFUSAL_LOG_INTERVAL_MS;
+use crate::limits::{CLIENT_READ_TIMEOUT_MS, REFUSAL_LOG_INTERVAL_MS};
 use crate::status::ConnectionsReport;
 
 /// The bounds admission enforces (from the command line).
@@ -80,10 +82,15 @@ pub enum Refusal {
     PartialFrameBytes,
     /// `--max-catch-ups` followers were already being caught up.
     CatchUpsBusy,
+    /// A new connection sent nothing within its first-request timeout.
+    Silent,
+    /// A connection sent malformed or unexpected input (a bad frame, a
+    /// reply type as a request, FOLLOWER_HELLO to a follower, ...).
+    BadInput,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 9] = [
+    const ALL: [Refusal; 11] = [
         Refusal::ConnectionsFull,
         Refusal::Evicted,
         Refusal::ShuttingDown,
@@ -93,6 +100,8 @@ impl Refusal {
         Refusal::SlowFrame,
         Refusal::PartialFrameBytes,
         Refusal::CatchUpsBusy,
+        Refusal::Silent,
+        Refusal::BadInput,
     ];
 
     fn index(self) -> usize {
@@ -112,7 +121,7 @@ impl Refusal {
     }
 
     /// One log line for `count` refusals of this kind.
-    fn line(self, count: u64, last: Option<SocketAddr>, limits: &AdmissionLimits) -> String {
+    fn line(self, count: u64, last: Option<Last>, limits: &AdmissionLimits) -> String {
         let what = match self {
             Refusal::ConnectionsFull => format!(
                 "[server] refused {count} connection(s): --max-connections ({}) reached",
@@ -152,9 +161,21 @@ impl Refusal {
                  (--max-catch-ups)",
                 limits.catch_ups_max
             ),
+            Refusal::Silent => format!(
+                "[server] closed {count} connection(s) that sent nothing within \
+                 {CLIENT_READ_TIMEOUT_MS} ms of connecting"
+            ),
+            Refusal::BadInput => {
+                format!("[server] closed {count} connection(s) that sent bad input")
+            }
         };
         match last {
-            Some(peer) => format!("{what} in the last second; the last from {peer}"),
+            Some(Last { peer, why: Some(why) }) => {
+                format!("{what} in the last second; the last from {peer}: {why}")
+            }
+            Some(Last { peer, why: None }) => {
+                format!("{what} in the last second; the last from {peer}")
+            }
             None => format!("{what} in the last second"),
         }
     }
@@ -174,7 +195,14 @@ pub struct Admission {
     /// Bytes held by frames still arriving, over all connections.
     frame_bytes: ByteBudget,
     counts: [AtomicU64; Refusal::ALL.len()],
-    last_peers: Mutex<[Option<SocketAddr>; Refusal::ALL.len()]>,
+    last: Mutex<[Option<Last>; Refusal::ALL.len()]>,
+}
+
+/// The last refusal of a kind: from whom, and why (if more than the kind).
+#[derive(Debug, Clone)]
+struct Last {
+    peer: SocketAddr,
+    why: Option<String>,
 }
 
 impl Admission {
@@ -187,7 +215,7 @@ impl Admission {
             catch_ups: Arc::new(Slots::new(limits.catch_ups_max)),
             frame_bytes: ByteBudget::new(limits.partial_frame_bytes_max),
             counts: Default::default(),
-            last_peers: Mutex::new([None; Refusal::ALL.len()]),
+            last: Mutex::new(Default::default()),
         })
     }
 
@@ -261,8 +289,14 @@ impl Admission {
 
     /// Count one refusal from `peer`; it is logged within a second.
     pub fn count(&self, kind: Refusal, peer: SocketAddr) {
+        self.count_why(kind, peer, None);
+    }
+
+    /// Count one refusal from `peer`, with why; the last one's reason is
+    /// logged with the sum.
+    pub fn count_why(&self, kind: Refusal, peer: SocketAddr, why: Option<String>) {
         self.counts[kind.index()].fetch_add(1, Ordering::Relaxed);
-        self.last_peers.lock()[kind.index()] = Some(peer);
+        self.last.lock()[kind.index()] = Some(Last { peer, why });
     }
 
     /// The log lines for the refusals counted since the last call (one per
@@ -272,7 +306,7 @@ impl Admission {
         for kind in Refusal::ALL {
             let count = self.counts[kind.index()].swap(0, Ordering::Relaxed);
             if count > 0 {
-                let last = self.last_peers.lock()[kind.index()].take();
+                let last = self.last.lock()[kind.index()].take();
                 lines.push(kind.line(count, last, &self.limits));
             }
         }
@@ -461,8 +495,10 @@ mod tests {
             admission.count(Refusal::AuthFailed, peer);
         }
         admission.count(Refusal::SlowFrame, peer);
+        admission.count_why(Refusal::BadInput, peer, Some("unknown message type 0x7f".into()));
         let lines = admission.take_refusal_lines();
-        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[2].ends_with("the last from 127.0.0.1:4242: unknown message type 0x7f"));
         assert!(
             lines[0].contains("refused 1000 connection(s)") && lines[0].contains("127.0.0.1:4242")
         );

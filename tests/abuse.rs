@@ -270,3 +270,18 @@ fn large_partial_frames_are_bounded_by_the_shared_budget() {
     load.check();
     assert!(refusal_lines(&node) <= 20, "refusals logged one by one:\n{}", node.log_text());
 }
+
+#[test]
+fn a_flood_of_bad_input_is_logged_in_a_few_lines() {
+    // Goal: bad input is answered per connection but logged summed, with
+    // the last error, so a flood of garbage cannot flood the log. Method:
+    // 300 connections each send an unknown message type.
+    let dirs = tempfile::tempdir().unwrap();
+    let node = Node::start("node", &dirs.path().join("node"), &["--fsync=never"]);
+    let mut garbage = flood(&node, 300, &[0, 0, 0, 1, 0x7f]);
+    wait_all_closed(&mut garbage, "every garbage connection closed");
+    let line = node.wait_for_log("connection(s) that sent bad input");
+    assert!(line.ends_with("unknown message type 0x7f"), "{line}");
+    assert!(lines_with(&node, "bad input") <= 5, "{}", node.log_text());
+    assert!(lines_with(&node, "unknown message type") <= 5, "{}", node.log_text());
+}

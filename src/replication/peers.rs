@@ -31,6 +31,14 @@
 //! following it. A member in an older term adopts the term and follows the
 //! announcer; every member answers with the term and leader it knows, so an
 //! announcer that is itself out of date learns it and steps down.
+//!
+//! ## Authentication
+//!
+//! Every question goes on a fresh connection; on a node started with
+//! `--auth-file`, [`ask`] first runs the handshake of [`crate::auth`] with
+//! the node's own secret (the replication one, if set), and the member
+//! proves in turn that it knows it: a vote or an announcement from someone
+//! without the secret is never even read.
 
 use std::io::{BufReader, Write};
 

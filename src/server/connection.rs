@@ -51,17 +51,16 @@ const REFUSAL_DRAIN_BYTES_MAX: u64 = 64 * 1024;
 
 /// Serve one connection until the peer closes it or sends something bad.
 /// `ticket` is its place in the server's budgets, given back at the end.
+/// Why it ended is counted, and logged once a second with the others like
+/// it: a flood of bad connections is a few lines, not one each.
 pub fn serve(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>, mut ticket: Ticket) {
-    if let Err(e) = serve_requests(stream, peer, node, &mut ticket) {
-        if let Some(kind) = Refusal::of(&e) {
-            // Counted and logged once a second with the others like it.
-            node.admission.count(kind, peer);
-            return;
-        }
-        match e {
-            Error::Io { .. } => log::debug!("[server] {peer}: {e}"),
-            _ => log::warn!("[server] {peer}: {e}; connection closed"),
-        }
+    match serve_requests(stream, peer, node, &mut ticket) {
+        Ok(()) => {}
+        Err(e @ Error::Io { .. }) => log::debug!("[server] {peer}: {e}"),
+        Err(e) => match Refusal::of(&e) {
+            Some(kind) => node.admission.count(kind, peer),
+            None => node.admission.count_why(Refusal::BadInput, peer, Some(e.to_string())),
+        },
     }
 }
 
@@ -100,9 +99,8 @@ fn serve_requests(
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),
             Err(e) if is_timeout(&e) => {
-                return Err(Error::Unexpected(format!(
-                    "nothing sent for {CLIENT_READ_TIMEOUT_MS} ms after connecting"
-                )))
+                node.admission.count(Refusal::Silent, peer);
+                return Ok(());
             }
             Err(e @ Error::Io { .. }) => return Err(e),
             Err(e) => return Err(refuse(&mut writer, e)),
