@@ -12,6 +12,7 @@
 #   make jepsen-netns   the same for 120 s with each node in a network namespace of its own, faults
 #                   made by the kernel (root only; installs nftables; skipped with a reason elsewhere)
 #   make fuzz       coverage-guided fuzzing of the decoders (nightly + cargo-fuzz; FUZZ_SECONDS=60)
+#   make certs      a throw-away CA and certificates for a local cluster in ./certs (TLS; docs/SECURITY.md)
 #   make bench      the benchmark scenarios of docs/BENCHMARKS.md
 #   make bench-compare   kvstore beside Redis (throughput, late joiner) and etcd (failover time),
 #                   same machine, same run (installs redis-server and etcd-server if missing)
@@ -19,7 +20,7 @@
 CARGO ?= cargo
 PORT ?= 9001
 
-.PHONY: all build test lint demo demo-failover soak model jepsen jepsen-netns fuzz bench bench-compare \
+.PHONY: certs all build test lint demo demo-failover soak model jepsen jepsen-netns fuzz bench bench-compare \
 	examples clean
 
 all: build
@@ -45,6 +46,9 @@ demo-failover: build
 
 examples: build
 	$(CARGO) build --release --examples
+
+certs:
+	$(CARGO) run --release --example make_certs -- certs
 
 bench: examples
 	bash examples/bench.sh

@@ -78,12 +78,13 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use kvstore::auth::Credentials;
 use kvstore::client::Client;
 use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
+use kvstore::dial::Dialer;
 use kvstore::error::Error as KvError;
 use kvstore::limits::VALUE_BYTES_MAX;
 use kvstore::protocol::Message;
+use kvstore::tls::TlsFiles;
 use serde::Serialize;
 
 /// Any fatal error; `Send + Sync` so it can travel back from a worker thread.
@@ -170,6 +171,18 @@ struct Args {
     /// connection authenticates first (docs/SECURITY.md).
     #[arg(long, env = "KVSTORE_AUTH_FILE", value_name = "PATH")]
     auth_file: Option<PathBuf>,
+
+    /// Connect over TLS, trusting the CA in this PEM file.
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) for a node that requires one.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM, mode 0600).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl Args {
@@ -576,13 +589,18 @@ fn run(args: &Args) -> BenchResult<()> {
     // Connect every client up front: a server that is not there is reported
     // once, before any thread starts. (A cluster client finds the leader
     // with its first request.)
-    let credentials = Credentials::client_from_file(args.auth_file.as_deref())?;
+    let tls = TlsFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        ca: args.tls_ca.clone(),
+    };
+    let dialer = Dialer::for_client(args.auth_file.as_deref(), &tls)?;
     let mut clients = Vec::with_capacity(args.connections);
     for id in 0..args.connections {
         let target = match args.port {
             Some(port) => {
                 let address = format!("{}:{port}", args.host);
-                let client = Client::connect_with(address.as_str(), &credentials)
+                let client = Client::connect_with(address.as_str(), &dialer)
                     .map_err(|e| format!("connection {id}: {e}"))?;
                 client.set_timeout(Some(REPLY_TIMEOUT))?;
                 Target::Node(client)
@@ -590,7 +608,7 @@ fn run(args: &Args) -> BenchResult<()> {
             None => {
                 let budget = Duration::from_millis(args.retry_ms);
                 let cluster = ClusterClient::new(&args.cluster, budget)?;
-                Target::Cluster(cluster.with_credentials(credentials.clone()))
+                Target::Cluster(cluster.with_dialer(dialer.clone()))
             }
         };
         clients.push(target);

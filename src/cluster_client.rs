@@ -18,8 +18,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::auth::Credentials;
 use crate::client::Client;
+use crate::dial::Dialer;
 use crate::error::{Error, ErrorCode, Result};
 use crate::protocol::Consistency;
 use crate::replication::parse_peer;
@@ -40,8 +40,8 @@ pub struct ClusterClient {
     leader: Option<(String, Client)>,
     /// The member to try next when no leader is known.
     next: usize,
-    /// What each connection proves itself with (`--auth-file`).
-    credentials: Credentials,
+    /// How each connection is opened (`--auth-file`, `--tls-*`).
+    dialer: Dialer,
 }
 
 impl ClusterClient {
@@ -52,18 +52,12 @@ impl ClusterClient {
         if members.is_empty() {
             return Err(Error::NoLeader("no members given".into()));
         }
-        Ok(ClusterClient {
-            members,
-            budget,
-            leader: None,
-            next: 0,
-            credentials: Credentials::none(),
-        })
+        Ok(ClusterClient { members, budget, leader: None, next: 0, dialer: Dialer::plain() })
     }
 
-    /// Authenticate every connection with `credentials` (`--auth-file`).
-    pub fn with_credentials(mut self, credentials: Credentials) -> ClusterClient {
-        self.credentials = credentials;
+    /// Open every connection through `dialer` (`--auth-file`, `--tls-*`).
+    pub fn with_dialer(mut self, dialer: Dialer) -> ClusterClient {
+        self.dialer = dialer;
         self
     }
 
@@ -181,7 +175,7 @@ impl ClusterClient {
     /// caller forever. A write that times out is indeterminate, like any
     /// other write whose connection failed after it was sent.
     fn connect(&self, address: &str) -> Result<Client> {
-        let client = Client::connect_with(address, &self.credentials)?;
+        let client = Client::connect_with(address, &self.dialer)?;
         client.set_timeout(Some(self.budget.max(Duration::from_millis(1))))?;
         Ok(client)
     }

@@ -19,6 +19,8 @@
 //! | [`error`]       | the one error type and the codes sent on the wire            | —                 |
 //! | [`auth`]        | the shared-secret handshake (HMAC-SHA256, mutual)            | —                 |
 //! | [`admission`]   | the budgets connections draw on; refusals counted, not logged one by one | — |
+//! | [`tls`]         | TLS over blocking sockets (rustls); a connection two threads share | — |
+//! | [`dial`]        | opening a connection: TCP, then TLS, then authentication      | — |
 //! | [`datadir`]     | the data directory's permissions: created private, refused if others may write | — |
 //! | [`protocol`]    | length-prefixed frames and every message's byte layout       | week 2, lesson 3  |
 //! | [`wal`]         | the log file, crash recovery, the LSN index, the term history | week 9, lesson 5 |
@@ -67,6 +69,7 @@ pub mod cluster_client;
 pub mod codec;
 pub mod datadir;
 pub mod db;
+pub mod dial;
 pub mod error;
 pub mod failpoint;
 pub mod fsutil;
@@ -78,6 +81,7 @@ pub mod server;
 pub mod stages;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod wal;
 
 /// A log sequence number: the position of a record in the WAL.

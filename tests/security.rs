@@ -18,6 +18,7 @@ use std::sync::Arc;
 use common::*;
 use kvstore::auth::{self, ClientHandshake, Credentials, Scope, Secret};
 use kvstore::client::Client;
+use kvstore::dial::Dialer;
 use kvstore::error::{Error, ErrorCode};
 use kvstore::protocol::{read_frame, write_message, Message};
 
@@ -134,7 +135,7 @@ fn a_client_with_a_wrong_secret_is_refused_and_learns_nothing() {
 
     // The library client says so plainly.
     let credentials = Credentials::new(Arc::new(wrong), Scope::Client);
-    match Client::connect_with(leader.addr, &credentials) {
+    match Client::connect_with(leader.addr, &Dialer::from(credentials)) {
         Err(Error::Server { code: ErrorCode::AuthFailed, message }) => {
             assert_eq!(message, "authentication failed: wrong proof")
         }
@@ -329,7 +330,7 @@ fn a_client_with_a_secret_refuses_a_node_without_auth() {
     let secret = secret_file(dirs.path(), "secret", SECRET);
     let node = Node::start("plain", &dirs.path().join("plain"), &[]);
     let credentials = Credentials::client_from_file(Some(&secret)).unwrap();
-    match Client::connect_with(node.addr, &credentials) {
+    match Client::connect_with(node.addr, &Dialer::from(credentials)) {
         Err(Error::Server { code: ErrorCode::AuthFailed, message }) => {
             assert!(message.contains("without --auth-file"), "{message}")
         }

@@ -13,6 +13,7 @@
 //! kv_client wal-dump ./node1           one record a line, like pg_waldump
 //! kv_client --cluster 9001,9002,9003 put k v   on whichever member leads
 //! kv_client --auth-file ./kvstore.secret --port 9001 put k v   (or KVSTORE_AUTH_FILE=...)
+//! kv_client --tls-ca ca.pem --tls-cert client.pem --tls-key client.key --port 9001 get k
 //! ```
 //!
 //! Exit codes: 0 success, 1 key not found, 2 any error (unreachable server,
@@ -26,11 +27,12 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use kvstore::auth::Credentials;
 use kvstore::client::Client;
 use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
+use kvstore::dial::Dialer;
 use kvstore::error::Error;
 use kvstore::protocol::Consistency;
+use kvstore::tls::TlsFiles;
 use kvstore::wal::{scan_log, Op, ScanEnd, LOG_FILE_NAME};
 
 /// Values longer than this are shortened in `wal-dump` output.
@@ -58,6 +60,15 @@ struct Args {
     /// the secret too.
     #[arg(long, global = true, env = "KVSTORE_AUTH_FILE", value_name = "PATH")]
     auth_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA in this PEM file.
+    #[arg(long, global = true, value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM), for a node that requires one (mutual TLS).
+    #[arg(long, global = true, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, mode 0600).
+    #[arg(long, global = true, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,8 +123,13 @@ fn main() -> ExitCode {
     if let Command::WalDump { data_dir } = &args.command {
         return wal_dump(data_dir);
     }
-    let credentials = match Credentials::client_from_file(args.auth_file.as_deref()) {
-        Ok(credentials) => credentials,
+    let tls = TlsFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        ca: args.tls_ca.clone(),
+    };
+    let dialer = match Dialer::for_client(args.auth_file.as_deref(), &tls) {
+        Ok(dialer) => dialer,
         Err(e) => {
             eprintln!("kv_client: {e}");
             return ExitCode::from(2);
@@ -121,14 +137,14 @@ fn main() -> ExitCode {
     };
     if !args.cluster.is_empty() {
         let budget = Duration::from_millis(args.retry_ms);
-        return on_cluster(&args.cluster, budget, credentials, args.command);
+        return on_cluster(&args.cluster, budget, dialer, args.command);
     }
     let Some(port) = args.port else {
         eprintln!("kv_client: --port (or --cluster) is required for this command");
         return ExitCode::from(2);
     };
     let address = format!("{}:{port}", args.host);
-    match run(&address, &credentials, args.command) {
+    match run(&address, &dialer, args.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kv_client: {address}: {e}");
@@ -137,8 +153,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(address: &str, credentials: &Credentials, command: Command) -> Result<ExitCode, Error> {
-    let mut client = Client::connect_with(address, credentials)?;
+fn run(address: &str, dialer: &Dialer, command: Command) -> Result<ExitCode, Error> {
+    let mut client = Client::connect_with(address, dialer)?;
     let mut stdout = std::io::stdout().lock();
     let print = |out: &mut std::io::StdoutLock, bytes: &[u8]| {
         let _ = out.write_all(bytes);
@@ -185,13 +201,8 @@ fn run(address: &str, credentials: &Credentials, command: Command) -> Result<Exi
 }
 
 /// `--cluster`: put, get and delete on whichever member leads.
-fn on_cluster(
-    members: &[String],
-    budget: Duration,
-    credentials: Credentials,
-    command: Command,
-) -> ExitCode {
-    let cluster = ClusterClient::new(members, budget).map(|c| c.with_credentials(credentials));
+fn on_cluster(members: &[String], budget: Duration, dialer: Dialer, command: Command) -> ExitCode {
+    let cluster = ClusterClient::new(members, budget).map(|c| c.with_dialer(dialer));
     let result = cluster.and_then(|mut cluster| {
         let line = match &command {
             Command::Put { key, value } => {

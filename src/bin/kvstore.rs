@@ -27,6 +27,7 @@ use kvstore::replication::election::{ElectionConfig, Failover, Timing};
 use kvstore::replication::hub::WriteConcern;
 use kvstore::replication::parse_peer;
 use kvstore::server::{self, Config, Role};
+use kvstore::tls::TlsFiles;
 
 /// mimalloc instead of the system allocator: every request and every
 /// replicated record allocates its key and value, and under load glibc's
@@ -100,6 +101,18 @@ struct Args {
     /// cannot pose as a follower.
     #[arg(long, value_name = "PATH", requires = "auth_file")]
     replication_auth_file: Option<PathBuf>,
+    /// Serve TLS with this certificate (PEM; the chain, leaf first); with
+    /// --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, mode 0600).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signed every member's and client's certificate:
+    /// clients must present one (mutual TLS), and this node dials its
+    /// leader and the other members over TLS, checking theirs.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// The address other members reach this node on (port, or host:port),
     /// if not the one it binds: behind NAT, a container or a proxy.
     #[arg(long)]
@@ -261,6 +274,13 @@ fn config(args: Args) -> Result<Config, String> {
         return Err("--max-connections must be at least 1".into());
     }
     let limits = admission_limits(&args)?;
+    let tls = TlsFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        ca: args.tls_ca.clone(),
+    };
+    let tls_server = tls.server_config().map_err(|e| e.to_string())?;
+    let tls_client = tls.client_config().map_err(|e| e.to_string())?;
     let auth = match &args.auth_file {
         Some(path) => Some(ServerKeys::new(
             load_secret(path)?,
@@ -298,6 +318,8 @@ fn config(args: Args) -> Result<Config, String> {
         write_timeout: Duration::from_millis(args.write_timeout_ms),
         limits,
         auth,
+        tls_server,
+        tls_client,
         advertise,
         election: ElectionConfig {
             failover: args.failover.map(|f| match f {

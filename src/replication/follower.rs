@@ -52,6 +52,7 @@ use crate::replication::log_match::{self, Verdict};
 use crate::replication::replica::Replica;
 use crate::replication::RateLimitedLine;
 use crate::status::LeaderLink;
+use crate::tls::Conn;
 use crate::wal::Record;
 use crate::Lsn;
 
@@ -165,17 +166,12 @@ fn run(db: &Db, replica: &Replica, link: &FollowerLink) {
 /// One connection to the leader, from HELLO until it breaks.
 fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
     let leader = link.leader();
-    let timeout = Duration::from_millis(REPLICATION_TIMEOUT_MS);
-    let mut stream = TcpStream::connect_timeout(&leader, timeout)
-        .map_err(|e| Error::io(format!("connecting to {leader}"), e))?;
+    // With --tls-ca the link is encrypted, and with --auth-file both sides
+    // prove they know the secret, before the follower says anything about
+    // its log. The socket keeps the dial's timeouts: silence is failure.
+    let stream = replica.dialer().dial(leader, Duration::from_millis(REPLICATION_TIMEOUT_MS))?;
     let setup = |e| Error::io("configuring replication socket", e);
-    stream.set_nodelay(true).map_err(setup)?;
-    stream.set_read_timeout(Some(timeout)).map_err(setup)?;
-    stream.set_write_timeout(Some(timeout)).map_err(setup)?;
-    // With --auth-file, both sides prove they know the secret before the
-    // follower says anything about its log.
-    replica.credentials().authenticate(&mut stream, &leader.to_string())?;
-    *link.socket.lock() = Some(stream.try_clone().map_err(setup)?);
+    *link.socket.lock() = Some(stream.socket().try_clone().map_err(setup)?);
     if link.is_stopped() {
         return Ok(());
     }
@@ -400,7 +396,7 @@ impl Follower<'_> {
 
 /// The read side of the link, with room for one message read ahead.
 struct Inbox {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Conn>,
     pending: Option<AppendEntries>,
 }
 
@@ -519,7 +515,7 @@ fn check_leader(db: &Db, replica: &Replica, message: &Message, leader: SocketAdd
     replica.set_members(members.clone())
 }
 
-fn send(writer: &mut TcpStream, message: &Message) -> Result<()> {
+fn send(writer: &mut Conn, message: &Message) -> Result<()> {
     let mut out = Vec::with_capacity(64);
     message.encode_frame(&mut out);
     writer.write_all(&out).map_err(|e| Error::io(format!("sending {}", message.name()), e))

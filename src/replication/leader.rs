@@ -51,7 +51,7 @@
 //! tells the follower with an ERROR (code 12), after which it refuses reads.
 
 use std::io::{BufReader, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,6 +74,7 @@ use crate::replication::log_match::{self, Refusal};
 use crate::replication::replica::{Replica, RoleView};
 use crate::replication::RateLimitedLine;
 use crate::stages::Stage;
+use crate::tls::Conn;
 use crate::{Lsn, Term};
 
 /// What a follower said in its FOLLOWER_HELLO.
@@ -99,7 +100,7 @@ pub struct Hello {
 /// 5. Send everything after it from the WAL (catch-up), then stream new
 ///    batches, with heartbeats when idle, until the link breaks.
 pub fn serve_follower(
-    mut stream: TcpStream,
+    mut stream: Conn,
     peer: SocketAddr,
     hello: Hello,
     replica: &Replica,
@@ -154,11 +155,12 @@ pub fn serve_follower(
     }
 
     // 2. Subscribe before reading the WAL, so no batch falls in between.
-    let session = hub.attach(address, hello.term, stream.try_clone().ok());
+    let session = hub.attach(address, hello.term, stream.socket().try_clone().ok());
     let batches = db.subscribe();
     let target = db.last_lsn();
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
+    let timeout = Some(Duration::from_millis(REPLICATION_TIMEOUT_MS));
+    let _ = stream.socket().set_write_timeout(timeout);
+    let _ = stream.socket().set_read_timeout(timeout);
     let link = Link { address, db, hub: &hub, replica, session, term };
     let outcome = link.run(stream, (cluster_id, &hello, target), &batches, catch_up_slot);
     if hub.is_current(session) {
@@ -183,7 +185,7 @@ struct Link<'a> {
 impl Link<'_> {
     fn run(
         &self,
-        mut stream: TcpStream,
+        mut stream: Conn,
         (cluster_id, hello, target): (ClusterId, &Hello, Lsn),
         batches: &Receiver<Batch>,
         catch_up_slot: Permit,
@@ -242,12 +244,7 @@ impl Link<'_> {
 
     /// Step 4: find the last LSN both logs share. Each probe is an empty
     /// AppendEntries; the follower ACKs it or refuses with a hint.
-    fn probe(
-        &self,
-        stream: &mut TcpStream,
-        reader: &mut BufReader<TcpStream>,
-        hello: &Hello,
-    ) -> Result<Lsn> {
+    fn probe(&self, stream: &mut Conn, reader: &mut BufReader<Conn>, hello: &Hello) -> Result<Lsn> {
         let history = self.db.term_history();
         let mut prev = log_match::first_probe(&history, hello.last_lsn, hello.last_term);
         for _ in 0..PROBE_ROUNDS_MAX {
@@ -315,7 +312,7 @@ impl Link<'_> {
     /// closes the link if the follower is silent for [`REPLICATION_TIMEOUT_MS`].
     fn spawn_ack_reader(
         &self,
-        mut reader: BufReader<TcpStream>,
+        mut reader: BufReader<Conn>,
         sent_through: &Arc<AtomicU64>,
         closed: &Arc<AtomicBool>,
     ) -> Result<()> {
@@ -346,7 +343,7 @@ impl Link<'_> {
 }
 
 /// Read one reply during the probe, turning silence and EOF into errors.
-fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Message> {
+fn read_reply(reader: &mut BufReader<Conn>) -> Result<Message> {
     match read_frame(reader, FOLLOWER_FRAME_BYTES_MAX) {
         Ok(Some(frame)) => Message::decode(&frame),
         Ok(None) => Err(Error::Link("connection closed during the probe".into())),
@@ -372,7 +369,7 @@ struct AckReader {
 
 impl AckReader {
     /// Read ACKs until the link fails; return why it ended.
-    fn read(&self, reader: &mut BufReader<TcpStream>, replica: &Replica) -> String {
+    fn read(&self, reader: &mut BufReader<Conn>, replica: &Replica) -> String {
         let mut measured = self.measured_from;
         loop {
             let frame = match read_frame(reader, FOLLOWER_FRAME_BYTES_MAX) {
@@ -433,7 +430,7 @@ impl AckReader {
 
 /// One follower's sender: the socket and the cursor `next_lsn`.
 struct Sender<'a> {
-    stream: TcpStream,
+    stream: Conn,
     address: SocketAddr,
     db: &'a Db,
     hub: &'a Hub,
@@ -450,7 +447,7 @@ struct Sender<'a> {
 
 impl<'a> Sender<'a> {
     fn new(
-        stream: TcpStream,
+        stream: Conn,
         (address, db, hub): (SocketAddr, &'a Db, &'a Hub),
         (session, term): (Session, Term),
         next_lsn: Lsn,
@@ -664,7 +661,7 @@ mod tests {
     use super::*;
     use crate::db::FsyncPolicy;
     use crate::wal::{Op, Record};
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
 
     /// A sender wired to a real socket, over a log of `count` records.
     fn setup(count: u64) -> (tempfile::TempDir, Arc<Db>, Arc<Hub>, TcpStream, TcpStream) {
@@ -699,6 +696,7 @@ mod tests {
         let address = stream.peer_addr().unwrap();
         let session = hub.attach(address, 1, None);
         let sent = Arc::new(AtomicU64::new(next_lsn - 1));
+        let stream = Conn::plain(stream);
         let mut sender = Sender::new(stream, (address, db, hub), (session, 1), next_lsn, sent);
         sender.send_batches(ready).unwrap();
     }

@@ -33,9 +33,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::auth::Credentials;
 use crate::cluster::ClusterId;
 use crate::db::{Db, QueuedWrite};
+use crate::dial::Dialer;
 use crate::error::{Error, Result};
 use crate::limits::ANNOUNCE_INTERVAL_MS;
 use crate::protocol::{Consistency, Message};
@@ -103,9 +103,9 @@ pub struct Replica {
     last_change: Mutex<Option<(Instant, String)>>,
     /// When each member last showed it is reachable.
     contacts: Mutex<HashMap<SocketAddr, Instant>>,
-    /// What this node proves itself with when it dials its leader or asks
-    /// another member something (`--auth-file`; none without it).
-    credentials: Credentials,
+    /// How this node dials its leader or asks another member something:
+    /// TLS with `--tls-ca`, the handshake with `--auth-file`.
+    dialer: Dialer,
 }
 
 impl Replica {
@@ -116,7 +116,7 @@ impl Replica {
         address: SocketAddr,
         startup: Startup,
         election: ElectionConfig,
-        credentials: Credentials,
+        dialer: Dialer,
     ) -> Result<Arc<Replica>> {
         let mut stored = NodeState::load(db.data_dir())?;
         // A node is never in a term older than a record it holds (a log
@@ -139,7 +139,7 @@ impl Replica {
             campaigning: Mutex::new(()),
             last_change: Mutex::new(None),
             contacts: Mutex::new(HashMap::new()),
-            credentials,
+            dialer,
         });
         let deposed_leader = stored.role == Some(StoredRole::Follower)
             && stored.leader.as_deref().is_some_and(|l| !replica.is_me(l));
@@ -322,9 +322,9 @@ impl Replica {
         self.address
     }
 
-    /// What this node proves itself with when it dials another member.
-    pub fn credentials(&self) -> &Credentials {
-        &self.credentials
+    /// How this node dials another member.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     pub fn view(&self) -> RoleView {
@@ -560,7 +560,7 @@ impl Replica {
 
         // Round 1: where does every reachable member's log end?
         let answers =
-            peers::query_positions(&self.credentials, &others, self.db.cluster_id(), ours, &me);
+            peers::query_positions(&self.dialer, &others, self.db.cluster_id(), ours, &me);
         self.heard_from_all(&answers);
         if let Some((member, newer)) = newer_term(&answers, term) {
             self.observe_term(newer, None, &format!("member {member}"))?;
@@ -608,7 +608,7 @@ impl Replica {
             new_term
         };
         let votes = peers::request_votes(
-            &self.credentials,
+            &self.dialer,
             others,
             self.db.cluster_id(),
             new_term,
@@ -723,7 +723,7 @@ impl Replica {
             )));
         }
         let request = Message::TimeoutNow { cluster_id: self.db.cluster_id(), term };
-        match peers::ask(&self.credentials, &target.to_string(), &request)? {
+        match peers::ask(&self.dialer, &target.to_string(), &request)? {
             Message::Done { .. } => {}
             other => {
                 return Err(Error::Refused(format!("{target} answered {}", other.name())));
@@ -984,7 +984,7 @@ impl Replica {
         );
         // Rule 2: would a majority vote for us? Nothing changes anywhere.
         let answers = peers::pre_votes(
-            &self.credentials,
+            &self.dialer,
             &others,
             self.db.cluster_id(),
             next,

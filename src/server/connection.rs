@@ -37,6 +37,7 @@ use crate::server::inbound::Inbound;
 use crate::server::{fsync_name, Node};
 use crate::stages::Stage;
 use crate::status::{LeaderLink, MemberContact, StatusReport};
+use crate::tls::Conn;
 use crate::wal::Op;
 
 /// Bytes buffered for reading and writing on a client connection (64 KiB).
@@ -73,6 +74,10 @@ fn serve_requests(
     let accepted = Instant::now();
     let setup = |e| Error::io("configuring client socket", e);
     stream.set_nodelay(true).map_err(setup)?;
+    let stream = match &node.tls {
+        Some(config) => accept_tls(stream, config)?,
+        None => Conn::plain(stream),
+    };
     let budget = node.admission.frame_bytes();
     let frame_timeout = node.admission.limits.frame_timeout;
     let reader = stream.try_clone().map_err(setup)?;
@@ -155,7 +160,7 @@ fn serve_requests(
 /// else about this node, and ends the connection.
 fn authenticate(
     inbound: &mut Inbound<'_>,
-    writer: &mut BufWriter<TcpStream>,
+    writer: &mut BufWriter<Conn>,
     keys: &ServerKeys,
     until: Instant,
 ) -> Result<Scope> {
@@ -181,15 +186,28 @@ fn authenticate(
     Ok(scope)
 }
 
+/// The TLS handshake (`--tls-cert`), within the time the auth handshake
+/// gets; a failure ends the connection (counted as bad input).
+fn accept_tls(stream: TcpStream, config: &Arc<rustls::ServerConfig>) -> Result<Conn> {
+    let setup = |e| Error::io("configuring client socket", e);
+    let timeout = Some(Duration::from_millis(AUTH_TIMEOUT_MS));
+    stream.set_read_timeout(timeout).map_err(setup)?;
+    stream.set_write_timeout(timeout).map_err(setup)?;
+    let conn = Conn::accept(stream, config)?;
+    conn.socket().set_read_timeout(None).map_err(setup)?;
+    conn.socket().set_write_timeout(None).map_err(setup)?;
+    Ok(conn)
+}
+
 /// Send an ERROR for `err` (best effort) and return it, to close the
 /// connection. Closing a socket with unread bytes (the rest of a pipeline)
 /// sends a reset, which can destroy the ERROR before the peer reads it; so
 /// stop writing, then read and drop what the peer sent for a moment
 /// (bounded in time and bytes) before the caller closes.
-fn refuse(writer: &mut BufWriter<TcpStream>, err: Error) -> Error {
+fn refuse(writer: &mut BufWriter<Conn>, err: Error) -> Error {
     let _ = write_message(writer, &Message::error(&err));
     let _ = writer.flush();
-    let socket = writer.get_ref();
+    let socket = writer.get_ref().socket();
     let _ = socket.shutdown(std::net::Shutdown::Write);
     let _ = socket.set_read_timeout(Some(Duration::from_millis(REFUSAL_LINGER_MS)));
     let _ = std::io::copy(&mut socket.take(REFUSAL_DRAIN_BYTES_MAX), &mut std::io::sink());
@@ -200,7 +218,7 @@ fn refuse(writer: &mut BufWriter<TcpStream>, err: Error) -> Error {
 /// belongs to replication. A follower refuses it (naming its leader), after
 /// taking note of a newer term.
 fn hand_over_to_replication(
-    mut writer: BufWriter<TcpStream>,
+    mut writer: BufWriter<Conn>,
     peer: SocketAddr,
     node: &Arc<Node>,
     hello: Hello,

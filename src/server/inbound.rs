@@ -31,17 +31,17 @@
 //! frames is a clean close (`Ok(None)`).
 
 use std::io::{BufRead, BufReader, ErrorKind, Read};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::admission::ByteBudget;
 use crate::error::{Error, Result};
 use crate::limits::PARTIAL_FRAME_STEP_BYTES;
 use crate::protocol::frame::FRAME_HEADER_BYTES;
+use crate::tls::Conn;
 
 /// The read side of one incoming connection.
 pub struct Inbound<'a> {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Conn>,
     /// The read timeout now set on the socket, to skip redundant calls.
     timeout_set: Option<Duration>,
     frame_timeout: Duration,
@@ -63,7 +63,7 @@ impl Drop for Charge<'_> {
 
 impl<'a> Inbound<'a> {
     pub fn new(
-        stream: TcpStream,
+        stream: Conn,
         buffer_bytes: usize,
         frame_timeout: Duration,
         budget: &'a ByteBudget,
@@ -205,14 +205,14 @@ fn remaining(until: Instant) -> Result<Duration> {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
 
-    /// (server side wrapped later, client side).
-    fn pair() -> (TcpStream, TcpStream) {
+    /// (the server's side, the client's side).
+    fn pair() -> (Conn, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        (server, client)
+        (Conn::plain(server), client)
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::time::Duration;
 use crate::admission::{Admission, AdmissionLimits, Refusal};
 use crate::auth::{Credentials, ServerKeys};
 use crate::db::{Db, FsyncPolicy};
+use crate::dial::Dialer;
 use crate::error::{Error, Result};
 use crate::limits::CONNECTION_STACK_BYTES;
 use crate::protocol::{write_message, Message};
@@ -52,6 +53,10 @@ pub struct Config {
     /// `--auth-file` (and `--replication-auth-file`): the secrets every
     /// connection must prove it knows. `None`: no authentication.
     pub auth: Option<ServerKeys>,
+    /// `--tls-cert`/`--tls-key` (and `--tls-ca`): serve TLS. `None`: plain.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// `--tls-ca` (and the node's certificate): dial members over TLS.
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
     /// The address other members reach this node on, if not the bound one
     /// (behind NAT, a container, or a proxy).
     pub advertise: Option<SocketAddr>,
@@ -89,6 +94,8 @@ pub struct Node {
     pub auth: Option<ServerKeys>,
     /// The budgets connections draw on, and the refusal counters.
     pub admission: Arc<Admission>,
+    /// Serve TLS with this (`None`: plain TCP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Run a kvstore node until the process is killed.
@@ -153,11 +160,20 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
     if identity != address {
         log::info!("[server] members reach this node at {identity} (--advertise)");
     }
-    let credentials = config.auth.as_ref().map_or_else(Credentials::none, |keys| {
-        // What this node proves itself with when it dials another member.
-        keys.member_credentials()
-    });
-    let replica = Replica::start(Arc::clone(&db), identity, startup, config.election, credentials)?;
+    if config.tls_server.is_some() {
+        let clients = if config.tls_client.is_some() {
+            "client certificates signed by --tls-ca required (mutual TLS)"
+        } else {
+            "no client certificates asked for"
+        };
+        log::info!("[tls] serving TLS with --tls-cert; {clients}");
+    }
+    // How this node dials other members: TLS with --tls-ca, and the
+    // handshake with its own secret.
+    let credentials =
+        config.auth.as_ref().map_or_else(Credentials::none, |keys| keys.member_credentials());
+    let dialer = Dialer::new(credentials, config.tls_client.clone());
+    let replica = Replica::start(Arc::clone(&db), identity, startup, config.election, dialer)?;
     let members = replica.members();
     let term = replica.term();
     match replica.view() {
@@ -192,6 +208,7 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
         shutdown: shutdown::Shutdown::default(),
         auth: config.auth.clone(),
         admission: Admission::new(config.limits),
+        tls: config.tls_server.clone(),
     };
     Ok((Arc::new(node), listener))
 }
@@ -225,15 +242,19 @@ fn accept_loop(listener: &TcpListener, node: &Arc<Node>) {
             let leader = node.replica.leader_address().filter(|_| node.auth.is_none());
             node.admission.count(Refusal::ShuttingDown, peer);
             let why = Error::ShuttingDown { leader };
-            std::thread::spawn(move || refuse_connection(stream, why));
+            if node.tls.is_none() {
+                std::thread::spawn(move || refuse_connection(stream, why));
+            }
             continue;
         }
         let ticket = match node.admission.admit(&stream, peer) {
             Ok(ticket) => ticket,
-            Err(e) => {
+            // With TLS, an ERROR would need a handshake first: just close.
+            Err(e) if node.tls.is_none() => {
                 refuse_connection(stream, e);
                 continue;
             }
+            Err(_) => continue,
         };
         next_id += 1;
         let node = Arc::clone(node);

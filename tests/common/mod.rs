@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this file
 
+pub mod certs;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -15,10 +16,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvstore::auth::Credentials;
 use kvstore::client::Client;
+use kvstore::dial::Dialer;
 use kvstore::protocol::Message;
 use kvstore::status::StatusReport;
+use kvstore::tls::TlsFiles;
 use kvstore::Lsn;
 use parking_lot::Mutex;
 use tempfile::TempDir;
@@ -237,19 +239,26 @@ impl Node {
         self.addr.port()
     }
 
-    /// A client of this node; with the node's own `--auth-file`, if it
-    /// was started with one.
+    /// A client of this node; with the node's own `--auth-file` and TLS
+    /// files, if it was started with them.
     pub fn client(&self) -> Client {
-        let credentials = self.credentials();
+        let dialer = self.dialer();
         eventually(&format!("{} accepts connections", self.name), DEADLINE, || {
-            Client::connect_with(self.addr, &credentials).ok()
+            Client::connect_with(self.addr, &dialer).ok()
         })
     }
 
-    /// The client credentials of the node's `--auth-file=PATH`, if any.
-    pub fn credentials(&self) -> Credentials {
-        let path = self.args.iter().find_map(|a| a.strip_prefix("--auth-file="));
-        Credentials::client_from_file(path.map(Path::new)).expect("the node's auth file")
+    /// How a client dials this node: its `--auth-file=PATH`, and its
+    /// `--tls-ca=`, `--tls-cert=` and `--tls-key=` (its own certificate
+    /// serves as a client certificate), if any.
+    pub fn dialer(&self) -> Dialer {
+        let flag = |name: &str| {
+            let prefix = format!("--{name}=");
+            self.args.iter().find_map(|a| a.strip_prefix(prefix.as_str()).map(PathBuf::from))
+        };
+        let tls = TlsFiles { cert: flag("tls-cert"), key: flag("tls-key"), ca: flag("tls-ca") };
+        Dialer::for_client(flag("auth-file").as_deref(), &tls)
+            .expect("the node's auth and TLS files")
     }
 
     pub fn status(&self) -> StatusReport {
