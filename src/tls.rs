@@ -307,19 +307,28 @@ impl Session {
     }
 
     /// Encrypt `plaintext` (if any) and write every record the session has
-    /// to send, in order.
+    /// to send, in order. The session takes a bounded amount of plaintext
+    /// at a time (rustls buffers at most 64 KiB of records), so a large
+    /// frame goes out in rounds: encrypt what it takes, send, repeat.
     fn send_records(&self, socket: &TcpStream, plaintext: Option<&[u8]>) -> io::Result<()> {
         let _order = self.write_order.lock();
-        let mut records = Vec::new();
-        {
-            let mut conn = self.conn.lock();
-            if let Some(plaintext) = plaintext {
-                conn.writer().write_all(plaintext)?;
+        let mut rest = plaintext.unwrap_or_default();
+        loop {
+            let mut records = Vec::new();
+            {
+                let mut conn = self.conn.lock();
+                if !rest.is_empty() {
+                    let taken = conn.writer().write(rest)?;
+                    rest = &rest[taken..];
+                }
+                while conn.wants_write() {
+                    conn.write_tls(&mut records)?;
+                }
             }
-            while conn.wants_write() {
-                conn.write_tls(&mut records)?;
+            (&*socket).write_all(&records)?;
+            if rest.is_empty() {
+                return Ok(());
             }
         }
-        (&*socket).write_all(&records)
     }
 }

@@ -56,13 +56,19 @@ fn a_three_node_cluster_over_mutual_tls_replicates_and_catches_up() {
 
     let mut client = leader.client();
     write_keys(&mut client, 0, 100);
+    // A 4 MiB value: frames much larger than a TLS record, both ways.
+    let big = vec![7u8; 4 << 20];
+    client.put(b"big", &big).unwrap();
+    assert_eq!(client.get(b"big").unwrap().as_deref(), Some(&big[..]));
     wait_converged(&[&leader, &f2, &f3]);
     f2.kill();
     write_keys(&mut client, 100, 100);
+    client.put(b"big2", &big).unwrap();
     f2.restart();
     let (lsn, _) = wait_converged(&[&leader, &f2, &f3]);
     assert!(lsn >= 200);
-    f2.wait_for_log("[catch-up] received 100 records, caught up");
+    f2.wait_for_log("[catch-up] received 101 records, caught up");
+    assert_eq!(f2.client().get(b"big2").unwrap().as_deref(), Some(&big[..]));
     wait_for_value(&f2, "key150", Some("value150"));
 }
 
