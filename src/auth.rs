@@ -60,8 +60,9 @@
 //! It authenticates the start of a connection; it does not encrypt or sign
 //! what follows. Someone who can read the traffic sees the keys and values,
 //! and someone who can rewrite it (an attacker on the path) can take over a
-//! connection after its handshake. Against them, run the nodes on a private
-//! network or behind TLS (`docs/SECURITY.md`). A secret short enough to
+//! connection after its handshake. Against them, add TLS ([`crate::tls`],
+//! `--tls-cert`, `--tls-key`, `--tls-ca`): the handshake then runs inside
+//! the TLS session, unchanged. A secret short enough to
 //! guess can be found offline from one captured handshake, so a secret must
 //! have at least [`AUTH_SECRET_BYTES_MIN`] bytes: make one with
 //! `head -c 32 /dev/urandom | base64 > kvstore.secret`.

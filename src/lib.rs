@@ -40,8 +40,9 @@
 //! ## Map of the threads in a running `kvstore`
 //!
 //! - `main`: parses arguments, opens the data directory, runs the accept loop.
-//! - `conn-N`: one per client connection; authenticates it (with
-//!   `--auth-file`), then reads a request, answers it, repeats.
+//! - `conn-N`: one per client connection; runs the TLS handshake (with
+//!   `--tls-cert`) and authenticates it (with `--auth-file`), then reads a
+//!   request, answers it, repeats.
 //!   On a leader, a connection whose first message is FOLLOWER_HELLO becomes
 //!   that follower's **sender** (it streams AppendEntries), and spawns an
 //!   **ack reader** that records the follower's APPEND_ENTRIES_ACKs.
