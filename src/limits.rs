@@ -131,6 +131,12 @@ pub const PARTIAL_FRAME_STEP_BYTES: usize = 64 * 1024;
 /// together after a restart; one more is refused (ERROR 18) and redials.
 pub const CATCH_UPS_MAX_DEFAULT: usize = 8;
 
+/// Most threads telling refused connections why at once (16): each sends
+/// one ERROR and lingers at most 100 ms so the reply is not lost; beyond
+/// this, a refused connection is closed without a word, so that a flood
+/// of connections over `--max-connections` never slows the accept loop.
+pub const REFUSING_THREADS_MAX: usize = 16;
+
 /// How often the refusals of the limits above (and of authentication) are
 /// logged: one line per kind per interval, with the count, never a line per
 /// attempt, so a flood cannot fill the disk with logs.

@@ -23,6 +23,7 @@ pub mod shutdown;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ use crate::auth::{Credentials, ServerKeys};
 use crate::db::{Db, FsyncPolicy};
 use crate::dial::Dialer;
 use crate::error::{Error, Result};
-use crate::limits::CONNECTION_STACK_BYTES;
+use crate::limits::{CONNECTION_STACK_BYTES, REFUSING_THREADS_MAX};
 use crate::protocol::{write_message, Message};
 use crate::replication::election::ElectionConfig;
 use crate::replication::hub::WriteConcern;
@@ -241,20 +242,15 @@ fn accept_loop(listener: &TcpListener, node: &Arc<Node>) {
             // with auth names nobody to a connection that proved nothing).
             let leader = node.replica.leader_address().filter(|_| node.auth.is_none());
             node.admission.count(Refusal::ShuttingDown, peer);
-            let why = Error::ShuttingDown { leader };
-            if node.tls.is_none() {
-                std::thread::spawn(move || refuse_connection(stream, why));
-            }
+            refuse_connection(node, stream, Error::ShuttingDown { leader });
             continue;
         }
         let ticket = match node.admission.admit(&stream, peer) {
             Ok(ticket) => ticket,
-            // With TLS, an ERROR would need a handshake first: just close.
-            Err(e) if node.tls.is_none() => {
-                refuse_connection(stream, e);
+            Err(e) => {
+                refuse_connection(node, stream, e);
                 continue;
             }
-            Err(_) => continue,
         };
         next_id += 1;
         let node = Arc::clone(node);
@@ -269,12 +265,34 @@ fn accept_loop(listener: &TcpListener, node: &Arc<Node>) {
 }
 
 /// A connection we do not serve (one too many, or the node is stopping):
-/// tell the client why, then close without losing the reply. Closing a
-/// socket with unread bytes (the client's first request) sends a reset,
-/// which can destroy the reply before the client reads it; so stop
-/// writing, read until the client closes (briefly), then close. The
-/// refusal was counted by the caller, and is logged with the others.
-fn refuse_connection(mut stream: TcpStream, err: Error) {
+/// tell the client why on a short-lived thread of its own, so that the
+/// accept loop never waits. At most [`REFUSING_THREADS_MAX`] such threads
+/// run at once; beyond them, and on a TLS node (where the ERROR would need
+/// a handshake first), the connection is just closed. The refusal was
+/// counted by the caller, and is logged with the others.
+fn refuse_connection(node: &Node, stream: TcpStream, err: Error) {
+    static REFUSING: AtomicUsize = AtomicUsize::new(0);
+    if node.tls.is_some() {
+        return; // dropping the stream closes it
+    }
+    if REFUSING.fetch_add(1, Ordering::AcqRel) >= REFUSING_THREADS_MAX {
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("refuse".into()).spawn(move || {
+        send_refusal(stream, err);
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+    });
+    if spawned.is_err() {
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Send one ERROR and close without losing it. Closing a socket with
+/// unread bytes (the client's first request) sends a reset, which can
+/// destroy the reply before the client reads it; so stop writing, read
+/// until the client closes (briefly), then close.
+fn send_refusal(mut stream: TcpStream, err: Error) {
     let linger = Some(Duration::from_millis(100));
     let _ = stream.set_write_timeout(linger);
     let _ = write_message(&mut stream, &Message::error(&err));
