@@ -181,3 +181,19 @@ fn an_election_works_over_mutual_tls() {
     let others: Vec<&Node> = alive.iter().map(|i| &nodes[*i]).collect();
     wait_converged(&others);
 }
+
+#[test]
+fn a_node_without_a_ca_serves_tls_without_asking_for_client_certificates() {
+    // Goal: --tls-cert and --tls-key alone encrypt; any client that trusts
+    // the node's CA connects, without a certificate of its own.
+    let dirs = tempfile::tempdir().unwrap();
+    make_certs(dirs.path(), "ca", &["node1"]);
+    let flags = tls_flags(dirs.path(), "node1");
+    let node = Node::start("node", &dirs.path().join("n1"), &args(&[], &flags[..2]));
+    node.wait_for_log("[tls] serving TLS with --tls-cert; no client certificates asked for");
+    let files = TlsFiles { cert: None, key: None, ca: Some(dirs.path().join("ca.pem")) };
+    let mut client = Client::connect_with(node.addr, &Dialer::for_client(None, &files).unwrap())
+        .expect("a TLS client without a certificate");
+    client.put(b"k", b"v").unwrap();
+    assert_eq!(client.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+}

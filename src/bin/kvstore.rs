@@ -280,7 +280,12 @@ fn config(args: Args) -> Result<Config, String> {
         ca: args.tls_ca.clone(),
     };
     let tls_server = tls.server_config().map_err(|e| e.to_string())?;
-    let tls_client = tls.client_config().map_err(|e| e.to_string())?;
+    // Without --tls-ca, the node serves TLS but asks for no client
+    // certificate, and has no CA to check other members with.
+    let tls_client = match &args.tls_ca {
+        Some(_) => tls.client_config().map_err(|e| e.to_string())?,
+        None => None,
+    };
     let auth = match &args.auth_file {
         Some(path) => Some(ServerKeys::new(
             load_secret(path)?,
