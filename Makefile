@@ -12,6 +12,7 @@
 #   make jepsen-netns   the same for 120 s with each node in a network namespace of its own, faults
 #                   made by the kernel (root only; installs nftables; skipped with a reason elsewhere)
 #   make fuzz       coverage-guided fuzzing of the decoders (nightly + cargo-fuzz; FUZZ_SECONDS=60)
+#   make certs      a throw-away CA and certificates for a local cluster in ./certs (TLS; docs/SECURITY.md)
 #   make bench      the benchmark scenarios of docs/BENCHMARKS.md
 #   make bench-compare   kvstore beside Redis (throughput, late joiner; single node in both
 #                   client modes, with and without pipelining) and etcd (durable writes,
@@ -21,7 +22,7 @@
 CARGO ?= cargo
 PORT ?= 9001
 
-.PHONY: all build test lint demo demo-failover soak model jepsen jepsen-netns fuzz bench bench-compare \
+.PHONY: certs all build test lint demo demo-failover soak model jepsen jepsen-netns fuzz bench bench-compare \
 	examples clean
 
 all: build
@@ -48,6 +49,9 @@ demo-failover: build
 examples: build
 	$(CARGO) build --release --examples
 
+certs:
+	$(CARGO) run --release --example make_certs -- certs
+
 bench: examples
 	bash examples/bench.sh
 
@@ -58,7 +62,7 @@ FUZZ_SECONDS ?= 60
 
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	for target in frame message wal_recovery; do \
+	for target in frame message handshake wal_recovery; do \
 		$(CARGO) +nightly fuzz run --fuzz-dir tests/fuzz $$target -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; \
 	done

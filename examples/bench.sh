@@ -7,7 +7,7 @@
 # be free. Needs `make` and `cargo build --release --examples` first (the
 # Makefile target does both).
 #
-#   SCENARIOS="1 2 3 4 5 6 7" which scenarios to run (default: all)
+#   SCENARIOS="1 2 3 4 5 6 7 8" which scenarios to run (default: all)
 #   RUNS=3                    runs per figure
 #   FAILOVER_RUNS=20          scenario 7: leaders SIGKILLed
 #   HANDOVER_RUNS=10          scenario 7: SIGTERMs and transfers of leadership
@@ -15,7 +15,7 @@ set -euo pipefail
 
 RUNS=${RUNS:-3}
 BASE=${BASE_PORT:-9500}
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7"}
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7 8"}
 BIN=${BIN:-./build}
 EX=${EX:-./target/release/examples}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-bench.XXXXXX")
@@ -63,6 +63,16 @@ now_ns() { date +%s%N; }
 # kvbench ARGS...: run kv_bench and print its ops/s.
 kvbench() {
     "$EX/kv_bench" --quiet "$@" | awk '{for (i = 2; i <= NF; i++) if ($i == "ops/s") print $(i - 1)}'
+}
+
+# kvbench_p99 ARGS...: run kv_bench and print "OPS P99_US" (p99 in microseconds).
+kvbench_p99() {
+    "$EX/kv_bench" --quiet "$@" | awk '{
+        for (i = 2; i <= NF; i++) if ($i == "ops/s") ops = $(i - 1)
+        for (i = 1; i < NF; i++) if ($i == "p99") p = $(i + 1)
+        us = p + 0
+        if (p ~ /ms$/) us = p * 1000; else if (p ~ /[0-9]s$/ && p !~ /us$/) us = p * 1000000
+        print ops, us }'
 }
 
 # stats VALUES...: "median (min-max)".
@@ -245,5 +255,39 @@ if [[ " $SCENARIOS " == *" 7 "* ]]; then
             "$(ft_stats "$out" "failover time")"
         row "7.   $name: longest gap between acked writes (ms)" \
             "$(ft_stats "$out" "longest gap")"
+    done
+fi
+
+# 8. The cost of security: one node, fsync never, PUT and GET throughput and
+#    p99 in plain TCP, with --auth-file (a handshake per connection, then
+#    nothing), and over mutual TLS (examples/make_certs.rs).
+if [[ " $SCENARIOS " == *" 8 "* ]]; then
+    CERTS="$WORK/certs"
+    "$EX/make_certs" "$CERTS" node client >/dev/null || fail "make_certs failed"
+    head -c 32 /dev/urandom | base64 >"$WORK/secret" && chmod 600 "$WORK/secret"
+    for mode in plain auth tls; do
+        case $mode in
+            plain) server=() client=() ;;
+            auth) server=(--auth-file "$WORK/secret") client=(--auth-file "$WORK/secret") ;;
+            tls) server=(--tls-ca "$CERTS/ca.pem" --tls-cert "$CERTS/node.pem" --tls-key "$CERTS/node.key")
+                 client=(--tls-ca "$CERTS/ca.pem" --tls-cert "$CERTS/client.pem" --tls-key "$CERTS/client.key") ;;
+        esac
+        put=() get=() put99=() get99=()
+        for run in $(seq 1 "$RUNS"); do
+            name="sec-$mode-$run"
+            "$BIN/kvstore" --port "$BASE" --data-dir "$WORK/$name" --fsync=never "${server[@]}" \
+                >>"$WORK/$name.log" 2>&1 &
+            PIDS+=($!)
+            wait_log "$WORK/$name.log" "listening on"
+            read -r ops p99 <<<"$(kvbench_p99 --port "$BASE" "${client[@]}" "${LOAD[@]}" -t put)"
+            put+=("$ops") put99+=("$p99")
+            read -r ops p99 <<<"$(kvbench_p99 --port "$BASE" "${client[@]}" "${LOAD[@]}" -t get)"
+            get+=("$ops") get99+=("$p99")
+            stop_all
+        done
+        row "8. PUT, $mode (ops/s)" "$(stats "${put[@]}")"
+        row "8.   PUT p99, $mode (us)" "$(stats "${put99[@]}")"
+        row "8. GET, $mode (ops/s)" "$(stats "${get[@]}")"
+        row "8.   GET p99, $mode (us)" "$(stats "${get99[@]}")"
     done
 fi

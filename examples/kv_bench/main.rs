@@ -215,6 +215,25 @@ struct Args {
     /// No progress lines on stderr.
     #[arg(short = 'q', long)]
     quiet: bool,
+
+    /// A file holding the secret of a node started with --auth-file: every
+    /// connection authenticates first (docs/SECURITY.md). Thread per
+    /// connection only.
+    #[arg(long, env = "KVSTORE_AUTH_FILE", value_name = "PATH")]
+    auth_file: Option<PathBuf>,
+
+    /// Connect over TLS, trusting the CA in this PEM file. Thread per
+    /// connection only.
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) for a node that requires one.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM, mode 0600).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl Args {
@@ -233,6 +252,11 @@ impl Args {
             return Err("--cluster sends one request at a time: --pipeline must be 1".into());
         }
         if let Some(threads) = self.threads {
+            if self.auth_file.is_some() || self.tls_ca.is_some() || self.tls_cert.is_some() {
+                return Err("--threads speaks the plain protocol: --auth-file and --tls-* \
+                            need the thread-per-connection mode"
+                    .into());
+            }
             if !self.cluster.is_empty() {
                 return Err("--threads needs --port: --cluster follows the leader with a \
                             blocking client per connection, so it runs thread per connection"

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use kvstore::client::Client;
 use kvstore::cluster_client::ClusterClient;
+use kvstore::dial::Dialer;
 use kvstore::error::Error as KvError;
+use kvstore::tls::TlsFiles;
 
 use crate::{
     count_progress, drive_thread, BenchResult, Driver, Op, Phase, Shared, Stats, WorkerOutcome,
@@ -55,20 +57,29 @@ pub fn start<'scope>(
     shared: &'scope Shared,
 ) -> BenchResult<Vec<ScopedJoinHandle<'scope, BenchResult<WorkerOutcome>>>> {
     let args = shared.args;
-    // A cluster client finds the leader with its first request.
+    // A cluster client finds the leader with its first request. Every
+    // connection dials the same way: TCP, then TLS and the auth handshake
+    // if asked for (src/dial.rs).
+    let tls = TlsFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        ca: args.tls_ca.clone(),
+    };
+    let dialer = Dialer::for_client(args.auth_file.as_deref(), &tls)?;
     let mut connections = Vec::with_capacity(args.connections);
     for id in 0..args.connections {
         let target = match args.port {
             Some(port) => {
                 let address = format!("{}:{port}", args.host);
-                let client = Client::connect(address.as_str())
+                let client = Client::connect_with(address.as_str(), &dialer)
                     .map_err(|e| format!("connection {id}: {e}"))?;
                 client.set_timeout(Some(REPLY_TIMEOUT))?;
                 Target::Node(client)
             }
             None => {
                 let budget = Duration::from_millis(args.retry_ms);
-                Target::Cluster(ClusterClient::new(&args.cluster, budget)?)
+                let cluster = ClusterClient::new(&args.cluster, budget)?;
+                Target::Cluster(cluster.with_dialer(dialer.clone()))
             }
         };
         connections.push(Connection { id, target });

@@ -51,19 +51,20 @@
 //! tells the follower with an ERROR (code 12), after which it refuses reads.
 
 use std::io::{BufReader, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::admission::Permit;
 use crate::cluster::ClusterId;
 use crate::db::{Batch, Db};
 use crate::error::{Error, ErrorCode, Result};
 use crate::limits::{
-    APPEND_ENTRIES_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX, PROBE_ROUNDS_MAX,
-    REPLICATION_TIMEOUT_MS,
+    APPEND_ENTRIES_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FOLLOWER_FRAME_BYTES_MAX,
+    FRAME_BYTES_MAX, PROBE_ROUNDS_MAX, REPLICATION_TIMEOUT_MS,
 };
 use crate::protocol::frame::{is_timeout, read_frame, write_message};
 use crate::protocol::message::{AppendEntriesEncoder, AppendEntriesHeader};
@@ -73,6 +74,7 @@ use crate::replication::log_match::{self, Refusal};
 use crate::replication::replica::{Replica, RoleView};
 use crate::replication::RateLimitedLine;
 use crate::stages::Stage;
+use crate::tls::Conn;
 use crate::{Lsn, Term};
 
 /// What a follower said in its FOLLOWER_HELLO.
@@ -88,6 +90,8 @@ pub struct Hello {
 /// Serve a follower that said FOLLOWER_HELLO on `stream`.
 ///
 /// Called on the connection's own thread; returns when the link ends.
+/// `catch_up_slot` is held through steps 1 to 5's catch-up and given back
+/// when the follower streams live (`--max-catch-ups`).
 /// 1. Refuse if we are not the leader, if the follower is in a newer term
 ///    (then we were deposed: step down), or if it belongs to another cluster.
 /// 2. Register the session and subscribe to new batches.
@@ -95,7 +99,13 @@ pub struct Hello {
 /// 4. Probe for the last record both logs share.
 /// 5. Send everything after it from the WAL (catch-up), then stream new
 ///    batches, with heartbeats when idle, until the link breaks.
-pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, replica: &Replica) {
+pub fn serve_follower(
+    mut stream: Conn,
+    peer: SocketAddr,
+    hello: Hello,
+    replica: &Replica,
+    catch_up_slot: Permit,
+) {
     let address = SocketAddr::new(peer.ip(), hello.listen_port.unwrap_or(peer.port()));
     let db = replica.db();
 
@@ -145,13 +155,14 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
     }
 
     // 2. Subscribe before reading the WAL, so no batch falls in between.
-    let session = hub.attach(address, hello.term, stream.try_clone().ok());
+    let session = hub.attach(address, hello.term, stream.socket().try_clone().ok());
     let batches = db.subscribe();
     let target = db.last_lsn();
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
+    let timeout = Some(Duration::from_millis(REPLICATION_TIMEOUT_MS));
+    let _ = stream.socket().set_write_timeout(timeout);
+    let _ = stream.socket().set_read_timeout(timeout);
     let link = Link { address, db, hub: &hub, replica, session, term };
-    let outcome = link.run(stream, cluster_id, &hello, target, &batches);
+    let outcome = link.run(stream, (cluster_id, &hello, target), &batches, catch_up_slot);
     if hub.is_current(session) {
         hub.detach(session);
         match outcome {
@@ -174,11 +185,10 @@ struct Link<'a> {
 impl Link<'_> {
     fn run(
         &self,
-        mut stream: TcpStream,
-        cluster_id: ClusterId,
-        hello: &Hello,
-        target: Lsn,
+        mut stream: Conn,
+        (cluster_id, hello, target): (ClusterId, &Hello, Lsn),
         batches: &Receiver<Batch>,
+        catch_up_slot: Permit,
     ) -> Result<()> {
         let (address, term) = (self.address, self.term);
         // 3. Our half of the handshake.
@@ -225,19 +235,16 @@ impl Link<'_> {
             matched + 1,
             sent_through,
         );
-        let outcome = sender.catch_up(target).and_then(|()| sender.stream_live(batches, &closed));
+        let caught_up = sender.catch_up(target);
+        drop(catch_up_slot);
+        let outcome = caught_up.and_then(|()| sender.stream_live(batches, &closed));
         let _ = sender.stream.shutdown(Shutdown::Both);
         outcome
     }
 
     /// Step 4: find the last LSN both logs share. Each probe is an empty
     /// AppendEntries; the follower ACKs it or refuses with a hint.
-    fn probe(
-        &self,
-        stream: &mut TcpStream,
-        reader: &mut BufReader<TcpStream>,
-        hello: &Hello,
-    ) -> Result<Lsn> {
+    fn probe(&self, stream: &mut Conn, reader: &mut BufReader<Conn>, hello: &Hello) -> Result<Lsn> {
         let history = self.db.term_history();
         let mut prev = log_match::first_probe(&history, hello.last_lsn, hello.last_term);
         for _ in 0..PROBE_ROUNDS_MAX {
@@ -305,7 +312,7 @@ impl Link<'_> {
     /// closes the link if the follower is silent for [`REPLICATION_TIMEOUT_MS`].
     fn spawn_ack_reader(
         &self,
-        mut reader: BufReader<TcpStream>,
+        mut reader: BufReader<Conn>,
         sent_through: &Arc<AtomicU64>,
         closed: &Arc<AtomicBool>,
     ) -> Result<()> {
@@ -337,8 +344,8 @@ impl Link<'_> {
 }
 
 /// Read one reply during the probe, turning silence and EOF into errors.
-fn read_reply(reader: &mut BufReader<TcpStream>) -> Result<Message> {
-    match read_frame(reader, FRAME_BYTES_MAX) {
+fn read_reply(reader: &mut BufReader<Conn>) -> Result<Message> {
+    match read_frame(reader, FOLLOWER_FRAME_BYTES_MAX) {
         Ok(Some(frame)) => Message::decode(&frame),
         Ok(None) => Err(Error::Link("connection closed during the probe".into())),
         Err(e) if is_timeout(&e) => {
@@ -363,10 +370,10 @@ struct AckReader {
 
 impl AckReader {
     /// Read ACKs until the link fails; return why it ended.
-    fn read(&self, reader: &mut BufReader<TcpStream>, replica: &Replica) -> String {
+    fn read(&self, reader: &mut BufReader<Conn>, replica: &Replica) -> String {
         let mut measured = self.measured_from;
         loop {
-            let frame = match read_frame(reader, FRAME_BYTES_MAX) {
+            let frame = match read_frame(reader, FOLLOWER_FRAME_BYTES_MAX) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return "connection closed".into(),
                 Err(e) if is_timeout(&e) => {
@@ -424,7 +431,7 @@ impl AckReader {
 
 /// One follower's sender: the socket and the cursor `next_lsn`.
 struct Sender<'a> {
-    stream: TcpStream,
+    stream: Conn,
     address: SocketAddr,
     db: &'a Db,
     hub: &'a Hub,
@@ -441,7 +448,7 @@ struct Sender<'a> {
 
 impl<'a> Sender<'a> {
     fn new(
-        stream: TcpStream,
+        stream: Conn,
         (address, db, hub): (SocketAddr, &'a Db, &'a Hub),
         (session, term): (Session, Term),
         next_lsn: Lsn,
@@ -655,7 +662,7 @@ mod tests {
     use super::*;
     use crate::db::FsyncPolicy;
     use crate::wal::{Op, Record};
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
 
     /// A sender wired to a real socket, over a log of `count` records.
     fn setup(count: u64) -> (tempfile::TempDir, Arc<Db>, Arc<Hub>, TcpStream, TcpStream) {
@@ -690,6 +697,7 @@ mod tests {
         let address = stream.peer_addr().unwrap();
         let session = hub.attach(address, 1, None);
         let sent = Arc::new(AtomicU64::new(next_lsn - 1));
+        let stream = Conn::plain(stream);
         let mut sender = Sender::new(stream, (address, db, hub), (session, 1), next_lsn, sent);
         sender.send_batches(ready).unwrap();
     }
