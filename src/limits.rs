@@ -96,9 +96,11 @@ pub const RECONNECT_BACKOFF_MAX_MS: u64 = 2_000;
 /// Default time a `majority`/`all` write waits for acknowledgements.
 pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
-/// Default most connections that have not yet authenticated (with
-/// `--auth-file`) or sent their first complete message (without), out of
-/// `--max-connections` (`--max-unauthenticated`). Such a connection has
+/// Default most connections that have not yet authenticated, out of
+/// `--max-connections` (`--max-unauthenticated`, with `--auth-file`;
+/// without it the default is `--max-connections`, so a burst of clients
+/// connecting at once is never cut, and the flag can still set a share for
+/// connections that have not sent their first complete message). Such a connection has
 /// proved nothing yet, so it gets a small share: a flood of idle or slow
 /// strangers can hold at most this many threads, and every other slot stays
 /// for clients that proved themselves. When the share is full the *oldest*

@@ -104,7 +104,8 @@ struct Args {
     request_slice_us: u64,
     /// Most of those connections that have not authenticated (or, without
     /// --auth-file, sent a first request) yet; when full, the oldest is
-    /// closed to make room. Default: 128, or --max-connections if smaller.
+    /// closed to make room. Default: with --auth-file 128 (or
+    /// --max-connections if smaller); without, --max-connections.
     #[arg(long)]
     max_unauthenticated: Option<usize>,
     /// Most followers probed and caught up at once; one more is refused
@@ -248,6 +249,11 @@ fn admission_limits(args: &Args) -> Result<AdmissionLimits, String> {
             ))
         }
         Some(n) => n,
+        // Without a secret there is nothing to prove: a connection that has
+        // not sent its first request yet is just a client that connected a
+        // moment ago, and a burst of them (a pool warming up) must not be
+        // cut. Slow senders are still bounded by --frame-timeout-ms.
+        None if args.auth_file.is_none() => args.max_connections,
         None => UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT.min(args.max_connections),
     };
     if args.max_catch_ups == 0 || args.frame_timeout_ms == 0 {
