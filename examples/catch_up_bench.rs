@@ -36,7 +36,13 @@
 //!      shows the leader's last LSN (start-up, dial, handshake, transfer);
 //!    - the CPU time (user + system) of the follower and of the leader
 //!      over the catch-up, which, unlike the times, hardly moves when
-//!      other programs compete for the cores;
+//!      other programs compete for the cores (shown for catch-ups that
+//!      take the follower at least 1 s of CPU: it is counted in 10 ms
+//!      ticks);
+//!    - the longest **pause**: the longest time the follower's last LSN,
+//!      as STATUS shows it, stood still during the catch-up. A follower
+//!      that stops applying for longer than the replication timeout
+//!      (5 s) is dropped by its leader and must reconnect;
 //!
 //!    then stops the follower and removes its data dir;
 //! 4. stops the leader and removes its data dir before the next size, so
@@ -125,6 +131,10 @@ const POLL_INTERVAL_MS: u64 = 10;
 const DEADLINE_FLOOR_S: u64 = 60;
 const DEADLINE_PER_MILLION_S: u64 = 30;
 
+/// CPU time below which a run's CPU per record is not shown: 100 clock
+/// ticks, so the tick's rounding is within 1%.
+const CPU_MEASURABLE_MS: f64 = 1_000.0;
+
 /// The follower's log lines this reads (`src/replication/follower.rs`):
 /// one per connection to the leader, and one when caught up.
 const CONNECTED_LINE: &str = "[catch-up] connected to leader ";
@@ -183,6 +193,8 @@ struct Run {
     wall_ms: f64,
     /// Connections the follower made to the leader (1 unless the link broke).
     connections: usize,
+    /// The longest time the follower's last LSN did not move.
+    pause_ms: f64,
     /// CPU time the follower used from its spawn to caught up, and the
     /// leader in the same span.
     follower_cpu_ms: f64,
@@ -239,9 +251,21 @@ impl Size {
         let records_per_mb = self.records as f64 / mb;
         let mb_per_s = self.records_per_s() / records_per_mb;
         let wall_records_per_s = self.median(|r| r.leader_last_lsn as f64 / (r.wall_ms / 1e3));
-        let follower_cpu_us = self.median(|r| r.follower_cpu_ms * 1e3 / r.leader_last_lsn as f64);
-        let leader_cpu_us = self.median(|r| r.leader_cpu_ms * 1e3 / r.leader_last_lsn as f64);
+        // CPU time comes in clock ticks of 10 ms: too coarse for a
+        // catch-up that takes a few ms, so shown only for long ones.
+        let cpu_measurable = self.runs.iter().all(|r| r.follower_cpu_ms >= CPU_MEASURABLE_MS);
+        let cpu_us = |of: fn(&Run) -> f64| {
+            let us = self.median(|r| of(r) * 1e3 / r.leader_last_lsn as f64);
+            if cpu_measurable {
+                format!("{us:.2}")
+            } else {
+                "null".to_string()
+            }
+        };
+        let follower_cpu_us = cpu_us(|r| r.follower_cpu_ms);
+        let leader_cpu_us = cpu_us(|r| r.leader_cpu_ms);
         let broken = self.runs.iter().filter(|r| r.link_broke()).count();
+        let pause_ms = self.runs.iter().map(|r| r.pause_ms).fold(0.0, f64::max);
         let list = |f: &dyn Fn(&Run) -> f64| {
             self.runs.iter().map(|r| format!("{:.0}", f(r))).collect::<Vec<_>>().join(",")
         };
@@ -253,8 +277,9 @@ impl Size {
                 "{{\"records\":{},\"wal_bytes\":{},\"build_s\":{:.1},\"leader_start_s\":{:.1},\
                  \"records_per_s\":{:.0},\"records_per_s_runs\":[{rates}],\
                  \"mb_per_s\":{mb_per_s:.1},\"wall_records_per_s\":{wall_records_per_s:.0},\
-                 \"follower_cpu_us_per_record\":{follower_cpu_us:.2},\
-                 \"leader_cpu_us_per_record\":{leader_cpu_us:.2},\"broken_links\":{broken},\
+                 \"follower_cpu_us_per_record\":{follower_cpu_us},\
+                 \"leader_cpu_us_per_record\":{leader_cpu_us},\"broken_links\":{broken},\
+                 \"longest_pause_ms\":{pause_ms:.0},\
                  \"transfer_ms\":[{transfer_ms}],\"wall_ms\":[{wall_ms}]}}",
                 self.records,
                 self.wal_bytes,
@@ -267,9 +292,9 @@ impl Size {
         println!(
             "{:>10} records ({mb:.0} MB of WAL, built in {:.1} s, leader up in {:.1} s), median \
              of {} catch-ups: {:.0} records/s, {mb_per_s:.1} MB/s; from the follower's spawn \
-             {wall_records_per_s:.0} records/s; CPU per record: follower {follower_cpu_us:.2} \
-             us, leader {leader_cpu_us:.2} us; transfer ms [{transfer_ms}], wall ms \
-             [{wall_ms}]{}",
+             {wall_records_per_s:.0} records/s; CPU per record (us): follower \
+             {follower_cpu_us}, leader {leader_cpu_us}; longest pause {pause_ms:.0} ms; transfer \
+             ms [{transfer_ms}], wall ms [{wall_ms}]{}",
             self.records,
             self.build_s,
             self.leader_start_s,
@@ -415,9 +440,17 @@ impl Bench<'_> {
             log,
             &["--role=follower".into(), format!("--leader={port}")],
         )?;
+        // The last LSN seen, since when, and the longest it stood still.
+        let (mut seen, mut seen_at, mut pause) = (0, Instant::now(), Duration::ZERO);
         let wall = self.wait("the follower to catch up", deadline, &mut follower, || {
-            let caught_up = status(port + 1)?.last_lsn >= leader_last_lsn;
-            caught_up.then(|| spawned.elapsed())
+            let last_lsn = status(port + 1)?.last_lsn;
+            if last_lsn != seen {
+                if seen > 0 {
+                    pause = pause.max(seen_at.elapsed());
+                }
+                (seen, seen_at) = (last_lsn, Instant::now());
+            }
+            (last_lsn >= leader_last_lsn).then(|| spawned.elapsed())
         })?;
         let follower_cpu_ms = follower.cpu_ms()?;
         let leader_cpu_ms = leader.cpu_ms()? - leader_cpu_before;
@@ -435,6 +468,7 @@ impl Bench<'_> {
             transfer_ms,
             wall_ms: ms(wall),
             connections,
+            pause_ms: ms(pause),
             follower_cpu_ms,
             leader_cpu_ms,
         })
