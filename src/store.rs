@@ -37,9 +37,9 @@
 //! picks. Each table grows on its own and moves only its own entries
 //! (about 115,000 at 7.3 million keys). With keys spread evenly the
 //! tables fill at nearly the same rate, so their growths still come
-//! close together, a few per batch over some 30 batches of 4,096
-//! records: the slowest batch at 10 million keys went from 1.1-1.6 s to
-//! 0.12-0.19 s (`examples/store_growth.rs`). The total work is the same
+//! close together, spread over about 20 batches of 4,096 records: the
+//! slowest batch at 10 million keys went from 1.1-1.6 s to 0.12-0.19 s
+//! (`examples/store_growth.rs`). The total work is the same
 //! as with one table. The shard hash and the tables' own hashes use
 //! independent random seeds, so the keys of one shard are not clustered
 //! inside its table. Redis avoids the pause differently, by moving a few
