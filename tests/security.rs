@@ -272,26 +272,12 @@ fn an_election_works_with_auth_on() {
             Node::start_on(&name, *port, &dirs.path().join(&name), &args)
         })
         .collect();
-    // The one leader among `alive`, in a term after `after`.
-    let leader_index = |nodes: &[Node], alive: &[usize], after: u64| {
-        eventually("one leader", DEADLINE, || {
-            let leaders: Vec<usize> = alive
-                .iter()
-                .copied()
-                .filter(|i| {
-                    let status = nodes[*i].client().status();
-                    status.is_ok_and(|s| s.role == "leader" && s.term > after)
-                })
-                .collect();
-            (leaders.len() == 1).then(|| leaders[0])
-        })
-    };
-    let first = leader_index(&nodes, &[0, 1, 2], 0);
+    let first = leader_among(&nodes, &[0, 1, 2], 0);
     let term = nodes[first].status().term;
     nodes[first].client().put(b"before", b"1").unwrap();
     nodes[first].kill();
     let alive: Vec<usize> = (0..3).filter(|i| *i != first).collect();
-    let second = leader_index(&nodes, &alive, term);
+    let second = leader_among(&nodes, &alive, term);
     assert_ne!(first, second);
     nodes[second].client().put(b"after", b"2").unwrap();
     let others: Vec<&Node> = (0..3).filter(|i| *i != first).map(|i| &nodes[i]).collect();

@@ -158,19 +158,6 @@ fn an_election_works_over_mutual_tls() {
             Node::start_on(&name, ports[i], &dirs.path().join(&name), &args(&base, &flags))
         })
         .collect();
-    let leader_among = |nodes: &[Node], alive: &[usize], after: u64| {
-        eventually("one leader", DEADLINE, || {
-            let leaders: Vec<usize> = alive
-                .iter()
-                .copied()
-                .filter(|i| {
-                    let status = nodes[*i].client().status();
-                    status.is_ok_and(|s| s.role == "leader" && s.term > after)
-                })
-                .collect();
-            (leaders.len() == 1).then(|| leaders[0])
-        })
-    };
     let first = leader_among(&nodes, &[0, 1, 2], 0);
     let term = nodes[first].status().term;
     nodes[first].client().put(b"before", b"1").unwrap();

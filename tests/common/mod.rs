@@ -479,3 +479,19 @@ pub fn secret_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path
 }
+
+/// The index of the one node among `nodes[alive]` that leads, in a term
+/// after `after` (polls until exactly one does).
+pub fn leader_among(nodes: &[Node], alive: &[usize], after: u64) -> usize {
+    eventually("one leader", DEADLINE, || {
+        let leaders: Vec<usize> = alive
+            .iter()
+            .copied()
+            .filter(|i| {
+                let status = nodes[*i].client().status();
+                status.is_ok_and(|s| s.role == "leader" && s.term > after)
+            })
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    })
+}
