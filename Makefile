@@ -13,14 +13,17 @@
 #   make jepsen-netns   the same for 120 s with each node in a network namespace of its own, faults
 #                   made by the kernel (root only; installs nftables; skipped with a reason elsewhere)
 #   make fuzz       coverage-guided fuzzing of the decoders (nightly + cargo-fuzz; FUZZ_SECONDS=60)
+#   make certs      a throw-away CA and certificates for a local cluster in ./certs (TLS; docs/SECURITY.md)
 #   make bench      the benchmark scenarios of docs/BENCHMARKS.md
-#   make bench-compare   kvstore beside Redis (throughput, late joiner) and etcd (failover time),
-#                   same machine, same run (installs redis-server and etcd-server if missing)
+#   make bench-compare   kvstore beside Redis (throughput, late joiner; single node in both
+#                   client modes, with and without pipelining) and etcd (durable writes,
+#                   failover time), same machine, same run (installs redis-server, etcd-server
+#                   and the Go client's sources if missing)
 
 CARGO ?= cargo
 PORT ?= 9001
 
-.PHONY: all build test lint demo demo-failover soak model jepsen jepsen-netns fuzz bench bench-compare \
+.PHONY: certs all build test lint demo demo-failover soak model jepsen jepsen-netns fuzz bench bench-compare \
 	examples clean
 
 all: build
@@ -47,6 +50,9 @@ demo-failover: build
 examples: build
 	$(CARGO) build --release --examples
 
+certs:
+	$(CARGO) run --release --example make_certs -- certs
+
 bench: examples
 	bash examples/bench.sh
 
@@ -57,7 +63,7 @@ FUZZ_SECONDS ?= 60
 
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	for target in frame message wal_recovery; do \
+	for target in frame message handshake wal_recovery; do \
 		$(CARGO) +nightly fuzz run --fuzz-dir tests/fuzz $$target -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=1024 || exit 1; \
 	done

@@ -7,15 +7,17 @@
 # be free. Needs `make` and `cargo build --release --examples` first (the
 # Makefile target does both).
 #
-#   SCENARIOS="1 2 3 4 5 6 7" which scenarios to run (default: all)
+#   SCENARIOS="1 2 3 4 5 6 7 8" which scenarios to run (default: all)
 #   RUNS=3                    runs per figure
+#   CATCHUP_RECORDS=1000,1000000,10000000   scenario 5's log sizes (10M: about
+#                             3 minutes and 3 GB of disk while it runs)
 #   FAILOVER_RUNS=20          scenario 7: leaders SIGKILLed
 #   HANDOVER_RUNS=10          scenario 7: SIGTERMs and transfers of leadership
 set -euo pipefail
 
 RUNS=${RUNS:-3}
 BASE=${BASE_PORT:-9500}
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7"}
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7 8"}
 BIN=${BIN:-./build}
 EX=${EX:-./target/release/examples}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-bench.XXXXXX")
@@ -65,6 +67,16 @@ kvbench() {
     "$EX/kv_bench" --quiet "$@" | awk '{for (i = 2; i <= NF; i++) if ($i == "ops/s") print $(i - 1)}'
 }
 
+# kvbench_p99 ARGS...: run kv_bench and print "OPS P99_US" (p99 in microseconds).
+kvbench_p99() {
+    "$EX/kv_bench" --quiet "$@" | awk '{
+        for (i = 2; i <= NF; i++) if ($i == "ops/s") ops = $(i - 1)
+        for (i = 1; i < NF; i++) if ($i == "p99") p = $(i + 1)
+        us = p + 0
+        if (p ~ /ms$/) us = p * 1000; else if (p ~ /[0-9]s$/ && p !~ /us$/) us = p * 1000000
+        print ops, us }'
+}
+
 # stats VALUES...: "median (min-max)".
 stats() {
     printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {
@@ -84,6 +96,9 @@ ft_stats() {
 }
 
 row() { printf '| %-58s | %s |\n' "$1" "$2"; }
+
+# thousands N: N with a comma between groups of three digits.
+thousands() { sed -E ':a; s/([0-9])([0-9]{3})($|,)/\1,\2\3/; ta' <<<"$1"; }
 
 json_field() { grep -o "\"$2\":[0-9]*" <<<"$1" | head -1 | cut -d: -f2; }
 
@@ -198,18 +213,31 @@ if [[ " $SCENARIOS " == *" 4 "* ]]; then
     row "4. restart catch-up of 100,000 records (s, incl. WAL replay)" "$(stats_f "${secs[@]}")"
 fi
 
-# 5. records_after: positioning in a WAL of 1,000 vs 10,000,000 records.
+# 5. Catch-up throughput: a new follower catches up on a leader's log of
+#    1,000, 1,000,000 and 10,000,000 records (examples/catch_up_bench.rs);
+#    records/s should not depend on the log's size.
 if [[ " $SCENARIOS " == *" 5 "* ]]; then
-    small=() large=() scan=()
-    for run in $(seq 1 "$RUNS"); do
-        out=$("$EX/records_after_bench" --json --records 1000,10000000)
-        small+=("$(json_field "$(sed -n 1p <<<"$out")" one_p50_ns)")
-        large+=("$(json_field "$(sed -n 2p <<<"$out")" one_p50_ns)")
-        scan+=("$(json_field "$(sed -n 2p <<<"$out")" scan_half_us)")
-    done
-    row "5. records_after, WAL of 1,000 records (ns, p50)" "$(stats "${small[@]}")"
-    row "5. records_after, WAL of 10,000,000 records (ns, p50)" "$(stats "${large[@]}")"
-    row "5.   without the index: scan to the middle of 10M (us)" "$(stats "${scan[@]}")"
+    sizes=${CATCHUP_RECORDS:-1000,1000000,10000000}
+    out=$("$EX/catch_up_bench" --bin "$BIN/kvstore" --port "$BASE" --dir "$WORK" \
+        --records "$sizes" --runs "$RUNS" --json 2>&1) \
+        || fail "catch_up_bench: $(tail -3 <<<"$out")"
+    while read -r line; do
+        records=$(json_field "$line" records || true)
+        [[ -n $records ]] || continue
+        rates=$(grep -o '"records_per_s_runs":\[[0-9,]*' <<<"$line" | cut -d[ -f2 | tr , ' ')
+        # shellcheck disable=SC2086
+        row "5. catch-up from a log of $(thousands "$records") records (records/s)" \
+            "$(stats $rates)"
+        # CPU per record hardly moves with the machine's other load; the
+        # example leaves it out (null) for catch-ups too short to count.
+        cpu_f=$(grep -o '"follower_cpu_us_per_record":[0-9.]*' <<<"$line" | cut -d: -f2 || true)
+        cpu_l=$(grep -o '"leader_cpu_us_per_record":[0-9.]*' <<<"$line" | cut -d: -f2 || true)
+        [[ -n $cpu_f ]] && row "5.   CPU per record, follower / leader (us, median)" "$cpu_f / $cpu_l"
+        row "5.   longest pause of the follower's progress (ms, max)" \
+            "$(json_field "$line" longest_pause_ms)"
+    done <<<"$out"
+    ratio=$(grep -o '"max_min_ratio":[0-9.]*' <<<"$out" | cut -d: -f2)
+    row "5.   fastest / slowest size, by median (target <= 1.3x)" "${ratio}x"
 fi
 
 # 6. Scaling: PUT throughput with 0, 1, 2 and 4 followers (local, fsync never).
@@ -245,5 +273,39 @@ if [[ " $SCENARIOS " == *" 7 "* ]]; then
             "$(ft_stats "$out" "failover time")"
         row "7.   $name: longest gap between acked writes (ms)" \
             "$(ft_stats "$out" "longest gap")"
+    done
+fi
+
+# 8. The cost of security: one node, fsync never, PUT and GET throughput and
+#    p99 in plain TCP, with --auth-file (a handshake per connection, then
+#    nothing), and over mutual TLS (examples/make_certs.rs).
+if [[ " $SCENARIOS " == *" 8 "* ]]; then
+    CERTS="$WORK/certs"
+    "$EX/make_certs" "$CERTS" node client >/dev/null || fail "make_certs failed"
+    head -c 32 /dev/urandom | base64 >"$WORK/secret" && chmod 600 "$WORK/secret"
+    for mode in plain auth tls; do
+        case $mode in
+            plain) server=() client=() ;;
+            auth) server=(--auth-file "$WORK/secret") client=(--auth-file "$WORK/secret") ;;
+            tls) server=(--tls-ca "$CERTS/ca.pem" --tls-cert "$CERTS/node.pem" --tls-key "$CERTS/node.key")
+                 client=(--tls-ca "$CERTS/ca.pem" --tls-cert "$CERTS/client.pem" --tls-key "$CERTS/client.key") ;;
+        esac
+        put=() get=() put99=() get99=()
+        for run in $(seq 1 "$RUNS"); do
+            name="sec-$mode-$run"
+            "$BIN/kvstore" --port "$BASE" --data-dir "$WORK/$name" --fsync=never "${server[@]}" \
+                >>"$WORK/$name.log" 2>&1 &
+            PIDS+=($!)
+            wait_log "$WORK/$name.log" "listening on"
+            read -r ops p99 <<<"$(kvbench_p99 --port "$BASE" "${client[@]}" "${LOAD[@]}" -t put)"
+            put+=("$ops") put99+=("$p99")
+            read -r ops p99 <<<"$(kvbench_p99 --port "$BASE" "${client[@]}" "${LOAD[@]}" -t get)"
+            get+=("$ops") get99+=("$p99")
+            stop_all
+        done
+        row "8. PUT, $mode (ops/s)" "$(stats "${put[@]}")"
+        row "8.   PUT p99, $mode (us)" "$(stats "${put99[@]}")"
+        row "8. GET, $mode (ops/s)" "$(stats "${get[@]}")"
+        row "8.   GET p99, $mode (us)" "$(stats "${get99[@]}")"
     done
 fi

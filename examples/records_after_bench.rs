@@ -7,6 +7,13 @@
 //! values, like the catch-up benchmark), then times `records_after` at
 //! random LSNs: fetching 1 record (pure positioning) and 1,000 records.
 //!
+//! It shows what the index buys, not a size-independent cost: a random
+//! probe into a 1.4 GB log misses the CPU caches and the TLB where one
+//! into a 140 KB log hits them, so the two sizes differ by the cost of a
+//! cold memory access. Whether catch-up as a whole keeps its pace as the
+//! log grows is `examples/catch_up_bench.rs`'s question (`make bench`,
+//! scenario 5).
+//!
 //! ```text
 //! cargo run --release --example records_after_bench -- --records 1000,10000000
 //! ```

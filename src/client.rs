@@ -10,38 +10,55 @@
 //! ```
 //!
 //! An ERROR reply becomes [`Error::Server`] with the server's code and text.
+//!
+//! A node started with `--auth-file` takes only authenticated connections:
+//! [`Client::connect_with`] runs the handshake of [`crate::auth`] first,
+//! and refuses to go on unless the server proves it knows the secret too.
 
 use std::io::{BufReader, BufWriter, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::time::Duration;
 
+use crate::dial::Dialer;
 use crate::error::{Error, ErrorCode, Result};
 use crate::limits::FRAME_BYTES_MAX;
 use crate::protocol::{read_frame, write_message, Consistency, Message};
 use crate::status::StatusReport;
+use crate::tls::Conn;
 use crate::Lsn;
 
-/// How long the client waits to connect.
+/// How long the client waits to connect, and for each step of the TLS and
+/// auth handshakes.
 const CONNECT_TIMEOUT_MS: u64 = 3_000;
 
 /// A connection to one kvstore node.
 pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: BufWriter<TcpStream>,
+    reader: BufReader<Conn>,
+    writer: BufWriter<Conn>,
 }
 
 impl Client {
-    /// Connect to `address` (`host:port`).
+    /// Connect to `address` (`host:port`): plain TCP, no authentication.
     pub fn connect(address: impl ToSocketAddrs + std::fmt::Display) -> Result<Client> {
+        Client::connect_with(address, &Dialer::plain())
+    }
+
+    /// Connect to `address` through `dialer`: TLS if it has a CA, and the
+    /// auth handshake if it has a secret (both sides prove they know it)
+    /// before any request.
+    pub fn connect_with(
+        address: impl ToSocketAddrs + std::fmt::Display,
+        dialer: &Dialer,
+    ) -> Result<Client> {
         let ctx = format!("connecting to {address}");
         let addr = address
             .to_socket_addrs()
             .map_err(|e| Error::io(&ctx, e))?
             .next()
             .ok_or_else(|| Error::io(&ctx, std::io::Error::other("no address")))?;
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .map_err(|e| Error::io(&ctx, e))?;
-        stream.set_nodelay(true).map_err(|e| Error::io(&ctx, e))?;
+        let stream = dialer.dial(addr, Duration::from_millis(CONNECT_TIMEOUT_MS))?;
+        stream.socket().set_read_timeout(None).map_err(|e| Error::io(&ctx, e))?;
+        stream.socket().set_write_timeout(None).map_err(|e| Error::io(&ctx, e))?;
         let reader = BufReader::new(stream.try_clone().map_err(|e| Error::io(&ctx, e))?);
         Ok(Client { reader, writer: BufWriter::new(stream) })
     }

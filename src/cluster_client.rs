@@ -19,6 +19,7 @@
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
+use crate::dial::Dialer;
 use crate::error::{Error, ErrorCode, Result};
 use crate::protocol::Consistency;
 use crate::replication::parse_peer;
@@ -39,6 +40,8 @@ pub struct ClusterClient {
     leader: Option<(String, Client)>,
     /// The member to try next when no leader is known.
     next: usize,
+    /// How each connection is opened (`--auth-file`, `--tls-*`).
+    dialer: Dialer,
 }
 
 impl ClusterClient {
@@ -49,7 +52,13 @@ impl ClusterClient {
         if members.is_empty() {
             return Err(Error::NoLeader("no members given".into()));
         }
-        Ok(ClusterClient { members, budget, leader: None, next: 0 })
+        Ok(ClusterClient { members, budget, leader: None, next: 0, dialer: Dialer::plain() })
+    }
+
+    /// Open every connection through `dialer` (`--auth-file`, `--tls-*`).
+    pub fn with_dialer(mut self, dialer: Dialer) -> ClusterClient {
+        self.dialer = dialer;
+        self
     }
 
     /// The member that answered last as the leader, if any.
@@ -166,7 +175,7 @@ impl ClusterClient {
     /// caller forever. A write that times out is indeterminate, like any
     /// other write whose connection failed after it was sent.
     fn connect(&self, address: &str) -> Result<Client> {
-        let client = Client::connect(address)?;
+        let client = Client::connect_with(address, &self.dialer)?;
         client.set_timeout(Some(self.budget.max(Duration::from_millis(1))))?;
         Ok(client)
     }

@@ -74,7 +74,7 @@
 //! write until it is restarted, and restart recovers from what is on disk.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -172,8 +172,7 @@ struct Ticket {
 impl Db {
     /// Open the data directory: lock it, recover the WAL, replay it into the map.
     pub fn open(data_dir: &Path, fsync: FsyncPolicy) -> Result<(Db, WalRecovery)> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| Error::io(format!("creating data dir {}", data_dir.display()), e))?;
+        crate::datadir::prepare(data_dir)?;
         let lock = lock_data_dir(data_dir)?;
         let cluster_id = ClusterId::load(data_dir)?;
         let mut store = Store::new();
@@ -603,7 +602,7 @@ enum CommitFailure {
 /// the kernel when the process exits, however it exits.
 fn lock_data_dir(data_dir: &Path) -> Result<File> {
     let path = data_dir.join("LOCK");
-    let file = OpenOptions::new()
+    let file = crate::datadir::file_options()
         .create(true)
         .truncate(false)
         .write(true)

@@ -84,6 +84,25 @@ pub enum Error {
     ReadTimeout { why: String, timeout_ms: u64 },
     /// A key or value is larger than the limit.
     TooLarge { what: &'static str, len: u64, max: u64 },
+    /// This node requires authentication and the connection did not begin
+    /// with the handshake. Nothing else is said to an unknown peer.
+    AuthRequired,
+    /// The handshake failed: a wrong proof, a secret this side does not
+    /// have, or a peer that could not prove it knows ours. The text says
+    /// which, to the side that may know (never to the unauthenticated one).
+    AuthFailed(String),
+    /// An authenticated connection asked for something its secret does not
+    /// allow (a client's secret sending FOLLOWER_HELLO or votes while a
+    /// separate `--replication-auth-file` is set).
+    Forbidden(String),
+    /// A shared budget is spent (concurrent catch-ups, bytes of partial
+    /// frames): the request was not served; try again later.
+    Busy(String),
+    /// A frame began to arrive and did not finish within the deadline.
+    TooSlow { timeout_ms: u64 },
+    /// A file or directory is open to other users in a way that would leak
+    /// or let them change what it holds; `fix` is the command that mends it.
+    InsecurePermissions { path: PathBuf, mode: u32, why: &'static str, fix: String },
 }
 
 impl Error {
@@ -119,6 +138,12 @@ impl Error {
             Error::Link(_) => ErrorCode::Replication,
             Error::Indeterminate(_) | Error::NoLeader(_) => ErrorCode::Internal,
             Error::Server { code, .. } => *code,
+            Error::AuthRequired => ErrorCode::AuthRequired,
+            Error::AuthFailed(_) => ErrorCode::AuthFailed,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::Busy(_) => ErrorCode::Busy,
+            Error::TooSlow { .. } => ErrorCode::TooSlow,
+            Error::InsecurePermissions { .. } => ErrorCode::Internal,
             Error::Io { .. }
             | Error::CorruptWal { .. }
             | Error::WalVersion { .. }
@@ -242,6 +267,22 @@ impl fmt::Display for Error {
             Error::TooLarge { what, len, max } => {
                 write!(f, "{what} of {len} bytes exceeds the limit of {max} bytes")
             }
+            Error::AuthRequired => write!(
+                f,
+                "authentication required: this node accepts only connections that begin with \
+                 AUTH_HELLO (kv_client --auth-file FILE)"
+            ),
+            Error::AuthFailed(why) => write!(f, "authentication failed: {why}"),
+            Error::Forbidden(why) => write!(f, "not allowed: {why}"),
+            Error::Busy(why) => write!(f, "busy: {why}; try again later"),
+            Error::TooSlow { timeout_ms } => write!(
+                f,
+                "a frame began to arrive and was not complete within {timeout_ms} ms \
+                 (--frame-timeout-ms); connection closed"
+            ),
+            Error::InsecurePermissions { path, mode, why, fix } => {
+                write!(f, "{} has mode {mode:04o}: {why}; fix it with `{fix}`", path.display())
+            }
         }
     }
 }
@@ -290,6 +331,18 @@ pub enum ErrorCode {
     Refused = 13,
     /// A read with a consistency or `--min-lsn` could not be answered in time.
     ReadTimeout = 14,
+    /// The node requires authentication and the connection did not begin
+    /// with AUTH_HELLO; the connection is closed.
+    AuthRequired = 15,
+    /// The authentication handshake failed; the connection is closed.
+    AuthFailed = 16,
+    /// The connection's secret does not allow this message; closed.
+    Forbidden = 17,
+    /// A shared limit is reached (concurrent catch-ups, memory for partial
+    /// frames); nothing was done; closed. Try again later.
+    Busy = 18,
+    /// A frame began and did not finish in time (slow sender); closed.
+    TooSlow = 19,
 }
 
 impl ErrorCode {
@@ -309,6 +362,11 @@ impl ErrorCode {
             12 => ErrorCode::Unhealthy,
             13 => ErrorCode::Refused,
             14 => ErrorCode::ReadTimeout,
+            15 => ErrorCode::AuthRequired,
+            16 => ErrorCode::AuthFailed,
+            17 => ErrorCode::Forbidden,
+            18 => ErrorCode::Busy,
+            19 => ErrorCode::TooSlow,
             _ => ErrorCode::Internal,
         }
     }

@@ -6,7 +6,7 @@
 //! name (atomic on POSIX file systems), then fsync the directory so the
 //! rename itself is on disk.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
@@ -17,7 +17,7 @@ pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let path = dir.join(name);
     let tmp = dir.join(format!("{name}.tmp"));
     let ctx = |what: &str| format!("{what} {}", path.display());
-    let mut file = OpenOptions::new()
+    let mut file = crate::datadir::file_options()
         .write(true)
         .create(true)
         .truncate(true)

@@ -17,6 +17,11 @@
 //! |-----------------|--------------------------------------------------------------|-------------------|
 //! | [`limits`]      | every bound the server enforces, each with its reason        | —                 |
 //! | [`error`]       | the one error type and the codes sent on the wire            | —                 |
+//! | [`auth`]        | the shared-secret handshake (HMAC-SHA256, mutual)            | —                 |
+//! | [`admission`]   | the budgets connections draw on; refusals counted, not logged one by one | — |
+//! | [`tls`]         | TLS over blocking sockets (rustls); a connection two threads share | — |
+//! | [`dial`]        | opening a connection: TCP, then TLS, then authentication      | — |
+//! | [`datadir`]     | the data directory's permissions: created private, refused if others may write | — |
 //! | [`protocol`]    | length-prefixed frames and every message's byte layout       | week 2, lesson 3  |
 //! | [`wal`]         | the log file, crash recovery, the LSN index, the term history | week 9, lesson 5 |
 //! | [`store`]       | the hash map; no I/O                                         | week 1            |
@@ -28,6 +33,7 @@
 //! | [`metrics`]     | Prometheus series for `--metrics-port` (`/metrics`)         | lesson 4          |
 //! | [`cluster`]     | the cluster id that keeps two histories apart                | —                 |
 //! | [`codec`]       | checked big-endian reads of untrusted bytes                  | week 2            |
+//! | [`logline`]     | what a log line may hold: never a value, keys only at debug, one line per event | — |
 //! | [`fsutil`]      | small files written atomically and durably                    | —                 |
 //! | [`failpoint`]   | named places where a crash test can abort the process         | —                 |
 //! | [`client`]      | a small blocking client used by kv_client, tests, examples   | week 2            |
@@ -37,7 +43,9 @@
 //! ## Map of the threads in a running `kvstore`
 //!
 //! - `main`: parses arguments, opens the data directory, runs the accept loop.
-//! - `conn-N`: one per client connection; reads a request, answers it, repeats.
+//! - `conn-N`: one per client connection; runs the TLS handshake (with
+//!   `--tls-cert`) and authenticates it (with `--auth-file`), then reads a
+//!   request, answers it, repeats.
 //!   On a leader, a connection whose first message is FOLLOWER_HELLO becomes
 //!   that follower's **sender** (it streams AppendEntries), and spawns an
 //!   **ack reader** that records the follower's APPEND_ENTRIES_ACKs.
@@ -53,21 +61,29 @@
 //! - `announce-tN`: on the leader of term N; tells members that are not
 //!   following it that it leads, so a deposed leader learns it was.
 //!
+//! - `refusals`: logs the refusals of [`admission`] and [`auth`], summed,
+//!   once a second at most.
+//!
 //! `kv_client promote` and `follow` are answered on their connection's
 //! thread, which asks the other members for votes with short timeouts.
 //!
 //! Client writes wait for the WAL's group commit (see [`db`]); no lock is ever
 //! held across socket I/O.
 
+pub mod admission;
+pub mod auth;
 pub mod client;
 pub mod cluster;
 pub mod cluster_client;
 pub mod codec;
+pub mod datadir;
 pub mod db;
+pub mod dial;
 pub mod error;
 pub mod failpoint;
 pub mod fsutil;
 pub mod limits;
+pub mod logline;
 pub mod metrics;
 pub mod protocol;
 pub mod replication;
@@ -76,6 +92,7 @@ pub mod server;
 pub mod stages;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod wal;
 pub mod watch;
 

@@ -24,6 +24,11 @@ pub const VALUE_BYTES_MAX: u32 = 4 * 1024 * 1024;
 /// longer length as corruption.
 pub const RECORD_BYTES_MAX: u32 = 25 + KEY_BYTES_MAX + VALUE_BYTES_MAX;
 
+/// Largest frame a leader reads from a follower (66 KiB): ACKs and
+/// refusals are 33 bytes, and an ERROR carries at most 64 KiB of text. A
+/// follower cannot make its leader buffer a 16 MiB frame.
+pub const FOLLOWER_FRAME_BYTES_MAX: u32 = 66 * 1024;
+
 /// Most records in one AppendEntries message. Bounds the follower's work per
 /// message (one fsync each) and keeps ACKs flowing during a long catch-up.
 pub const APPEND_ENTRIES_RECORDS_MAX: u32 = 4096;
@@ -90,6 +95,77 @@ pub const RECONNECT_BACKOFF_MAX_MS: u64 = 2_000;
 
 /// Default time a `majority`/`all` write waits for acknowledgements.
 pub const WRITE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// Default most connections that have not yet authenticated, out of
+/// `--max-connections` (`--max-unauthenticated`, with `--auth-file`;
+/// without it the default is `--max-connections`, so a burst of clients
+/// connecting at once is never cut, and the flag can still set a share for
+/// connections that have not sent their first complete message). Such a connection has
+/// proved nothing yet, so it gets a small share: a flood of idle or slow
+/// strangers can hold at most this many threads, and every other slot stays
+/// for clients that proved themselves. When the share is full the *oldest*
+/// waiting connection is closed to make room, so a legitimate client, whose
+/// handshake takes a round trip or two, still gets in during a flood.
+pub const UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT: usize = 128;
+
+/// Default time a frame may take to arrive once its first byte has
+/// (`--frame-timeout-ms`; a slow-loris defence, like nginx's
+/// `client_body_timeout`). 10 s lets the largest frame (16 MiB) through at
+/// 1.6 MB/s; a client that trickles a byte at a time is cut off instead of
+/// holding a thread and a partial buffer forever.
+pub const FRAME_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Default bound on the bytes held for frames that have begun to arrive and
+/// are not complete yet, summed over every connection
+/// (`--max-partial-frame-bytes`, 256 MiB). A frame's buffer grows as its
+/// bytes arrive (never from the length prefix alone), in steps of
+/// [`PARTIAL_FRAME_STEP_BYTES`]; every step after a frame's first is taken
+/// from this budget. When it is spent, the frame that needed more is
+/// refused (ERROR 18) and its connection closed; requests smaller than a
+/// step never are. 64 clients sending 4 MiB values at once fit.
+pub const PARTIAL_FRAME_BYTES_MAX_DEFAULT: usize = 256 * 1024 * 1024;
+
+/// Step in which a frame's buffer grows (64 KiB). A frame's first step is
+/// the connection's own, like its 64 KiB read buffer; the later steps of a
+/// large frame are charged to the partial-frame budget.
+pub const PARTIAL_FRAME_STEP_BYTES: usize = 64 * 1024;
+
+/// Default most followers a leader probes and catches up at once
+/// (`--max-catch-ups`). A catch-up reads the WAL from the follower's last
+/// LSN, possibly the whole log; without a cap, a flood of FOLLOWER_HELLOs
+/// (fake followers, where auth is off) would make the leader read its log
+/// N times at once. 8 lets every follower of a 9-member cluster reconnect
+/// together after a restart; one more is refused (ERROR 18) and redials.
+pub const CATCH_UPS_MAX_DEFAULT: usize = 8;
+
+/// Most threads telling refused connections why at once (16): each sends
+/// one ERROR and lingers at most 100 ms so the reply is not lost; beyond
+/// this, a refused connection is closed without a word, so that a flood
+/// of connections over `--max-connections` never slows the accept loop.
+pub const REFUSING_THREADS_MAX: usize = 16;
+
+/// How often the refusals of the limits above (and of authentication) are
+/// logged: one line per kind per interval, with the count, never a line per
+/// attempt, so a flood cannot fill the disk with logs.
+pub const REFUSAL_LOG_INTERVAL_MS: u64 = 1_000;
+
+/// How long a connection to a node started with `--auth-file` may take to
+/// finish the handshake (two round trips). Shorter than
+/// [`CLIENT_READ_TIMEOUT_MS`]: an unauthenticated connection holds a slot
+/// of the small unauthenticated share.
+pub const AUTH_TIMEOUT_MS: u64 = 5_000;
+
+/// Largest frame read during the handshake, on either side (1 KiB): the
+/// handshake's messages are at most 34 bytes, and an ERROR one sentence.
+/// An unauthenticated peer cannot make the server buffer more than this.
+pub const AUTH_FRAME_BYTES_MAX: u32 = 1024;
+
+/// Shortest secret accepted (16 bytes). A shorter one could be found by
+/// guessing offline from one captured handshake.
+pub const AUTH_SECRET_BYTES_MIN: usize = 16;
+
+/// Longest secret accepted (4 KiB): a secret is a line of text.
+pub const AUTH_SECRET_BYTES_MAX: usize = 4096;
 
 /// How long a new connection may take to send its first complete message
 /// before the server drops it (a client that connects and never sends must

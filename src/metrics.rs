@@ -24,7 +24,8 @@
 //! | `kvstore_write_stage_seconds` | histogram | `stage` (`queue`, `write`, `fsync`, `send`, `ack`, `wakeup`, `total`) |
 //! | `kvstore_commit_batch_records` | histogram | |
 //! | `kvstore_catch_ups_total` | counter | `kind` (`follower`, `observer`) |
-//! | `kvstore_refusals_total` | counter | `reason` (`max_observers`) |
+//! | `kvstore_refusals_total` | counter | `reason` (`max_connections`, `max_observers`, `auth_failed`, `slow_frame`, ... one per kind of [`crate::admission::Refusal`]) |
+//! | `kvstore_connections` | gauge: admission budgets in use | `kind` (`active`, `unauthenticated`, `catch_ups`) |
 //! | `kvstore_follower_acked_lsn`, `kvstore_follower_lag_records` | gauge | `follower`, `kind` |
 //! | `kvstore_follower_last_ack_seconds` | gauge: time since its last ACK | `follower`, `kind` |
 //! | `kvstore_follower_link_state` | gauge, 1 for its state | `follower`, `kind`, `state` |
@@ -80,6 +81,7 @@ pub struct Metrics {
     follower_link_state: IntGaugeVec,
     replication_lag_seconds: GaugeVec,
     links: IntGaugeVec,
+    connections: IntGaugeVec,
     scrape_seconds: Gauge,
 }
 
@@ -152,6 +154,11 @@ impl Metrics {
                 &["reason"],
             )?,
             role: gauges("kvstore_role", "1 for this node's role.", &["role"])?,
+            connections: gauges(
+                "kvstore_connections",
+                "Connections in each admission budget now (see src/admission.rs).",
+                &["kind"],
+            )?,
             term: gauge("kvstore_term", "This node's current term.")?,
             last_lsn: gauge("kvstore_last_lsn", "The last LSN in this node's WAL.")?,
             commit_lsn: gauge("kvstore_commit_lsn", "The highest LSN known committed.")?,
@@ -257,6 +264,15 @@ impl Metrics {
         self.applied_lsn.set(int(report.last_lsn));
         self.keys.set(int(report.keys));
         self.wal_bytes.set(int(wal_bytes));
+        if let Some(c) = &report.connections {
+            for (kind, n) in [
+                ("active", c.active),
+                ("unauthenticated", c.unauthenticated),
+                ("catch_ups", c.catch_ups),
+            ] {
+                self.connections.with_label_values(&[kind]).set(int(n));
+            }
+        }
         for vec in [&self.follower_acked_lsn, &self.follower_lag_records, &self.follower_link_state]
         {
             vec.reset();

@@ -79,10 +79,31 @@ pub struct StatusReport {
     /// acked LSN over time (`kv_client status --timeline` draws it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<Timeline>,
+    /// How much of each admission budget is in use ([`crate::admission`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionsReport>,
 }
 
 fn is_false(value: &bool) -> bool {
     !*value
+}
+
+/// The admission budgets in use right now, and their limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionsReport {
+    /// Connections being served (`--max-connections`).
+    pub active: u64,
+    pub active_max: u64,
+    /// Of those, not yet authenticated or past their first frame
+    /// (`--max-unauthenticated`).
+    pub unauthenticated: u64,
+    pub unauthenticated_max: u64,
+    /// Followers between FOLLOWER_HELLO and caught up (`--max-catch-ups`).
+    pub catch_ups: u64,
+    pub catch_ups_max: u64,
+    /// Bytes charged by frames still arriving (`--max-partial-frame-bytes`).
+    pub partial_frame_bytes: u64,
+    pub partial_frame_bytes_max: u64,
 }
 
 /// A member and when it was last heard from (`None`: not since this node
@@ -174,6 +195,20 @@ impl StatusReport {
         }
         if let Some(wc) = &self.write_concern {
             out.push_str(&format!("write:       {wc}\n"));
+        }
+        if let Some(c) = &self.connections {
+            out.push_str(&format!(
+                "connections: {}/{} ({}/{} unauthenticated), catch-ups {}/{}, partial frames \
+                 {}/{} bytes\n",
+                c.active,
+                c.active_max,
+                c.unauthenticated,
+                c.unauthenticated_max,
+                c.catch_ups,
+                c.catch_ups_max,
+                c.partial_frame_bytes,
+                c.partial_frame_bytes_max
+            ));
         }
         match &self.leader {
             Some(l) if l.state == "leader" => {

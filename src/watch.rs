@@ -24,15 +24,17 @@
 //! JSON object a line for tools.
 
 use std::io::{BufReader, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::ToSocketAddrs;
 use std::time::Duration;
 
+use crate::dial::Dialer;
 use crate::error::{Error, ErrorCode, Result};
 use crate::limits::{FRAME_BYTES_MAX, REPLICATION_TIMEOUT_MS};
 use crate::protocol::describe::{self, Values};
 use crate::protocol::frame::{read_frame, write_message, FRAME_HEADER_BYTES};
 use crate::protocol::message::AppendEntries;
 use crate::protocol::Message;
+use crate::tls::Conn;
 use crate::Lsn;
 
 /// How long the watcher waits to connect.
@@ -62,30 +64,29 @@ pub struct Received {
 
 /// An observer's connection to a leader.
 pub struct Observer {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Conn>,
+    writer: Conn,
     /// The LSN the next AppendEntries must continue from (`prev_lsn`), once known.
     next_prev: Option<Lsn>,
 }
 
 impl Observer {
     /// Connect to `address`, say OBSERVER_HELLO and read the answer: the
-    /// leader's LEADER_HELLO, or its refusal as an error.
-    pub fn connect(address: &str, from_lsn: Lsn) -> Result<(Observer, Received)> {
+    /// leader's LEADER_HELLO, or its refusal as an error. With auth or TLS
+    /// on, `dialer` opens the connection as for any client.
+    pub fn connect(address: &str, dialer: &Dialer, from_lsn: Lsn) -> Result<(Observer, Received)> {
         let ctx = format!("connecting to {address}");
         let addr = address
             .to_socket_addrs()
             .map_err(|e| Error::io(&ctx, e))?
             .next()
             .ok_or_else(|| Error::io(&ctx, std::io::Error::other("no address")))?;
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .map_err(|e| Error::io(&ctx, e))?;
+        let stream = dialer.dial(addr, Duration::from_millis(CONNECT_TIMEOUT_MS))?;
         let setup = |e| Error::io("configuring the observer's socket", e);
-        stream.set_nodelay(true).map_err(setup)?;
         // The leader sends a heartbeat every 100 ms: silence means it is gone.
         let silence = Some(Duration::from_millis(REPLICATION_TIMEOUT_MS));
-        stream.set_read_timeout(silence).map_err(setup)?;
-        stream.set_write_timeout(silence).map_err(setup)?;
+        stream.socket().set_read_timeout(silence).map_err(setup)?;
+        stream.socket().set_write_timeout(silence).map_err(setup)?;
         let mut writer = stream.try_clone().map_err(setup)?;
         write_message(&mut writer, &Message::ObserverHello { from_lsn })?;
         let mut observer = Observer { reader: BufReader::new(stream), writer, next_prev: None };
@@ -172,8 +173,13 @@ pub fn render(received: &Received, options: &WatchOptions) -> Option<String> {
 
 /// Watch the leader at `address`: print every message to `out` until the
 /// link ends (an error) or `out` is closed (`Ok`, as for `| head`).
-pub fn run(address: &str, options: &WatchOptions, out: &mut impl Write) -> Result<()> {
-    let (mut observer, hello) = Observer::connect(address, options.from_lsn)?;
+pub fn run(
+    address: &str,
+    dialer: &Dialer,
+    options: &WatchOptions,
+    out: &mut impl Write,
+) -> Result<()> {
+    let (mut observer, hello) = Observer::connect(address, dialer, options.from_lsn)?;
     let mut received = hello;
     loop {
         if let Some(text) = render(&received, options) {

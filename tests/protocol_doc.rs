@@ -16,10 +16,13 @@
 //!   of its line;
 //! - each `json` block is a status report exactly as the server serialises it;
 //! - the tables of message types, error codes and limits give the values in
-//!   the code.
+//!   the code;
+//! - the proofs of the authentication examples are the HMACs of their
+//!   nonces under the example secret.
 
 use std::path::PathBuf;
 
+use kvstore::auth::{ClientHandshake, Secret};
 use kvstore::codec::Decoder;
 use kvstore::error::ErrorCode;
 use kvstore::limits;
@@ -32,7 +35,7 @@ use kvstore::wal::{Record, Wal, INDEX_FILE_NAME, LOG_FILE_NAME};
 const FRAME_EXAMPLES_MIN: usize = 12;
 
 /// Every message type, as `Message::name` spells it: each needs an example.
-const MESSAGE_NAMES: [&str; 25] = [
+const MESSAGE_NAMES: [&str; 29] = [
     "PUT",
     "GET",
     "DELETE",
@@ -58,7 +61,14 @@ const MESSAGE_NAMES: [&str; 25] = [
     "TRANSFER_LEADERSHIP",
     "TIMEOUT_NOW",
     "OBSERVER_HELLO",
+    "AUTH_HELLO",
+    "AUTH_CHALLENGE",
+    "AUTH_PROOF",
+    "AUTH_OK",
 ];
+
+/// The secret of the handshake examples of section 11.
+const EXAMPLE_SECRET: &str = "correct horse battery staple";
 
 /// The info strings of hex examples these tests check.
 const HEX_INFO_STRINGS: [&str; 4] = ["hex", "hex-wal-header", "hex-wal-entry", "hex-wal-index"];
@@ -339,10 +349,10 @@ fn error_code_and_limit_tables_match_the_code() {
         let row = format!("| {code} | `{known:?}` |");
         assert!(doc.contains(&row), "the error-code table lacks the row starting '{row}'");
     }
-    for code in 1..=13u16 {
+    for code in 1..=19u16 {
         assert!(known_codes.contains(&code), "ErrorCode::from_u16({code}) is not code {code}");
     }
-    let limits: [(&str, u64); 20] = [
+    let limits: [(&str, u64); 29] = [
         ("FRAME_BYTES_MAX", limits::FRAME_BYTES_MAX.into()),
         ("KEY_BYTES_MAX", limits::KEY_BYTES_MAX.into()),
         ("VALUE_BYTES_MAX", limits::VALUE_BYTES_MAX.into()),
@@ -363,6 +373,18 @@ fn error_code_and_limit_tables_match_the_code() {
         ("ANNOUNCE_INTERVAL_MS", limits::ANNOUNCE_INTERVAL_MS),
         ("PEER_REQUEST_TIMEOUT_MS", limits::PEER_REQUEST_TIMEOUT_MS),
         ("PROBE_ROUNDS_MAX", limits::PROBE_ROUNDS_MAX.into()),
+        (
+            "UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT",
+            limits::UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT as u64,
+        ),
+        ("FRAME_TIMEOUT_MS_DEFAULT", limits::FRAME_TIMEOUT_MS_DEFAULT),
+        ("PARTIAL_FRAME_BYTES_MAX_DEFAULT", limits::PARTIAL_FRAME_BYTES_MAX_DEFAULT as u64),
+        ("CATCH_UPS_MAX_DEFAULT", limits::CATCH_UPS_MAX_DEFAULT as u64),
+        ("AUTH_TIMEOUT_MS", limits::AUTH_TIMEOUT_MS),
+        ("AUTH_FRAME_BYTES_MAX", limits::AUTH_FRAME_BYTES_MAX.into()),
+        ("AUTH_SECRET_BYTES_MIN", limits::AUTH_SECRET_BYTES_MIN as u64),
+        ("AUTH_SECRET_BYTES_MAX", limits::AUTH_SECRET_BYTES_MAX as u64),
+        ("FOLLOWER_FRAME_BYTES_MAX", limits::FOLLOWER_FRAME_BYTES_MAX.into()),
     ];
     for (name, value) in limits {
         let tag = format!("`{name}`");
@@ -373,4 +395,27 @@ fn error_code_and_limit_tables_match_the_code() {
         let numbers: Vec<&str> = row.split(|c: char| !c.is_ascii_digit()).collect();
         assert!(numbers.contains(&value.to_string().as_str()), "{name} = {value}; table: {row}");
     }
+}
+
+#[test]
+fn the_authentication_examples_are_a_real_handshake() {
+    // Goal: section 11's AUTH_PROOF and AUTH_OK are the proofs kvstore
+    // computes for its AUTH_HELLO and AUTH_CHALLENGE under the example
+    // secret, so an implementation can test itself against them. Method:
+    // replay the client's side of the handshake on the example messages.
+    let doc = doc();
+    assert!(doc.contains(&format!("`{EXAMPLE_SECRET}`")), "the doc names the example secret");
+    let blocks = blocks(&doc);
+    let find = |name: &str| {
+        blocks_with_info(&blocks, "hex")
+            .map(|b| Message::decode(&hex_bytes(b)[4..]).unwrap())
+            .find(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("no {name} example"))
+    };
+    let Message::AuthHello { scope, client_nonce } = find("AUTH_HELLO") else { unreachable!() };
+    let secret = Secret::from_bytes(EXAMPLE_SECRET.as_bytes()).unwrap();
+    let (client, _) = ClientHandshake::start(scope, client_nonce);
+    let (server_nonce, proof) = client.prove(&secret, &find("AUTH_CHALLENGE")).unwrap();
+    assert_eq!(proof, find("AUTH_PROOF"), "AUTH_PROOF is not the HMAC of the example");
+    client.check(&secret, &server_nonce, &find("AUTH_OK")).expect("AUTH_OK is the server's HMAC");
 }

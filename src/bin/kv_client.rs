@@ -14,6 +14,8 @@
 //! kv_client --port 9001 transfer-leadership [127.0.0.1:9002]   planned handover
 //! kv_client wal-dump ./node1           one record a line, like pg_waldump
 //! kv_client --cluster 9001,9002,9003 put k v   on whichever member leads
+//! kv_client --auth-file ./kvstore.secret --port 9001 put k v   (or KVSTORE_AUTH_FILE=...)
+//! kv_client --tls-ca ca.pem --tls-cert client.pem --tls-key client.key --port 9001 get k
 //! ```
 //!
 //! Exit codes: 0 success, 1 key not found, 2 any error (unreachable server,
@@ -29,10 +31,12 @@ use clap::{Parser, Subcommand};
 
 use kvstore::client::Client;
 use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
+use kvstore::dial::Dialer;
 use kvstore::error::Error;
 use kvstore::protocol::describe::VALUE_SHOWN_BYTES_DEFAULT;
 use kvstore::protocol::Consistency;
 use kvstore::replication::timeline::TIMELINE_COLUMNS;
+use kvstore::tls::TlsFiles;
 use kvstore::wal::{scan_log, Op, ScanEnd, LOG_FILE_NAME};
 use kvstore::watch::WatchOptions;
 
@@ -56,6 +60,20 @@ struct Args {
     /// With --cluster: how long to keep looking for the leader.
     #[arg(long, global = true, default_value_t = RETRY_BUDGET_MS_DEFAULT)]
     retry_ms: u64,
+    /// A file holding the secret of a node started with --auth-file: the
+    /// connection authenticates first, and the node must prove it knows
+    /// the secret too.
+    #[arg(long, global = true, env = "KVSTORE_AUTH_FILE", value_name = "PATH")]
+    auth_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA in this PEM file.
+    #[arg(long, global = true, value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM), for a node that requires one (mutual TLS).
+    #[arg(long, global = true, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, mode 0600).
+    #[arg(long, global = true, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -135,8 +153,21 @@ fn main() -> ExitCode {
     if let Command::WalDump { data_dir } = &args.command {
         return wal_dump(data_dir);
     }
+    let tls = TlsFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        ca: args.tls_ca.clone(),
+    };
+    let dialer = match Dialer::for_client(args.auth_file.as_deref(), &tls) {
+        Ok(dialer) => dialer,
+        Err(e) => {
+            eprintln!("kv_client: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if !args.cluster.is_empty() {
-        return on_cluster(&args.cluster, Duration::from_millis(args.retry_ms), args.command);
+        let budget = Duration::from_millis(args.retry_ms);
+        return on_cluster(&args.cluster, budget, dialer, args.command);
     }
     let Some(port) = args.port else {
         eprintln!("kv_client: --port (or --cluster) is required for this command");
@@ -151,9 +182,9 @@ fn main() -> ExitCode {
             json,
             value_bytes_max: max_value_bytes,
         };
-        return watch(&address, &options);
+        return watch(&address, &dialer, &options);
     }
-    match run(&address, args.command) {
+    match run(&address, &dialer, args.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("kv_client: {address}: {e}");
@@ -162,8 +193,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(address: &str, command: Command) -> Result<ExitCode, Error> {
-    let mut client = Client::connect(address)?;
+fn run(address: &str, dialer: &Dialer, command: Command) -> Result<ExitCode, Error> {
+    let mut client = Client::connect_with(address, dialer)?;
     let mut stdout = std::io::stdout().lock();
     let print = |out: &mut std::io::StdoutLock, bytes: &[u8]| {
         let _ = out.write_all(bytes);
@@ -225,13 +256,13 @@ fn run(address: &str, command: Command) -> Result<ExitCode, Error> {
 }
 
 /// `watch`: print the leader's replication stream until the link ends.
-fn watch(address: &str, options: &WatchOptions) -> ExitCode {
+fn watch(address: &str, dialer: &Dialer, options: &WatchOptions) -> ExitCode {
     let from = match options.from_lsn {
         0 => "what is written from now on".to_string(),
         lsn => format!("the records from LSN {lsn} on"),
     };
     eprintln!("kv_client: watching {address} as an observer: {from} (Ctrl-C to stop)");
-    match kvstore::watch::run(address, options, &mut std::io::stdout().lock()) {
+    match kvstore::watch::run(address, dialer, options, &mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kv_client: {address}: {e}");
@@ -241,8 +272,9 @@ fn watch(address: &str, options: &WatchOptions) -> ExitCode {
 }
 
 /// `--cluster`: put, get and delete on whichever member leads.
-fn on_cluster(members: &[String], budget: Duration, command: Command) -> ExitCode {
-    let result = ClusterClient::new(members, budget).and_then(|mut cluster| {
+fn on_cluster(members: &[String], budget: Duration, dialer: Dialer, command: Command) -> ExitCode {
+    let cluster = ClusterClient::new(members, budget).map(|c| c.with_dialer(dialer));
+    let result = cluster.and_then(|mut cluster| {
         let line = match &command {
             Command::Put { key, value } => {
                 let lsn = cluster.put(key.as_bytes(), value.as_bytes())?;

@@ -5,23 +5,30 @@
 //! kvstore --port 9002 --data-dir ./node2 --role=follower --leader=9001
 //! kvstore --port 9002 --data-dir ./node2      # restart in the role it had
 //! kvstore --port 9002 --data-dir ./node2 --cluster 9001,9002,9003   # elect the leader
+//! kvstore --port 9001 --data-dir ./node1 --auth-file ./kvstore.secret  # connections must authenticate
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use kvstore::admission::AdmissionLimits;
+use kvstore::auth::{Secret, ServerKeys};
 use kvstore::db::FsyncPolicy;
 use kvstore::limits::{
-    CONNECTIONS_MAX_DEFAULT, ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS,
-    OBSERVERS_MAX_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT,
+    CATCH_UPS_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, ELECTION_TIMEOUT_MS_DEFAULT,
+    FRAME_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS, OBSERVERS_MAX_DEFAULT,
+    PARTIAL_FRAME_BYTES_MAX_DEFAULT, UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT,
+    WRITE_TIMEOUT_MS_DEFAULT,
 };
 use kvstore::replication::election::{ElectionConfig, Failover, Timing};
 use kvstore::replication::hub::WriteConcern;
 use kvstore::replication::parse_peer;
 use kvstore::server::{self, Config, Role};
+use kvstore::tls::TlsFiles;
 
 /// mimalloc instead of the system allocator: every request and every
 /// replicated record allocates its key and value, and under load glibc's
@@ -96,6 +103,45 @@ struct Args {
     /// src/sched.rs). 0: the kernel's default.
     #[arg(long, default_value_t = kvstore::sched::REQUEST_SLICE_US_DEFAULT)]
     request_slice_us: u64,
+    /// Most of those connections that have not authenticated (or, without
+    /// --auth-file, sent a first request) yet; when full, the oldest is
+    /// closed to make room. Default: with --auth-file 128 (or
+    /// --max-connections if smaller); without, --max-connections.
+    #[arg(long)]
+    max_unauthenticated: Option<usize>,
+    /// Most followers probed and caught up at once; one more is refused
+    /// (ERROR 18) and redials.
+    #[arg(long, default_value_t = CATCH_UPS_MAX_DEFAULT)]
+    max_catch_ups: usize,
+    /// Most bytes held for frames still arriving, over all connections.
+    #[arg(long, default_value_t = PARTIAL_FRAME_BYTES_MAX_DEFAULT)]
+    max_partial_frame_bytes: usize,
+    /// Once a frame's first byte has arrived, the whole frame must arrive
+    /// within this time or the connection is closed (slow senders).
+    #[arg(long, default_value_t = FRAME_TIMEOUT_MS_DEFAULT)]
+    frame_timeout_ms: u64,
+    /// A file holding a secret (at least 16 bytes, mode 0600): every
+    /// connection — clients, followers, members asking for votes — must
+    /// prove it knows it, and this node uses it to dial other members.
+    #[arg(long, value_name = "PATH")]
+    auth_file: Option<PathBuf>,
+    /// A second secret for what members say to each other (FOLLOWER_HELLO,
+    /// votes, announcements): clients, with --auth-file's secret, then
+    /// cannot pose as a follower.
+    #[arg(long, value_name = "PATH", requires = "auth_file")]
+    replication_auth_file: Option<PathBuf>,
+    /// Serve TLS with this certificate (PEM; the chain, leaf first); with
+    /// --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM, mode 0600).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signed every member's and client's certificate:
+    /// clients must present one (mutual TLS), and this node dials its
+    /// leader and the other members over TLS, checking theirs.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// The address other members reach this node on (port, or host:port),
     /// if not the one it binds: behind NAT, a container or a proxy.
     #[arg(long)]
@@ -157,7 +203,10 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(|buf, record| {
             use std::io::Write;
-            writeln!(buf, "{} {:<5} {}", buf.timestamp_millis(), record.level(), record.args())
+            // One line per event, whatever text a peer put in it.
+            let text = record.args().to_string();
+            let text = kvstore::logline::one_line(&text);
+            writeln!(buf, "{} {:<5} {text}", buf.timestamp_millis(), record.level())
         })
         .init();
     let args = Args::parse();
@@ -201,6 +250,46 @@ fn cluster_role(args: &Args) -> Result<Role, String> {
         return Err("--cluster needs --failover auto: the members elect their leader".into());
     }
     Ok(Role::Cluster { members })
+}
+
+/// `--max-connections` and the budgets of `kvstore::admission`.
+fn admission_limits(args: &Args) -> Result<AdmissionLimits, String> {
+    let unauthenticated_max = match args.max_unauthenticated {
+        Some(0) => return Err("--max-unauthenticated must be at least 1".into()),
+        Some(n) if n > args.max_connections => {
+            return Err(format!(
+                "--max-unauthenticated ({n}) must be at most --max-connections ({})",
+                args.max_connections
+            ))
+        }
+        Some(n) => n,
+        // Without a secret there is nothing to prove: a connection that has
+        // not sent its first request yet is just a client that connected a
+        // moment ago, and a burst of them (a pool warming up) must not be
+        // cut. Slow senders are still bounded by --frame-timeout-ms.
+        None if args.auth_file.is_none() => args.max_connections,
+        None => UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT.min(args.max_connections),
+    };
+    if args.max_catch_ups == 0 || args.frame_timeout_ms == 0 {
+        return Err("--max-catch-ups and --frame-timeout-ms must be at least 1".into());
+    }
+    if args.max_partial_frame_bytes < kvstore::limits::PARTIAL_FRAME_STEP_BYTES {
+        return Err(format!(
+            "--max-partial-frame-bytes must be at least {} (one step of a frame's buffer)",
+            kvstore::limits::PARTIAL_FRAME_STEP_BYTES
+        ));
+    }
+    Ok(AdmissionLimits {
+        connections_max: args.max_connections,
+        unauthenticated_max,
+        partial_frame_bytes_max: args.max_partial_frame_bytes,
+        catch_ups_max: args.max_catch_ups,
+        frame_timeout: Duration::from_millis(args.frame_timeout_ms),
+    })
+}
+
+fn load_secret(path: &Path) -> Result<Arc<Secret>, String> {
+    Secret::load(path).map(Arc::new).map_err(|e| e.to_string())
 }
 
 fn config(args: Args) -> Result<Config, String> {
@@ -249,6 +338,26 @@ fn config(args: Args) -> Result<Config, String> {
     if args.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
+    let limits = admission_limits(&args)?;
+    let tls = TlsFiles {
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        ca: args.tls_ca.clone(),
+    };
+    let tls_server = tls.server_config().map_err(|e| e.to_string())?;
+    // Without --tls-ca, the node serves TLS but asks for no client
+    // certificate, and has no CA to check other members with.
+    let tls_client = match &args.tls_ca {
+        Some(_) => tls.client_config().map_err(|e| e.to_string())?,
+        None => None,
+    };
+    let auth = match &args.auth_file {
+        Some(path) => Some(ServerKeys::new(
+            load_secret(path)?,
+            args.replication_auth_file.as_deref().map(load_secret).transpose()?,
+        )),
+        None => None,
+    };
     if args.heartbeat_interval_ms == 0 || args.heartbeat_interval_ms * 2 > args.election_timeout_ms
     {
         return Err(format!(
@@ -277,7 +386,10 @@ fn config(args: Args) -> Result<Config, String> {
             ConcernArg::All => WriteConcern::All,
         },
         write_timeout: Duration::from_millis(args.write_timeout_ms),
-        max_connections: args.max_connections,
+        limits,
+        auth,
+        tls_server,
+        tls_client,
         advertise,
         metrics_port: args.metrics_port,
         election: ElectionConfig {

@@ -10,6 +10,12 @@
 //!    end of stream inside a frame is an error ([`Error::UnexpectedEof`]).
 //!
 //! A zero length is refused too: every payload starts with its type byte.
+//!
+//! [`read_frame`] is for blocking sockets: it waits inside `read` until the
+//! whole frame is there. A reader on a non-blocking socket (the event-loop
+//! load generator, `examples/kv_bench/event_loop.rs`) gathers bytes itself
+//! and asks [`split_frame`] whether they hold a complete frame yet; the same
+//! two checks apply, on the length prefix, before the payload has arrived.
 
 use std::io::{ErrorKind, Read, Write};
 
@@ -33,18 +39,45 @@ pub fn read_frame<R: Read>(reader: &mut R, frame_bytes_max: u32) -> Result<Optio
         }
     }
     let len = u32::from_be_bytes(header);
-    if len == 0 {
-        return Err(Error::Malformed("empty frame: a payload starts with its type byte".into()));
-    }
-    if len > frame_bytes_max {
-        return Err(Error::FrameTooLarge { len: u64::from(len), max: u64::from(frame_bytes_max) });
-    }
+    check_length(len, frame_bytes_max)?;
     let mut payload = vec![0u8; len as usize];
     reader.read_exact(&mut payload).map_err(|e| match e.kind() {
         ErrorKind::UnexpectedEof => Error::UnexpectedEof,
         _ => Error::io("reading frame payload", e),
     })?;
     Ok(Some(payload))
+}
+
+/// The first frame in `buffer`, if all of it is there: `Ok(Some((payload,
+/// frame_bytes)))`, where `frame_bytes` (4 + the payload's length) is how much
+/// of `buffer` the frame used. `Ok(None)` means more bytes are needed: the
+/// buffer is cut inside the length prefix or inside the payload.
+///
+/// The length prefix is checked as soon as its 4 bytes are there, so an
+/// oversized or empty frame is refused before the caller waits for (or
+/// buffers) its payload.
+pub fn split_frame(buffer: &[u8], frame_bytes_max: u32) -> Result<Option<(&[u8], usize)>> {
+    let Some(header) = buffer.first_chunk::<FRAME_HEADER_BYTES>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*header);
+    check_length(len, frame_bytes_max)?;
+    let frame_bytes = FRAME_HEADER_BYTES + len as usize;
+    match buffer.get(FRAME_HEADER_BYTES..frame_bytes) {
+        Some(payload) => Ok(Some((payload, frame_bytes))),
+        None => Ok(None),
+    }
+}
+
+/// The two rules on a length prefix: not zero, not above the limit.
+fn check_length(len: u32, frame_bytes_max: u32) -> Result<()> {
+    if len == 0 {
+        return Err(Error::Malformed("empty frame: a payload starts with its type byte".into()));
+    }
+    if len > frame_bytes_max {
+        return Err(Error::FrameTooLarge { len: u64::from(len), max: u64::from(frame_bytes_max) });
+    }
+    Ok(())
 }
 
 /// Encode `message` as one frame and write it (the caller flushes).
@@ -109,7 +142,69 @@ mod tests {
         assert!(matches!(read_frame(&mut input, 1024), Err(Error::Malformed(_))));
     }
 
+    #[test]
+    fn split_frame_waits_for_the_whole_frame() {
+        // Goal: a frame arriving in pieces is reported only once complete,
+        // and a following frame's first bytes are left alone. Method: feed
+        // every prefix of two encoded frames.
+        let mut wire = Vec::new();
+        Message::Get { key: b"k".to_vec() }.encode_frame(&mut wire);
+        let first_bytes = wire.len();
+        Message::NotFound.encode_frame(&mut wire);
+        for cut in 0..first_bytes {
+            assert_eq!(split_frame(&wire[..cut], 1024).unwrap(), None, "cut at {cut}");
+        }
+        for cut in first_bytes..=wire.len() {
+            let (payload, used) = split_frame(&wire[..cut], 1024).unwrap().unwrap();
+            assert_eq!(used, first_bytes);
+            assert_eq!(Message::decode(payload).unwrap(), Message::Get { key: b"k".to_vec() });
+        }
+    }
+
+    #[test]
+    fn split_frame_refuses_a_bad_length_before_its_payload() {
+        // Goal: the same two rules as read_frame, applied on the prefix alone.
+        assert!(matches!(
+            split_frame(&[0xff, 0xff, 0xff, 0xff], 1024),
+            Err(Error::FrameTooLarge { len: 0xffff_ffff, max: 1024 })
+        ));
+        assert!(matches!(split_frame(&[0, 0, 0, 0], 1024), Err(Error::Malformed(_))));
+    }
+
     proptest! {
+        // Goal: a stream of frames cut into reads of any sizes decodes to the
+        // same messages as the blocking reader gives. Method: split the
+        // encoded stream at random points, append piece by piece to a buffer
+        // and take frames off its front as split_frame finds them.
+        #[test]
+        fn split_frame_reassembles_any_cuts(
+            values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..8),
+            cuts in proptest::collection::vec(1usize..30, 1..64),
+        ) {
+            let sent: Vec<Message> = values.into_iter().map(|value| Message::Value { value }).collect();
+            let mut wire = Vec::new();
+            for message in &sent {
+                message.encode_frame(&mut wire);
+            }
+            let mut received = Vec::new();
+            let mut buffer = Vec::new();
+            let mut at = 0;
+            for step in cuts.iter().cycle() {
+                if at == wire.len() {
+                    break;
+                }
+                let end = (at + step).min(wire.len());
+                buffer.extend_from_slice(&wire[at..end]);
+                at = end;
+                while let Some((payload, used)) = split_frame(&buffer, 1024).unwrap() {
+                    received.push(Message::decode(payload).unwrap());
+                    buffer.drain(..used);
+                }
+            }
+            prop_assert!(buffer.is_empty());
+            prop_assert_eq!(received, sent);
+        }
+
         // Goal: arbitrary bytes never panic the frame reader.
         #[test]
         fn frame_reader_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {

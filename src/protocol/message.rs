@@ -32,6 +32,13 @@
 //! | 0x28 | PRE_VOTE           | `[cluster_id 16 bytes][term u64][last_lsn u64][last_term u64][candidate address]` |
 //! | 0x29 | TIMEOUT_NOW        | `[cluster_id 16 bytes][term u64]`                       |
 //! | 0x2a | OBSERVER_HELLO     | `[from_lsn u64]` — `kv_client watch`: the stream, no vote, no majority |
+//! | 0x30 | AUTH_HELLO         | `[scope u8][client_nonce 32 bytes]` — opens an authenticated connection |
+//! | 0x31 | AUTH_CHALLENGE     | `[server_nonce 32 bytes]`                               |
+//! | 0x32 | AUTH_PROOF         | `[client_proof 32 bytes]`                               |
+//! | 0x33 | AUTH_OK            | `[server_proof 32 bytes]`                               |
+//!
+//! The AUTH_ messages are the handshake of [`crate::auth`]: a node started
+//! with `--auth-file` accepts nothing else before it.
 //!
 //! A record inside APPEND_ENTRIES has the WAL's layout (see
 //! [`crate::wal::record`]): `[lsn u64][term u64][cmd u8][key_len u32][key][value_len u32][value]`.
@@ -39,6 +46,7 @@
 //! Decoding checks every length against what remains and against the
 //! limits, and refuses trailing bytes: a frame and its fields must agree.
 
+use crate::auth::{Nonce, Proof, Scope, NONCE_BYTES, PROOF_BYTES};
 use crate::cluster::{ClusterId, CLUSTER_ID_BYTES};
 use crate::codec::Decoder;
 use crate::error::{Error, Result};
@@ -75,6 +83,10 @@ pub const TYPE_LEADER_ANNOUNCE: u8 = 0x27;
 pub const TYPE_PRE_VOTE: u8 = 0x28;
 pub const TYPE_TIMEOUT_NOW: u8 = 0x29;
 pub const TYPE_OBSERVER_HELLO: u8 = 0x2a;
+pub const TYPE_AUTH_HELLO: u8 = 0x30;
+pub const TYPE_AUTH_CHALLENGE: u8 = 0x31;
+pub const TYPE_AUTH_PROOF: u8 = 0x32;
+pub const TYPE_AUTH_OK: u8 = 0x33;
 
 /// Longest ERROR or DONE message accepted (64 KiB): such texts are a sentence.
 const ERROR_MESSAGE_BYTES_MAX: u32 = 64 * 1024;
@@ -299,6 +311,26 @@ pub enum Message {
     ObserverHello {
         from_lsn: Lsn,
     },
+    /// The first message of a connection to a node started with
+    /// `--auth-file`: what the connection wants to do (`scope`) and a fresh
+    /// random nonce of the client's ([`crate::auth`]).
+    AuthHello {
+        scope: Scope,
+        client_nonce: Nonce,
+    },
+    /// The server's answer to AUTH_HELLO: a fresh random nonce of its own.
+    AuthChallenge {
+        server_nonce: Nonce,
+    },
+    /// The client's proof that it knows the secret: an HMAC over both nonces.
+    AuthProof {
+        client_proof: Proof,
+    },
+    /// The server accepted the proof, and proves in turn that it knows the
+    /// secret too (the client checks it before it sends anything else).
+    AuthOk {
+        server_proof: Proof,
+    },
 }
 
 impl Message {
@@ -330,6 +362,10 @@ impl Message {
             Message::LeaderAnnounce { .. } => "LEADER_ANNOUNCE",
             Message::TimeoutNow { .. } => "TIMEOUT_NOW",
             Message::ObserverHello { .. } => "OBSERVER_HELLO",
+            Message::AuthHello { .. } => "AUTH_HELLO",
+            Message::AuthChallenge { .. } => "AUTH_CHALLENGE",
+            Message::AuthProof { .. } => "AUTH_PROOF",
+            Message::AuthOk { .. } => "AUTH_OK",
         }
     }
 
@@ -468,6 +504,23 @@ impl Message {
                 out.push(TYPE_OBSERVER_HELLO);
                 put_u64s(out, &[*from_lsn]);
             }
+            Message::AuthHello { scope, client_nonce } => {
+                out.push(TYPE_AUTH_HELLO);
+                out.push(scope.byte());
+                out.extend_from_slice(client_nonce);
+            }
+            Message::AuthChallenge { server_nonce } => {
+                out.push(TYPE_AUTH_CHALLENGE);
+                out.extend_from_slice(server_nonce);
+            }
+            Message::AuthProof { client_proof } => {
+                out.push(TYPE_AUTH_PROOF);
+                out.extend_from_slice(client_proof);
+            }
+            Message::AuthOk { server_proof } => {
+                out.push(TYPE_AUTH_OK);
+                out.extend_from_slice(server_proof);
+            }
         }
     }
 
@@ -583,6 +636,19 @@ impl Message {
             TYPE_OBSERVER_HELLO => {
                 Message::ObserverHello { from_lsn: d.u64("observer hello from_lsn")? }
             }
+            TYPE_AUTH_HELLO => Message::AuthHello {
+                scope: Scope::from_byte(d.u8("auth hello scope")?)?,
+                client_nonce: decode_array::<NONCE_BYTES>(&mut d, "auth hello client_nonce")?,
+            },
+            TYPE_AUTH_CHALLENGE => Message::AuthChallenge {
+                server_nonce: decode_array::<NONCE_BYTES>(&mut d, "auth challenge server_nonce")?,
+            },
+            TYPE_AUTH_PROOF => Message::AuthProof {
+                client_proof: decode_array::<PROOF_BYTES>(&mut d, "auth proof client_proof")?,
+            },
+            TYPE_AUTH_OK => Message::AuthOk {
+                server_proof: decode_array::<PROOF_BYTES>(&mut d, "auth ok server_proof")?,
+            },
             other => return Err(Error::UnknownMessageType(other)),
         };
         d.finish(message.name())?;
@@ -717,6 +783,13 @@ fn decode_cluster_id(d: &mut Decoder<'_>, what: &str) -> Result<Option<ClusterId
     let mut id = [0u8; CLUSTER_ID_BYTES];
     id.copy_from_slice(d.take(CLUSTER_ID_BYTES, what)?);
     Ok((id != [0u8; CLUSTER_ID_BYTES]).then_some(ClusterId(id)))
+}
+
+/// Read exactly `N` bytes (a nonce or a proof).
+fn decode_array<const N: usize>(d: &mut Decoder<'_>, what: &str) -> Result<[u8; N]> {
+    let mut array = [0u8; N];
+    array.copy_from_slice(d.take(N, what)?);
+    Ok(array)
 }
 
 fn decode_bool(d: &mut Decoder<'_>, what: &str) -> Result<bool> {
@@ -892,6 +965,13 @@ mod tests {
             (proptest::option::of(arb_cluster_id()), any::<u64>(), address()).prop_map(
                 |(cluster_id, term, leader)| Message::LeaderAnnounce { cluster_id, term, leader }
             ),
+            (any::<bool>(), any::<[u8; 32]>()).prop_map(|(client, client_nonce)| {
+                let scope = if client { Scope::Client } else { Scope::Replication };
+                Message::AuthHello { scope, client_nonce }
+            }),
+            any::<[u8; 32]>().prop_map(|server_nonce| Message::AuthChallenge { server_nonce }),
+            any::<[u8; 32]>().prop_map(|client_proof| Message::AuthProof { client_proof }),
+            any::<[u8; 32]>().prop_map(|server_proof| Message::AuthOk { server_proof }),
         ]
     }
 

@@ -33,9 +33,11 @@
 //!    (a machine that loses power, or a cut cable, refuses nothing and
 //!    leaves rules 1 and 2 in charge). A follower told so ends its lease
 //!    early and stands for election after a short random wait, `[H, H +
-//!    T/2)` with `H` the heartbeat interval, instead of the whole timeout. It
-//!    still needs a majority of pre-votes, and a member that still hears
-//!    a leader refuses them, so a healthy leader is never deposed this way.
+//!    min(T/2, 5H))` with `H` the heartbeat interval, instead of the whole
+//!    timeout, and retries as soon after a split vote, until a leader
+//!    speaks. It still needs a majority of pre-votes, and a member that
+//!    still hears a leader refuses them, so a healthy leader is never
+//!    deposed this way.
 
 use crate::{Lsn, Term};
 
@@ -116,16 +118,12 @@ impl ElectionClock {
 
     /// Rule 4: our leader's address refuses connections, so no process
     /// listens there: the leader is gone, not merely quiet. The lease ends
-    /// (there is no leader left to protect) and the wait is cut to a random
-    /// `[H, H + T/2)` (`H` the heartbeat interval) if that ends sooner than
-    /// the current one: wide enough that the followers, all told at once,
-    /// rarely stand together and split the vote. Returns how long the wait
-    /// still lasts.
+    /// (there is no leader left to protect) and the wait is cut to a short
+    /// one ([`ElectionClock::short_wait`]) if that ends sooner than the
+    /// current one. Returns how long the wait still lasts.
     pub fn leader_gone(&mut self, now_ms: u64) -> u64 {
         self.leader_gone = true;
-        let h = self.timing.heartbeat_ms.max(1);
-        let spread = (self.timing.election_ms / 2).max(1);
-        let short = h + self.next_random() % spread;
+        let short = self.short_wait();
         let left = (self.waiting_since_ms + self.timeout_ms).saturating_sub(now_ms);
         if short < left {
             self.waiting_since_ms = now_ms;
@@ -136,11 +134,26 @@ impl ElectionClock {
 
     /// Wait again, with a fresh random timeout (after granting a vote, or
     /// after an election that came to nothing). The lease is not renewed:
-    /// only a leader renews it.
+    /// only a leader renews it. While the leader is known to be gone (rule
+    /// 4), the waits stay short: an election that split its votes is tried
+    /// again soon, not after a whole timeout.
     pub fn restart(&mut self, now_ms: u64) {
         self.waiting_since_ms = now_ms;
-        let t = self.timing.election_ms.max(1);
-        self.timeout_ms = t + self.next_random() % t;
+        self.timeout_ms = if self.leader_gone {
+            self.short_wait()
+        } else {
+            let t = self.timing.election_ms.max(1);
+            t + self.next_random() % t
+        };
+    }
+
+    /// Rule 4's wait: random in `[H, H + min(T/2, 5H))`, `H` the heartbeat
+    /// interval — 100 to 600 ms by default: wide enough that followers told
+    /// at once rarely stand together and split the vote.
+    fn short_wait(&mut self) -> u64 {
+        let h = self.timing.heartbeat_ms.max(1);
+        let spread = (self.timing.election_ms / 2).min(5 * h).max(1);
+        h + self.next_random() % spread
     }
 
     /// If this wait is over: how long since we last heard from a leader
@@ -250,12 +263,13 @@ mod tests {
         assert!(!clock.in_lease(1_100), "no lease for a leader that is gone");
         assert_eq!(clock.expired(1_100 + wait - 1), None);
         assert_eq!(clock.expired(1_100 + wait), Some(100 + wait), "silent since 1000");
-        // A failed election waits a whole timeout again, still without a lease.
+        // A failed election tries again soon, still without a lease.
         clock.restart(1_500);
-        assert!(clock.timeout_ms() >= 1000 && !clock.in_lease(1_500));
-        // A leader that speaks brings the lease back.
+        assert!((100..600).contains(&clock.timeout_ms()) && !clock.in_lease(1_500));
+        // A leader that speaks brings the lease back, and whole timeouts.
         clock.heard_from_leader(3_000);
         assert!(clock.in_lease(3_001));
+        assert!(clock.timeout_ms() >= 1000);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! A follower runs one `follower` thread per leader it follows; a role
 //! change stops it ([`FollowerLink::stop`]) and starts another.
 //!
-//! 1. Dial the leader (the same port its clients use).
+//! 1. Dial the leader (the same port its clients use); with `--auth-file`,
+//!    run the handshake of [`crate::auth`] first: the leader proves it
+//!    knows the secret before the follower says anything.
 //! 2. Send `FOLLOWER_HELLO [last_lsn][last_term][term][listen_port][cluster_id]`
 //!    — lesson 5's handshake, with where our log ends and our term.
 //! 3. Read LEADER_HELLO. A leader in an **older term** than ours was
@@ -52,6 +54,7 @@ use crate::replication::trace::{Direction, LinkTrace};
 use crate::replication::PeerKind;
 use crate::replication::RateLimitedLine;
 use crate::status::LeaderLink;
+use crate::tls::Conn;
 use crate::wal::Record;
 use crate::Lsn;
 
@@ -168,14 +171,12 @@ fn run(db: &Db, replica: &Replica, link: &FollowerLink) {
 /// One connection to the leader, from HELLO until it breaks.
 fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
     let leader = link.leader();
-    let timeout = Duration::from_millis(REPLICATION_TIMEOUT_MS);
-    let stream = TcpStream::connect_timeout(&leader, timeout)
-        .map_err(|e| Error::io(format!("connecting to {leader}"), e))?;
+    // With --tls-ca the link is encrypted, and with --auth-file both sides
+    // prove they know the secret, before the follower says anything about
+    // its log. The socket keeps the dial's timeouts: silence is failure.
+    let stream = replica.dialer().dial(leader, Duration::from_millis(REPLICATION_TIMEOUT_MS))?;
     let setup = |e| Error::io("configuring replication socket", e);
-    stream.set_nodelay(true).map_err(setup)?;
-    stream.set_read_timeout(Some(timeout)).map_err(setup)?;
-    stream.set_write_timeout(Some(timeout)).map_err(setup)?;
-    *link.socket.lock() = Some(stream.try_clone().map_err(setup)?);
+    *link.socket.lock() = Some(stream.socket().try_clone().map_err(setup)?);
     if link.is_stopped() {
         return Ok(());
     }
@@ -404,7 +405,7 @@ impl Follower<'_> {
 
 /// The read side of the link, with room for one message read ahead.
 struct Inbox {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Conn>,
     pending: Option<AppendEntries>,
     /// `--trace-replication`: this link's trace, for both directions.
     trace: Option<LinkTrace>,
@@ -528,7 +529,7 @@ fn check_leader(db: &Db, replica: &Replica, message: &Message, leader: SocketAdd
     replica.set_members(members.clone())
 }
 
-fn send(writer: &mut TcpStream, message: &Message, trace: Option<&LinkTrace>) -> Result<()> {
+fn send(writer: &mut Conn, message: &Message, trace: Option<&LinkTrace>) -> Result<()> {
     let mut out = Vec::with_capacity(64);
     message.encode_frame(&mut out);
     if let Some(trace) = trace {

@@ -61,19 +61,20 @@
 //! tells the follower with an ERROR (code 12), after which it refuses reads.
 
 use std::io::{BufReader, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::admission::Permit;
 use crate::cluster::ClusterId;
 use crate::db::{Batch, Db};
 use crate::error::{Error, ErrorCode, Result};
 use crate::limits::{
-    APPEND_ENTRIES_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX, PROBE_ROUNDS_MAX,
-    REPLICATION_TIMEOUT_MS,
+    APPEND_ENTRIES_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FOLLOWER_FRAME_BYTES_MAX,
+    FRAME_BYTES_MAX, PROBE_ROUNDS_MAX, REPLICATION_TIMEOUT_MS,
 };
 use crate::protocol::frame::{is_timeout, read_frame, write_message, FRAME_HEADER_BYTES};
 use crate::protocol::message::{AppendEntriesEncoder, AppendEntriesHeader};
@@ -85,6 +86,7 @@ use crate::replication::trace::{Direction, LinkTrace};
 use crate::replication::PeerKind;
 use crate::replication::RateLimitedLine;
 use crate::stages::Stage;
+use crate::tls::Conn;
 use crate::{Lsn, Term};
 
 /// What a follower said in its FOLLOWER_HELLO.
@@ -100,6 +102,8 @@ pub struct Hello {
 /// Serve a follower that said FOLLOWER_HELLO on `stream`.
 ///
 /// Called on the connection's own thread; returns when the link ends.
+/// `catch_up_slot` is held through steps 1 to 5's catch-up and given back
+/// when the follower streams live (`--max-catch-ups`).
 /// 1. Refuse if we are not the leader, if the follower is in a newer term
 ///    (then we were deposed: step down), or if it belongs to another cluster.
 /// 2. Register the session and subscribe to new batches.
@@ -107,7 +111,13 @@ pub struct Hello {
 /// 4. Probe for the last record both logs share.
 /// 5. Send everything after it from the WAL (catch-up), then stream new
 ///    batches, with heartbeats when idle, until the link breaks.
-pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, replica: &Replica) {
+pub fn serve_follower(
+    mut stream: Conn,
+    peer: SocketAddr,
+    hello: Hello,
+    replica: &Replica,
+    catch_up_slot: Permit,
+) {
     let address = SocketAddr::new(peer.ip(), hello.listen_port.unwrap_or(peer.port()));
     let db = replica.db();
     let trace = LinkTrace::new(PeerKind::Follower, address).map(Arc::new);
@@ -116,7 +126,7 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
         let message = Message::FollowerHello { last_lsn, last_term, term, listen_port, cluster_id };
         trace.note_message(Direction::Received, &message);
     }
-    let refuse = |stream: &mut TcpStream, err: &Error| send_error(stream, trace.as_deref(), err);
+    let refuse = |stream: &mut Conn, err: &Error| send_error(stream, trace.as_deref(), err);
 
     // 1. Only a leader serves followers; a newer term deposes it.
     let (hub, term) = match replica.view() {
@@ -163,14 +173,15 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
     }
 
     // 2. Subscribe before reading the WAL, so no batch falls in between.
-    let session = hub.attach(address, hello.term, stream.try_clone().ok());
+    let session = hub.attach(address, hello.term, stream.socket().try_clone().ok());
     let batches = db.subscribe();
     let target = db.last_lsn();
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
+    let timeout = Some(Duration::from_millis(REPLICATION_TIMEOUT_MS));
+    let _ = stream.socket().set_write_timeout(timeout);
+    let _ = stream.socket().set_read_timeout(timeout);
     let kind = PeerKind::Follower;
     let link = Link { address, kind, db, hub: &hub, replica, session, term, trace };
-    let outcome = link.run(stream, cluster_id, &hello, target, &batches);
+    let outcome = link.run(stream, (cluster_id, &hello, target), &batches, catch_up_slot);
     if hub.is_current(session) {
         hub.detach(session);
         match outcome {
@@ -192,13 +203,13 @@ pub fn serve_follower(mut stream: TcpStream, peer: SocketAddr, hello: Hello, rep
 /// 4. Send the records from `from_lsn` up to our last LSN from the WAL (no
 ///    probe: an observer has no log to match), then stream new batches,
 ///    with heartbeats when idle, until the link breaks.
-pub fn serve_observer(mut stream: TcpStream, peer: SocketAddr, from_lsn: Lsn, replica: &Replica) {
+pub fn serve_observer(mut stream: Conn, peer: SocketAddr, from_lsn: Lsn, replica: &Replica) {
     let db = replica.db();
     let trace = LinkTrace::new(PeerKind::Observer, peer).map(Arc::new);
     if let Some(trace) = &trace {
         trace.note_message(Direction::Received, &Message::ObserverHello { from_lsn });
     }
-    let refuse = |stream: &mut TcpStream, err: &Error| send_error(stream, trace.as_deref(), err);
+    let refuse = |stream: &mut Conn, err: &Error| send_error(stream, trace.as_deref(), err);
 
     // 1. Only a leader has a stream to watch; only so many watch at once.
     let (hub, term) = match replica.view() {
@@ -213,6 +224,7 @@ pub fn serve_observer(mut stream: TcpStream, peer: SocketAddr, from_lsn: Lsn, re
         return;
     };
     let attached = stream
+        .socket()
         .try_clone()
         .map_err(|e| Error::io("cloning observer socket", e))
         .and_then(|handle| hub.attach_observer(peer, handle));
@@ -238,8 +250,9 @@ pub fn serve_observer(mut stream: TcpStream, peer: SocketAddr, from_lsn: Lsn, re
         hub.observer_count(),
         (target + 1).saturating_sub(first)
     );
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(REPLICATION_TIMEOUT_MS)));
+    let timeout = Some(Duration::from_millis(REPLICATION_TIMEOUT_MS));
+    let _ = stream.socket().set_write_timeout(timeout);
+    let _ = stream.socket().set_read_timeout(timeout);
     let kind = PeerKind::Observer;
     let link = Link { address: peer, kind, db, hub: &hub, replica, session, term, trace };
     let outcome = link.observe(stream, cluster_id, first - 1, target, &batches);
@@ -253,7 +266,7 @@ pub fn serve_observer(mut stream: TcpStream, peer: SocketAddr, from_lsn: Lsn, re
 }
 
 /// Send an ERROR for `err` (best effort) before closing a link, and trace it.
-fn send_error(stream: &mut TcpStream, trace: Option<&LinkTrace>, err: &Error) {
+fn send_error(stream: &mut Conn, trace: Option<&LinkTrace>, err: &Error) {
     let message = Message::error(err);
     if let Some(trace) = trace {
         trace.note_message(Direction::Sent, &message);
@@ -277,11 +290,10 @@ struct Link<'a> {
 impl Link<'_> {
     fn run(
         &self,
-        mut stream: TcpStream,
-        cluster_id: ClusterId,
-        hello: &Hello,
-        target: Lsn,
+        mut stream: Conn,
+        (cluster_id, hello, target): (ClusterId, &Hello, Lsn),
         batches: &Receiver<Batch>,
+        catch_up_slot: Permit,
     ) -> Result<()> {
         let (address, term) = (self.address, self.term);
         // 3. Our half of the handshake.
@@ -315,14 +327,14 @@ impl Link<'_> {
         );
 
         // 5. Stream, with ACKs read on their own thread.
-        self.stream_after(stream, reader, matched, target, batches)
+        self.stream_after(stream, reader, (matched, target), batches, Some(catch_up_slot))
     }
 
     /// An observer's link: LEADER_HELLO, then the stream after `matched`
     /// (the LSN before the first one it asked for), without a probe.
     fn observe(
         &self,
-        mut stream: TcpStream,
+        mut stream: Conn,
         cluster_id: ClusterId,
         matched: Lsn,
         target: Lsn,
@@ -331,12 +343,12 @@ impl Link<'_> {
         self.send_leader_hello(&mut stream, cluster_id, target)?;
         let reader = stream.try_clone().map_err(|e| Error::io("cloning observer socket", e))?;
         self.hub.catching_up(self.session, target);
-        self.stream_after(stream, BufReader::new(reader), matched, target, batches)
+        self.stream_after(stream, BufReader::new(reader), (matched, target), batches, None)
     }
 
     fn send_leader_hello(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Conn,
         cluster_id: ClusterId,
         target: Lsn,
     ) -> Result<()> {
@@ -350,13 +362,15 @@ impl Link<'_> {
 
     /// Catch-up from the WAL after `matched` up to `target`, then the live
     /// stream, with the ACKs read on their own thread; until the link ends.
+    /// A follower's catch-up slot (`--max-catch-ups`) is given back once
+    /// it has caught up; an observer holds none.
     fn stream_after(
         &self,
-        stream: TcpStream,
-        reader: BufReader<TcpStream>,
-        matched: Lsn,
-        target: Lsn,
+        stream: Conn,
+        reader: BufReader<Conn>,
+        (matched, target): (Lsn, Lsn),
         batches: &Receiver<Batch>,
+        catch_up_slot: Option<Permit>,
     ) -> Result<()> {
         crate::metrics::global().catch_up(&self.kind.to_string());
         let sent_through = Arc::new(AtomicU64::new(matched));
@@ -371,19 +385,16 @@ impl Link<'_> {
         );
         sender.kind = self.kind;
         sender.trace = self.trace.clone();
-        let outcome = sender.catch_up(target).and_then(|()| sender.stream_live(batches, &closed));
+        let caught_up = sender.catch_up(target);
+        drop(catch_up_slot);
+        let outcome = caught_up.and_then(|()| sender.stream_live(batches, &closed));
         let _ = sender.stream.shutdown(Shutdown::Both);
         outcome
     }
 
     /// Step 4: find the last LSN both logs share. Each probe is an empty
     /// AppendEntries; the follower ACKs it or refuses with a hint.
-    fn probe(
-        &self,
-        stream: &mut TcpStream,
-        reader: &mut BufReader<TcpStream>,
-        hello: &Hello,
-    ) -> Result<Lsn> {
+    fn probe(&self, stream: &mut Conn, reader: &mut BufReader<Conn>, hello: &Hello) -> Result<Lsn> {
         let history = self.db.term_history();
         let mut prev = log_match::first_probe(&history, hello.last_lsn, hello.last_term);
         for _ in 0..PROBE_ROUNDS_MAX {
@@ -455,7 +466,7 @@ impl Link<'_> {
     /// closes the link if the follower is silent for [`REPLICATION_TIMEOUT_MS`].
     fn spawn_ack_reader(
         &self,
-        mut reader: BufReader<TcpStream>,
+        mut reader: BufReader<Conn>,
         sent_through: &Arc<AtomicU64>,
         closed: &Arc<AtomicBool>,
     ) -> Result<()> {
@@ -493,8 +504,8 @@ impl Link<'_> {
 }
 
 /// Read one reply during the probe, turning silence and EOF into errors.
-fn read_reply(reader: &mut BufReader<TcpStream>, trace: Option<&LinkTrace>) -> Result<Message> {
-    match read_frame(reader, FRAME_BYTES_MAX) {
+fn read_reply(reader: &mut BufReader<Conn>, trace: Option<&LinkTrace>) -> Result<Message> {
+    match read_frame(reader, FOLLOWER_FRAME_BYTES_MAX) {
         Ok(Some(frame)) => {
             if let Some(trace) = trace {
                 trace.note(Direction::Received, &frame);
@@ -526,10 +537,10 @@ struct AckReader {
 
 impl AckReader {
     /// Read ACKs until the link fails; return why it ended.
-    fn read(&self, reader: &mut BufReader<TcpStream>, replica: &Replica) -> String {
+    fn read(&self, reader: &mut BufReader<Conn>, replica: &Replica) -> String {
         let mut measured = self.measured_from;
         loop {
-            let frame = match read_frame(reader, FRAME_BYTES_MAX) {
+            let frame = match read_frame(reader, FOLLOWER_FRAME_BYTES_MAX) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return "connection closed".into(),
                 Err(e) if is_timeout(&e) => {
@@ -600,7 +611,7 @@ impl AckReader {
 
 /// One follower's (or observer's) sender: the socket and the cursor `next_lsn`.
 struct Sender<'a> {
-    stream: TcpStream,
+    stream: Conn,
     address: SocketAddr,
     kind: PeerKind,
     trace: Option<Arc<LinkTrace>>,
@@ -619,7 +630,7 @@ struct Sender<'a> {
 
 impl<'a> Sender<'a> {
     fn new(
-        stream: TcpStream,
+        stream: Conn,
         (address, db, hub): (SocketAddr, &'a Db, &'a Hub),
         (session, term): (Session, Term),
         next_lsn: Lsn,
@@ -846,7 +857,7 @@ mod tests {
     use super::*;
     use crate::db::FsyncPolicy;
     use crate::wal::{Op, Record};
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
 
     /// A sender wired to a real socket, over a log of `count` records.
     fn setup(count: u64) -> (tempfile::TempDir, Arc<Db>, Arc<Hub>, TcpStream, TcpStream) {
@@ -881,6 +892,7 @@ mod tests {
         let address = stream.peer_addr().unwrap();
         let session = hub.attach(address, 1, None);
         let sent = Arc::new(AtomicU64::new(next_lsn - 1));
+        let stream = Conn::plain(stream);
         let mut sender = Sender::new(stream, (address, db, hub), (session, 1), next_lsn, sent);
         sender.send_batches(ready).unwrap();
     }

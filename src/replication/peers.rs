@@ -31,15 +31,23 @@
 //! following it. A member in an older term adopts the term and follows the
 //! announcer; every member answers with the term and leader it knows, so an
 //! announcer that is itself out of date learns it and steps down.
+//!
+//! ## Authentication
+//!
+//! Every question goes on a fresh connection; on a node started with
+//! `--auth-file`, [`ask`] first runs the handshake of [`crate::auth`] with
+//! the node's own secret (the replication one, if set), and the member
+//! proves in turn that it knows it: a vote or an announcement from someone
+//! without the secret is never even read.
 
 use std::io::{BufReader, Write};
 
 use crossbeam_channel::Receiver;
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::ClusterId;
+use crate::dial::Dialer;
 use crate::error::{Error, Result};
 use crate::limits::{ANNOUNCE_INTERVAL_MS, FRAME_BYTES_MAX, PEER_REQUEST_TIMEOUT_MS};
 use crate::protocol::{read_frame, Message};
@@ -51,13 +59,14 @@ use crate::{Lsn, Term};
 /// Ask every member where its log ends, changing nothing anywhere: a
 /// REQUEST_VOTE in term 0, which every node answers without granting.
 pub fn query_positions(
+    dialer: &Dialer,
     members: &[String],
     cluster_id: Option<ClusterId>,
     ours: (Term, Lsn),
     me: &str,
 ) -> Vec<(String, Result<Message>)> {
     let request = vote_request(cluster_id, 0, ours, me);
-    ask_each(members, &request).iter().take(members.len()).collect()
+    ask_each(dialer, members, &request).iter().take(members.len()).collect()
 }
 
 fn vote_request(cluster_id: Option<ClusterId>, term: Term, ours: (Term, Lsn), me: &str) -> Message {
@@ -74,6 +83,7 @@ fn vote_request(cluster_id: Option<ClusterId>, term: Term, ours: (Term, Lsn), me
 /// all at once; return the answers (or why there was none) that came
 /// before `majority` votes (ours included) or a newer term did.
 pub fn request_votes(
+    dialer: &Dialer,
     members: &[String],
     cluster_id: Option<ClusterId>,
     term: Term,
@@ -82,12 +92,13 @@ pub fn request_votes(
     majority: usize,
 ) -> Vec<(String, Result<Message>)> {
     let request = vote_request(cluster_id, term, ours, me);
-    until_majority(members, &request, term, majority)
+    until_majority(dialer, members, &request, term, majority)
 }
 
 /// Send PRE_VOTE `(term, ours)` from `me` to every member: would they vote
 /// for us in `term`? Nothing changes at any of them.
 pub fn pre_votes(
+    dialer: &Dialer,
     members: &[String],
     cluster_id: Option<ClusterId>,
     term: Term,
@@ -104,13 +115,14 @@ pub fn pre_votes(
     };
     // A pre-vote answer carries the member's term, which is `term - 1` or
     // newer; only one newer than ours (`term - 1`) ends the round early.
-    until_majority(members, &request, term.saturating_sub(1), majority)
+    until_majority(dialer, members, &request, term.saturating_sub(1), majority)
 }
 
 /// Collect the answers to `request` until `majority` members (the asker
 /// included) granted their vote, a member answered with a term newer than
 /// `term`, or every member answered (or failed to).
 fn until_majority(
+    dialer: &Dialer,
     members: &[String],
     request: &Message,
     term: Term,
@@ -118,7 +130,7 @@ fn until_majority(
 ) -> Vec<(String, Result<Message>)> {
     let mut got = Vec::new();
     let mut granted = 1;
-    for (member, answer) in ask_each(members, request).iter().take(members.len()) {
+    for (member, answer) in ask_each(dialer, members, request).iter().take(members.len()) {
         let done = match &answer {
             Ok(Message::Vote { term: theirs, .. }) if *theirs > term => true,
             Ok(Message::Vote { granted: true, .. }) => {
@@ -140,12 +152,17 @@ fn until_majority(
 /// A member that does not answer — a partition holds the request until it
 /// times out — delays nobody: the caller stops reading when it has heard
 /// enough, and that member's thread ends on its own timeout.
-pub fn ask_each(members: &[String], request: &Message) -> Receiver<(String, Result<Message>)> {
+pub fn ask_each(
+    dialer: &Dialer,
+    members: &[String],
+    request: &Message,
+) -> Receiver<(String, Result<Message>)> {
     let (tx, answers) = crossbeam_channel::unbounded();
     for member in members {
         let (thread_tx, thread_member, request) = (tx.clone(), member.clone(), request.clone());
+        let dialer = dialer.clone();
         let spawned = std::thread::Builder::new().name("ask".into()).spawn(move || {
-            let answer = ask(&thread_member, &request);
+            let answer = ask(&dialer, &thread_member, &request);
             let _ = thread_tx.send((thread_member, answer));
         });
         if let Err(e) = spawned {
@@ -212,20 +229,15 @@ pub fn check_promotion(
     Ok(())
 }
 
-/// One request, one reply, on a fresh connection with short timeouts.
-pub fn ask(member: &str, request: &Message) -> Result<Message> {
+/// One request, one reply, on a fresh connection with short timeouts,
+/// after the handshake if this node has a secret (`--auth-file`).
+pub fn ask(dialer: &Dialer, member: &str, request: &Message) -> Result<Message> {
     let address = parse_peer(member)?;
-    let timeout = Duration::from_millis(PEER_REQUEST_TIMEOUT_MS);
-    let stream = TcpStream::connect_timeout(&address, timeout)
-        .map_err(|e| Error::io(format!("connecting to {member}"), e))?;
-    let setup = |e| Error::io(format!("configuring socket to {member}"), e);
-    stream.set_read_timeout(Some(timeout)).map_err(setup)?;
-    stream.set_write_timeout(Some(timeout)).map_err(setup)?;
-    stream.set_nodelay(true).map_err(setup)?;
+    let mut stream = dialer.dial(address, Duration::from_millis(PEER_REQUEST_TIMEOUT_MS))?;
     let mut out = Vec::with_capacity(64);
     request.encode_frame(&mut out);
-    (&stream).write_all(&out).map_err(|e| Error::io(format!("sending to {member}"), e))?;
-    let mut reader = BufReader::new(&stream);
+    stream.write_all(&out).map_err(|e| Error::io(format!("sending to {member}"), e))?;
+    let mut reader = BufReader::new(stream);
     let frame = read_frame(&mut reader, FRAME_BYTES_MAX)?
         .ok_or_else(|| Error::Link(format!("{member} closed the connection")))?;
     match Message::decode(&frame)? {
@@ -250,7 +262,7 @@ pub fn confirm_round(replica: &Replica, hub: &Hub, needed: usize) -> Result<usiz
         .into_iter()
         .filter(|m| parse_peer(m).is_ok_and(|a| !same_node(a, me)))
         .collect();
-    let answers = ask_each(&others, &announce);
+    let answers = ask_each(replica.dialer(), &others, &announce);
     let mut yes = 0;
     for (member, answer) in answers.iter().take(others.len()) {
         if let (Ok(_), Ok(address)) = (&answer, parse_peer(&member)) {
@@ -306,7 +318,8 @@ fn announce_loop(replica: &Replica, hub: &Hub) {
                     .is_ok_and(|a| !same_node(a, me) && !connected.iter().any(|c| same_node(*c, a)))
             })
             .collect();
-        for (member, answer) in ask_each(&targets, &announce).iter().take(targets.len()) {
+        let answers = ask_each(replica.dialer(), &targets, &announce);
+        for (member, answer) in answers.iter().take(targets.len()) {
             if let (Ok(_), Ok(address)) = (&answer, parse_peer(&member)) {
                 replica.heard_from(address);
             }

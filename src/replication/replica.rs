@@ -35,6 +35,7 @@ use parking_lot::Mutex;
 
 use crate::cluster::ClusterId;
 use crate::db::{Db, QueuedWrite};
+use crate::dial::Dialer;
 use crate::error::{Error, Result};
 use crate::limits::ANNOUNCE_INTERVAL_MS;
 use crate::protocol::{Consistency, Message};
@@ -102,6 +103,9 @@ pub struct Replica {
     last_change: Mutex<Option<(Instant, String)>>,
     /// When each member last showed it is reachable.
     contacts: Mutex<HashMap<SocketAddr, Instant>>,
+    /// How this node dials its leader or asks another member something:
+    /// TLS with `--tls-ca`, the handshake with `--auth-file`.
+    dialer: Dialer,
 }
 
 impl Replica {
@@ -112,6 +116,7 @@ impl Replica {
         address: SocketAddr,
         startup: Startup,
         election: ElectionConfig,
+        dialer: Dialer,
     ) -> Result<Arc<Replica>> {
         let mut stored = NodeState::load(db.data_dir())?;
         // A node is never in a term older than a record it holds (a log
@@ -134,6 +139,7 @@ impl Replica {
             campaigning: Mutex::new(()),
             last_change: Mutex::new(None),
             contacts: Mutex::new(HashMap::new()),
+            dialer,
         });
         let deposed_leader = stored.role == Some(StoredRole::Follower)
             && stored.leader.as_deref().is_some_and(|l| !replica.is_me(l));
@@ -314,6 +320,11 @@ impl Replica {
     /// The address clients and members reach this node on.
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// How this node dials another member.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     pub fn view(&self) -> RoleView {
@@ -553,7 +564,8 @@ impl Replica {
         let me = self.address.to_string();
 
         // Round 1: where does every reachable member's log end?
-        let answers = peers::query_positions(&others, self.db.cluster_id(), ours, &me);
+        let answers =
+            peers::query_positions(&self.dialer, &others, self.db.cluster_id(), ours, &me);
         self.heard_from_all(&answers);
         if let Some((member, newer)) = newer_term(&answers, term) {
             self.observe_term(newer, None, &format!("member {member}"))?;
@@ -600,8 +612,15 @@ impl Replica {
             st.stored.store(self.db.data_dir())?;
             new_term
         };
-        let votes =
-            peers::request_votes(others, self.db.cluster_id(), new_term, ours, &me, majority);
+        let votes = peers::request_votes(
+            &self.dialer,
+            others,
+            self.db.cluster_id(),
+            new_term,
+            ours,
+            &me,
+            majority,
+        );
         self.heard_from_all(&votes);
         if let Some((member, newer)) = newer_term(&votes, new_term) {
             self.observe_term(newer, None, &format!("member {member}"))?;
@@ -709,7 +728,7 @@ impl Replica {
             )));
         }
         let request = Message::TimeoutNow { cluster_id: self.db.cluster_id(), term };
-        match peers::ask(&target.to_string(), &request)? {
+        match peers::ask(&self.dialer, &target.to_string(), &request)? {
             Message::Done { .. } => {}
             other => {
                 return Err(Error::Refused(format!("{target} answered {}", other.name())));
@@ -969,7 +988,15 @@ impl Replica {
             ours.0
         );
         // Rule 2: would a majority vote for us? Nothing changes anywhere.
-        let answers = peers::pre_votes(&others, self.db.cluster_id(), next, ours, &me, majority);
+        let answers = peers::pre_votes(
+            &self.dialer,
+            &others,
+            self.db.cluster_id(),
+            next,
+            ours,
+            &me,
+            majority,
+        );
         self.heard_from_all(&answers);
         if let Some((member, newer)) = newer_term(&answers, term) {
             self.observe_term(newer, None, &format!("member {member}"))?;

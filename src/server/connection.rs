@@ -4,71 +4,126 @@
 //! waiting in the read buffer, so a client that pipelines requests gets its
 //! replies in few syscalls, and one that waits gets each reply at once.
 //!
+//! With `--auth-file`, a connection must first pass the handshake of
+//! [`crate::auth`]; until it has, nothing else is read, and whatever goes
+//! wrong gets one ERROR (code 15 or 16) that says nothing about the node.
+//! A connection authenticated as a client may not send what only members
+//! send (with `--replication-auth-file`): ERROR 17.
+//!
 //! Bad input ends only this connection: a frame over the limit, an unknown
 //! type, a payload whose lengths disagree with the frame, or a message that
 //! is not a request get an ERROR reply (where the socket still takes one)
 //! and the connection is closed. Nothing is written to the WAL, and other
 //! connections never notice.
 
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admission::{Refusal, Ticket};
+use crate::auth::{self, Scope, ServerHandshake, ServerKeys};
 use crate::error::{Error, Result};
-use crate::limits::{CLIENT_READ_TIMEOUT_MS, FRAME_BYTES_MAX};
-use crate::protocol::frame::{is_timeout, read_frame};
+use crate::limits::{
+    AUTH_FRAME_BYTES_MAX, AUTH_TIMEOUT_MS, CLIENT_READ_TIMEOUT_MS, FRAME_BYTES_MAX,
+};
+use crate::logline;
+use crate::protocol::frame::is_timeout;
 use crate::protocol::{write_message, Message};
 use crate::replication::leader::{serve_follower, serve_observer, Hello};
 use crate::replication::parse_peer;
 use crate::replication::replica::RoleView;
+use crate::server::inbound::Inbound;
 use crate::server::{fsync_name, Node};
 use crate::stages::Stage;
 use crate::status::{LeaderLink, MemberContact, StatusReport};
+use crate::tls::Conn;
 use crate::wal::Op;
 
 /// Bytes buffered for reading and writing on a client connection (64 KiB).
 const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
 
+/// How long a refused connection's late bytes are read and dropped before
+/// it is closed, so the ERROR arrives whole (see [`refuse`]).
+const REFUSAL_LINGER_MS: u64 = 100;
+
+/// Most bytes read and dropped from a refused connection.
+const REFUSAL_DRAIN_BYTES_MAX: u64 = 64 * 1024;
+
 /// Serve one connection until the peer closes it or sends something bad.
-pub fn serve(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) {
-    if let Err(e) = serve_requests(stream, peer, node) {
-        match e {
-            Error::Io { .. } => log::debug!("[server] {peer}: {e}"),
-            _ => log::warn!("[server] {peer}: {e}; connection closed"),
-        }
+/// `ticket` is its place in the server's budgets, given back at the end.
+/// Why it ended is counted, and logged once a second with the others like
+/// it: a flood of bad connections is a few lines, not one each.
+pub fn serve(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>, mut ticket: Ticket) {
+    match serve_requests(stream, peer, node, &mut ticket) {
+        Ok(()) => {}
+        Err(e @ Error::Io { .. }) => log::debug!("[server] {peer}: {e}"),
+        Err(e) => match Refusal::of(&e) {
+            Some(kind) => node.admission.count(kind, peer),
+            None => node.admission.count_why(Refusal::BadInput, peer, Some(e.to_string())),
+        },
     }
 }
 
-fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Result<()> {
+fn serve_requests(
+    stream: TcpStream,
+    peer: SocketAddr,
+    node: &Arc<Node>,
+    ticket: &mut Ticket,
+) -> Result<()> {
+    let accepted = Instant::now();
     let setup = |e| Error::io("configuring client socket", e);
     stream.set_nodelay(true).map_err(setup)?;
-    // A client must say something soon after connecting; once it has, it
-    // may stay idle (connection pools do).
-    stream.set_read_timeout(Some(Duration::from_millis(CLIENT_READ_TIMEOUT_MS))).map_err(setup)?;
-    // Reader and writer share the one socket (`&TcpStream` reads and
-    // writes): one descriptor per connection, as for Redis, so 10,000
-    // connections fit in a 20,000-descriptor limit.
-    let mut reader = BufReader::with_capacity(CONNECTION_BUFFER_BYTES, &stream);
-    let mut writer = BufWriter::with_capacity(CONNECTION_BUFFER_BYTES, &stream);
+    let stream = match &node.tls {
+        Some(config) => accept_tls(stream, config)?,
+        None => Conn::plain(stream),
+    };
+    let budget = node.admission.frame_bytes();
+    let frame_timeout = node.admission.limits.frame_timeout;
+    let reader = stream.try_clone().map_err(setup)?;
+    let mut inbound = Inbound::new(reader, CONNECTION_BUFFER_BYTES, frame_timeout, budget);
+    let mut writer = BufWriter::with_capacity(CONNECTION_BUFFER_BYTES, stream);
+
+    // 1. With --auth-file, nothing is read but the handshake until the
+    // connection has proved it knows the secret.
+    let scope = match &node.auth {
+        Some(keys) => {
+            let until = accepted + Duration::from_millis(AUTH_TIMEOUT_MS);
+            let scope = authenticate(&mut inbound, &mut writer, keys, until)?;
+            ticket.proved();
+            scope
+        }
+        None => Scope::Replication,
+    };
+    // 2. A client must say something soon after connecting; once it has,
+    // it may stay idle (connection pools do).
+    let mut wait_until = Some(accepted + Duration::from_millis(CLIENT_READ_TIMEOUT_MS));
     let mut first = true;
     loop {
-        let frame = match read_frame(&mut reader, FRAME_BYTES_MAX) {
+        let frame = match inbound.read_frame(FRAME_BYTES_MAX, wait_until) {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),
             Err(e) if is_timeout(&e) => {
-                return Err(Error::Unexpected(format!(
-                    "nothing sent for {CLIENT_READ_TIMEOUT_MS} ms after connecting"
-                )))
+                node.admission.count(Refusal::Silent, peer);
+                return Ok(());
             }
             Err(e @ Error::Io { .. }) => return Err(e),
             Err(e) => return Err(refuse(&mut writer, e)),
         };
         let is_first = std::mem::take(&mut first);
         if is_first {
-            writer.get_ref().set_read_timeout(None).map_err(setup)?;
+            wait_until = None;
+            ticket.proved();
         }
         let message = Message::decode(&frame).map_err(|e| refuse(&mut writer, e))?;
+        if !scope.allows(&message) {
+            let why = format!(
+                "{} needs the replication secret (--replication-auth-file); this connection \
+                 authenticated as a client",
+                message.name()
+            );
+            return Err(refuse(&mut writer, Error::Forbidden(why)));
+        }
         if let Message::FollowerHello { last_lsn, last_term, term, listen_port, cluster_id } =
             message
         {
@@ -78,9 +133,12 @@ fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Resu
                 return Err(refuse(&mut writer, e));
             }
             let hello = Hello { last_lsn, last_term, term, listen_port, cluster_id };
-            writer.flush().map_err(|e| Error::io("flushing", e))?;
-            drop((reader, writer));
-            return hand_over_to_replication(stream, peer, node, hello);
+            return hand_over_to_replication(writer, peer, node, hello);
+        }
+        if let Message::AuthHello { .. } = message {
+            let why = "this node was started without --auth-file and cannot prove it knows a \
+                       secret";
+            return Err(refuse(&mut writer, Error::AuthFailed(why.into())));
         }
         if let Message::ObserverHello { from_lsn } = message {
             if !is_first {
@@ -88,9 +146,7 @@ fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Resu
                     Error::Unexpected("OBSERVER_HELLO must be a connection's first message".into());
                 return Err(refuse(&mut writer, e));
             }
-            writer.flush().map_err(|e| Error::io("flushing", e))?;
-            drop((reader, writer));
-            return hand_over_to_observer(stream, peer, node, from_lsn);
+            return hand_over_to_observer(writer, peer, node, from_lsn);
         }
         let in_flight = node.shutdown.begin_request();
         let kind = message.name();
@@ -101,17 +157,70 @@ fn serve_requests(stream: TcpStream, peer: SocketAddr, node: &Arc<Node>) -> Resu
         };
         crate::metrics::global().request(kind, &reply);
         write_message(&mut writer, &reply)?;
-        if reader.buffer().is_empty() || node.shutdown.is_requested() {
+        if !inbound.has_buffered() || node.shutdown.is_requested() {
             writer.flush().map_err(|e| Error::io("flushing reply", e))?;
         }
         drop(in_flight);
     }
 }
 
-/// Send an ERROR for `err` (best effort) and return it, to close the connection.
-fn refuse(writer: &mut impl Write, err: Error) -> Error {
+/// The server's half of the handshake of [`crate::auth`] (steps 2 and 4),
+/// all of it by `until`. Returns the scope the connection proved; any
+/// failure is answered with one ERROR (code 15 or 16) that says nothing
+/// else about this node, and ends the connection.
+fn authenticate(
+    inbound: &mut Inbound<'_>,
+    writer: &mut BufWriter<Conn>,
+    keys: &ServerKeys,
+    until: Instant,
+) -> Result<Scope> {
+    let read = |inbound: &mut Inbound<'_>, missing: Error| -> Result<Message> {
+        match inbound.read_frame(AUTH_FRAME_BYTES_MAX, Some(until)) {
+            Ok(Some(frame)) => Message::decode(&frame).map_err(|_| missing),
+            Ok(None) => Err(Error::AuthRequired),
+            Err(e @ Error::Io { .. }) if !is_timeout(&e) => Err(e),
+            Err(_) => Err(missing),
+        }
+    };
+    let hello = read(inbound, Error::AuthRequired).map_err(|e| refuse(writer, e))?;
+    let nonce = auth::new_nonce()?;
+    let (handshake, challenge) =
+        ServerHandshake::start(&hello, nonce).map_err(|e| refuse(writer, e))?;
+    write_message(writer, &challenge)?;
+    writer.flush().map_err(|e| Error::io("sending AUTH_CHALLENGE", e))?;
+    let missing = Error::AuthFailed("no AUTH_PROOF in time".into());
+    let proof = read(inbound, missing).map_err(|e| refuse(writer, e))?;
+    let (scope, ok) = handshake.finish(keys, &proof).map_err(|e| refuse(writer, e))?;
+    write_message(writer, &ok)?;
+    writer.flush().map_err(|e| Error::io("sending AUTH_OK", e))?;
+    Ok(scope)
+}
+
+/// The TLS handshake (`--tls-cert`), within the time the auth handshake
+/// gets; a failure ends the connection (counted as bad input).
+fn accept_tls(stream: TcpStream, config: &Arc<rustls::ServerConfig>) -> Result<Conn> {
+    let setup = |e| Error::io("configuring client socket", e);
+    let timeout = Some(Duration::from_millis(AUTH_TIMEOUT_MS));
+    stream.set_read_timeout(timeout).map_err(setup)?;
+    stream.set_write_timeout(timeout).map_err(setup)?;
+    let conn = Conn::accept(stream, config)?;
+    conn.socket().set_read_timeout(None).map_err(setup)?;
+    conn.socket().set_write_timeout(None).map_err(setup)?;
+    Ok(conn)
+}
+
+/// Send an ERROR for `err` (best effort) and return it, to close the
+/// connection. Closing a socket with unread bytes (the rest of a pipeline)
+/// sends a reset, which can destroy the ERROR before the peer reads it; so
+/// stop writing, then read and drop what the peer sent for a moment
+/// (bounded in time and bytes) before the caller closes.
+fn refuse(writer: &mut BufWriter<Conn>, err: Error) -> Error {
     let _ = write_message(writer, &Message::error(&err));
     let _ = writer.flush();
+    let socket = writer.get_ref().socket();
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(REFUSAL_LINGER_MS)));
+    let _ = std::io::copy(&mut socket.take(REFUSAL_DRAIN_BYTES_MAX), &mut std::io::sink());
     err
 }
 
@@ -119,14 +228,26 @@ fn refuse(writer: &mut impl Write, err: Error) -> Error {
 /// belongs to replication. A follower refuses it (naming its leader), after
 /// taking note of a newer term.
 fn hand_over_to_replication(
-    mut stream: TcpStream,
+    mut writer: BufWriter<Conn>,
     peer: SocketAddr,
     node: &Arc<Node>,
     hello: Hello,
 ) -> Result<()> {
     match node.replica.view() {
         RoleView::Leader { .. } => {
-            serve_follower(stream, peer, hello, &node.replica);
+            // A catch-up may read the whole WAL: only so many at once
+            // (counted and logged by `catch_up_slot` when refused).
+            let Some(slot) = node.admission.catch_up_slot(peer) else {
+                let why = format!(
+                    "{} catch-ups already running (--max-catch-ups)",
+                    node.admission.limits.catch_ups_max
+                );
+                let _ = refuse(&mut writer, Error::Busy(why));
+                return Ok(());
+            };
+            writer.flush().map_err(|e| Error::io("flushing", e))?;
+            let stream = writer.into_inner().map_err(|e| Error::io("flushing", e.into_error()))?;
+            serve_follower(stream, peer, hello, &node.replica, slot);
             Ok(())
         }
         RoleView::Follower { leader, .. } => {
@@ -136,7 +257,7 @@ fn hand_over_to_replication(
                 }
                 None => "FOLLOWER_HELLO sent to a follower that knows no leader yet".into(),
             };
-            Err(refuse(&mut stream, Error::Unexpected(why)))
+            Err(refuse(&mut writer, Error::Unexpected(why)))
         }
     }
 }
@@ -144,13 +265,15 @@ fn hand_over_to_replication(
 /// `kv_client watch`: the first message was OBSERVER_HELLO. Only the
 /// leader has a stream to watch; a follower names it.
 fn hand_over_to_observer(
-    mut stream: TcpStream,
+    mut writer: BufWriter<Conn>,
     peer: SocketAddr,
     node: &Arc<Node>,
     from_lsn: crate::Lsn,
 ) -> Result<()> {
     match node.replica.view() {
         RoleView::Leader { .. } => {
+            writer.flush().map_err(|e| Error::io("flushing", e))?;
+            let stream = writer.into_inner().map_err(|e| Error::io("flushing", e.into_error()))?;
             serve_observer(stream, peer, from_lsn, &node.replica);
             Ok(())
         }
@@ -159,7 +282,7 @@ fn hand_over_to_observer(
                 Some(l) => format!("OBSERVER_HELLO sent to a follower; watch the leader {l}"),
                 None => "OBSERVER_HELLO sent to a follower that knows no leader yet".into(),
             };
-            Err(refuse(&mut stream, Error::Unexpected(why)))
+            Err(refuse(&mut writer, Error::Unexpected(why)))
         }
     }
 }
@@ -168,8 +291,15 @@ fn hand_over_to_observer(
 /// other errors become an ERROR reply on an open connection.
 fn handle_request(node: &Node, request: Message) -> Result<Message> {
     match request {
-        Message::Put { key, value } => write(node, Op::Put { key, value }),
-        Message::Delete { key } => write(node, Op::Delete { key }),
+        Message::Put { key, value } => {
+            // Keys at debug only, escaped and cut; values never (logline).
+            log::debug!("[server] PUT {} ({} value bytes)", logline::key(&key), value.len());
+            write(node, Op::Put { key, value })
+        }
+        Message::Delete { key } => {
+            log::debug!("[server] DELETE {}", logline::key(&key));
+            write(node, Op::Delete { key })
+        }
         Message::Get { key } => {
             if let Some(why) = node.replica.unhealthy() {
                 return Err(Error::Unhealthy(why));
@@ -296,6 +426,7 @@ pub fn status(node: &Node) -> StatusReport {
         voted_for: node.replica.voted_for(),
         last_role_change: node.replica.last_role_change(),
         timeline: None,
+        connections: Some(node.admission.report()),
     };
     match node.replica.view() {
         RoleView::Leader { hub, term } => {

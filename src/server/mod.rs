@@ -8,12 +8,19 @@
 //!
 //! - [`run`] opens the data directory, binds, starts replication in the
 //!   node's role ([`Replica`]), and runs the accept loop on the calling thread.
-//! - [`connection`] reads requests, answers them, and hands a replication
-//!   connection (first message FOLLOWER_HELLO) to [`crate::replication::leader`].
+//! - [`connection`] authenticates a connection (with `--auth-file`), reads
+//!   requests, answers them, and hands a replication connection (first
+//!   message FOLLOWER_HELLO or OBSERVER_HELLO) to [`crate::replication::leader`].
+//! - [`inbound`] reads a stranger's frames with a deadline per frame and a
+//!   shared memory budget.
 //! - [`http`] serves `--metrics-port`: `/metrics` for Prometheus, `/healthz`.
+//!
+//! Every connection is admitted against the budgets of
+//! [`crate::admission`] before its thread starts.
 
 pub mod connection;
 pub mod http;
+pub mod inbound;
 pub mod shutdown;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,9 +29,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admission::{Admission, AdmissionLimits, Refusal};
+use crate::auth::{Credentials, ServerKeys};
 use crate::db::{Db, FsyncPolicy};
+use crate::dial::Dialer;
 use crate::error::{Error, Result};
-use crate::limits::{CONNECTION_STACK_BYTES, LISTEN_BACKLOG};
+use crate::limits::{CONNECTION_STACK_BYTES, LISTEN_BACKLOG, REFUSING_THREADS_MAX};
 use crate::protocol::{write_message, Message};
 use crate::replication::election::ElectionConfig;
 use crate::replication::hub::WriteConcern;
@@ -41,7 +51,15 @@ pub struct Config {
     pub fsync: FsyncPolicy,
     pub write_concern: WriteConcern,
     pub write_timeout: Duration,
-    pub max_connections: usize,
+    /// `--max-connections` and the other budgets of [`crate::admission`].
+    pub limits: AdmissionLimits,
+    /// `--auth-file` (and `--replication-auth-file`): the secrets every
+    /// connection must prove it knows. `None`: no authentication.
+    pub auth: Option<ServerKeys>,
+    /// `--tls-cert`/`--tls-key` (and `--tls-ca`): serve TLS. `None`: plain.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// `--tls-ca` (and the node's certificate): dial members over TLS.
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
     /// The address other members reach this node on, if not the bound one
     /// (behind NAT, a container, or a proxy).
     pub advertise: Option<SocketAddr>,
@@ -77,6 +95,12 @@ pub struct Node {
     pub write_timeout: Duration,
     /// Set on SIGTERM/SIGINT; counts the requests in flight.
     pub shutdown: shutdown::Shutdown,
+    /// The secrets connections must prove they know (`None`: no auth).
+    pub auth: Option<ServerKeys>,
+    /// The budgets connections draw on, and the refusal counters.
+    pub admission: Arc<Admission>,
+    /// Serve TLS with this (`None`: plain TCP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Run a kvstore node until the process is killed.
@@ -87,7 +111,8 @@ pub fn run(config: Config) -> Result<()> {
         log::info!("[metrics] serving GET /metrics and /healthz on http://{bound}");
     }
     shutdown::spawn_signal_handler(Arc::clone(&node))?;
-    accept_loop(&listener, &node, config.max_connections);
+    node.admission.spawn_refusal_logger()?;
+    accept_loop(&listener, &node);
     Ok(())
 }
 
@@ -123,6 +148,16 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
     let listener = TcpListener::bind(&bind).map_err(|e| Error::io(format!("binding {bind}"), e))?;
     deepen_backlog(&listener).map_err(|e| Error::io(format!("listening on {bind}"), e))?;
     let address = listener.local_addr().map_err(|e| Error::io("reading bound address", e))?;
+    if config.auth.is_none() && !address.ip().is_loopback() {
+        log::warn!(
+            "[server] bound to {address}, reachable beyond this machine, without --auth-file: \
+             anyone who can reach this port can read and write every key and join as a follower \
+             (see docs/SECURITY.md)"
+        );
+    }
+    if let Some(keys) = &config.auth {
+        log::info!("[auth] every connection must authenticate ({})", keys.describe());
+    }
 
     // 3. Replication: the role from the flags and the stored state.
     let startup = match &config.role {
@@ -135,7 +170,20 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
     if identity != address {
         log::info!("[server] members reach this node at {identity} (--advertise)");
     }
-    let replica = Replica::start(Arc::clone(&db), identity, startup, config.election)?;
+    if config.tls_server.is_some() {
+        let clients = if config.tls_client.is_some() {
+            "client certificates signed by --tls-ca required (mutual TLS)"
+        } else {
+            "no client certificates asked for"
+        };
+        log::info!("[tls] serving TLS with --tls-cert; {clients}");
+    }
+    // How this node dials other members: TLS with --tls-ca, and the
+    // handshake with its own secret.
+    let credentials =
+        config.auth.as_ref().map_or_else(Credentials::none, |keys| keys.member_credentials());
+    let dialer = Dialer::new(credentials, config.tls_client.clone());
+    let replica = Replica::start(Arc::clone(&db), identity, startup, config.election, dialer)?;
     let members = replica.members();
     let term = replica.term();
     match replica.view() {
@@ -168,6 +216,9 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
         write_concern: config.write_concern,
         write_timeout: config.write_timeout,
         shutdown: shutdown::Shutdown::default(),
+        auth: config.auth.clone(),
+        admission: Admission::new(config.limits),
+        tls: config.tls_server.clone(),
     };
     Ok((Arc::new(node), listener))
 }
@@ -201,9 +252,9 @@ fn deepen_backlog(_listener: &TcpListener) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Accept connections forever, one thread each, at most `max_connections`.
-fn accept_loop(listener: &TcpListener, node: &Arc<Node>, max_connections: usize) {
-    let active = Arc::new(AtomicUsize::new(0));
+/// Accept connections forever, one thread each, within the budgets of
+/// [`crate::admission`].
+fn accept_loop(listener: &TcpListener, node: &Arc<Node>) {
     let mut next_id = 0u64;
     for incoming in listener.incoming() {
         let stream = match incoming {
@@ -218,26 +269,28 @@ fn accept_loop(listener: &TcpListener, node: &Arc<Node>, max_connections: usize)
         let peer = stream.peer_addr().unwrap_or_else(|_| node.address);
         if node.shutdown.is_requested() {
             // Stopping: say so, naming the leader, so a client sends its
-            // request elsewhere knowing it was not applied here.
-            let why = Error::ShuttingDown { leader: node.replica.leader_address() };
-            std::thread::spawn(move || refuse_connection(stream, peer, why));
+            // request elsewhere knowing it was not applied here (a node
+            // with auth names nobody to a connection that proved nothing).
+            let leader = node.replica.leader_address().filter(|_| node.auth.is_none());
+            node.admission.count(Refusal::ShuttingDown, peer);
+            refuse_connection(node, stream, Error::ShuttingDown { leader });
             continue;
         }
-        if active.load(Ordering::Acquire) >= max_connections {
-            refuse_connection(stream, peer, Error::TooManyConnections { max: max_connections });
-            continue;
-        }
+        let ticket = match node.admission.admit(&stream, peer) {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                refuse_connection(node, stream, e);
+                continue;
+            }
+        };
         next_id += 1;
-        active.fetch_add(1, Ordering::AcqRel);
-        let guard = ActiveGuard(Arc::clone(&active));
         let node = Arc::clone(node);
         let spawned = std::thread::Builder::new()
             .name(format!("conn-{next_id}"))
             .stack_size(CONNECTION_STACK_BYTES)
             .spawn(move || {
-                let _guard = guard;
                 crate::sched::request_thread();
-                connection::serve(stream, peer, &node);
+                connection::serve(stream, peer, &node, ticket)
             });
         if let Err(e) = spawned {
             log::warn!("[server] cannot start a thread for {peer}: {e}");
@@ -246,25 +299,38 @@ fn accept_loop(listener: &TcpListener, node: &Arc<Node>, max_connections: usize)
 }
 
 /// A connection we do not serve (one too many, or the node is stopping):
-/// tell the client why, then close without losing the reply. Closing a
-/// socket with unread bytes (the client's first request) sends a reset,
-/// which can destroy the reply before the client reads it; so stop
-/// writing, read until the client closes (briefly), then close.
-fn refuse_connection(mut stream: TcpStream, peer: SocketAddr, err: Error) {
-    log::warn!("[server] {peer}: {err}");
+/// tell the client why on a short-lived thread of its own, so that the
+/// accept loop never waits. At most [`REFUSING_THREADS_MAX`] such threads
+/// run at once; beyond them, and on a TLS node (where the ERROR would need
+/// a handshake first), the connection is just closed. The refusal was
+/// counted by the caller, and is logged with the others.
+fn refuse_connection(node: &Node, stream: TcpStream, err: Error) {
+    static REFUSING: AtomicUsize = AtomicUsize::new(0);
+    if node.tls.is_some() {
+        return; // dropping the stream closes it
+    }
+    if REFUSING.fetch_add(1, Ordering::AcqRel) >= REFUSING_THREADS_MAX {
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("refuse".into()).spawn(move || {
+        send_refusal(stream, err);
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+    });
+    if spawned.is_err() {
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Send one ERROR and close without losing it. Closing a socket with
+/// unread bytes (the client's first request) sends a reset, which can
+/// destroy the reply before the client reads it; so stop writing, read
+/// until the client closes (briefly), then close.
+fn send_refusal(mut stream: TcpStream, err: Error) {
     let linger = Some(Duration::from_millis(100));
     let _ = stream.set_write_timeout(linger);
     let _ = write_message(&mut stream, &Message::error(&err));
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let _ = stream.set_read_timeout(linger);
     let _ = std::io::copy(&mut stream, &mut std::io::sink());
-}
-
-/// Decrements the active-connection count when a connection thread ends.
-struct ActiveGuard(Arc<AtomicUsize>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }

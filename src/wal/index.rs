@@ -19,7 +19,7 @@
 //! found while replaying the log, so a missing, short, stale or foreign index
 //! is simply rebuilt (and that is logged).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::MmapMut;
@@ -53,7 +53,7 @@ impl WalIndex {
     /// Open (or create) the index at `path`.
     pub fn open(path: &Path) -> Result<(WalIndex, IndexOpened)> {
         let ctx = |what: &str| format!("{what} WAL index {}", path.display());
-        let file = OpenOptions::new()
+        let file = crate::datadir::file_options()
             .read(true)
             .write(true)
             .create(true)

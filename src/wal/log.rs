@@ -65,7 +65,7 @@
 //! cursor. A reader is only ever asked for records up to an LSN that has
 //! been fully written.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -165,7 +165,7 @@ impl Wal {
         let log_path = dir.join(LOG_FILE_NAME);
         // 0. Make sure the file has the current format's header.
         let upgraded_from_v1 = prepare_header(dir, &log_path)?;
-        let file = OpenOptions::new()
+        let file = crate::datadir::file_options()
             .read(true)
             .write(true)
             .create(true)
@@ -565,7 +565,7 @@ fn upgrade_v1(dir: &Path, log_path: &Path) -> Result<u64> {
 /// or, for a fresh header, it is the file itself).
 fn write_file_durably(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     let ctx = |what: &str| format!("{what} {}", path.display());
-    let file = OpenOptions::new()
+    let file = crate::datadir::file_options()
         .write(true)
         .create(true)
         .truncate(true)
@@ -679,6 +679,7 @@ fn rest_is_zero(reader: &mut impl Read) -> Result<bool> {
 mod tests {
     use super::*;
     use crate::wal::record::Op;
+    use std::fs::OpenOptions;
 
     fn put(lsn: Lsn, key: &str, value: &str) -> Record {
         Record { lsn, term: 1, op: Op::Put { key: key.into(), value: value.into() } }

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this file
 
+pub mod certs;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -16,8 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvstore::client::Client;
+use kvstore::dial::Dialer;
 use kvstore::protocol::Message;
 use kvstore::status::StatusReport;
+use kvstore::tls::TlsFiles;
 use kvstore::Lsn;
 use parking_lot::Mutex;
 use tempfile::TempDir;
@@ -251,10 +254,26 @@ impl Node {
         self.addr.port()
     }
 
+    /// A client of this node; with the node's own `--auth-file` and TLS
+    /// files, if it was started with them.
     pub fn client(&self) -> Client {
+        let dialer = self.dialer();
         eventually(&format!("{} accepts connections", self.name), DEADLINE, || {
-            Client::connect(self.addr).ok()
+            Client::connect_with(self.addr, &dialer).ok()
         })
+    }
+
+    /// How a client dials this node: its `--auth-file=PATH`, and its
+    /// `--tls-ca=`, `--tls-cert=` and `--tls-key=` (its own certificate
+    /// serves as a client certificate), if any.
+    pub fn dialer(&self) -> Dialer {
+        let flag = |name: &str| {
+            let prefix = format!("--{name}=");
+            self.args.iter().find_map(|a| a.strip_prefix(prefix.as_str()).map(PathBuf::from))
+        };
+        let tls = TlsFiles { cert: flag("tls-cert"), key: flag("tls-key"), ca: flag("tls-ca") };
+        Dialer::for_client(flag("auth-file").as_deref(), &tls)
+            .expect("the node's auth and TLS files")
     }
 
     pub fn status(&self) -> StatusReport {
@@ -288,6 +307,14 @@ impl Node {
                 );
             }
             self.logs.lock().iter().skip(from).find(|l| l.contains(needle)).cloned()
+        })
+    }
+
+    /// Wait for a log line containing `needle`, also after the process
+    /// exited (for a node expected to refuse to start).
+    pub fn wait_for_log_text(&self, needle: &str) -> String {
+        eventually(&format!("{} logs {needle:?}", self.name), DEADLINE, || {
+            self.logs.lock().iter().find(|l| l.contains(needle)).cloned()
         })
     }
 
@@ -455,5 +482,31 @@ pub fn wait_converged(nodes: &[&Node]) -> (Lsn, String) {
             .iter()
             .all(|r| r.last_lsn == first.last_lsn && r.digest == first.digest)
             .then(|| (first.last_lsn, first.digest.clone()))
+    })
+}
+
+/// Write `secret` to `dir/name` with mode 0600 (as `--auth-file` needs)
+/// and return its path.
+pub fn secret_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// The index of the one node among `nodes[alive]` that leads, in a term
+/// after `after` (polls until exactly one does).
+pub fn leader_among(nodes: &[Node], alive: &[usize], after: u64) -> usize {
+    eventually("one leader", DEADLINE, || {
+        let leaders: Vec<usize> = alive
+            .iter()
+            .copied()
+            .filter(|i| {
+                let status = nodes[*i].client().status();
+                status.is_ok_and(|s| s.role == "leader" && s.term > after)
+            })
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
     })
 }

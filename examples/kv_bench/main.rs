@@ -3,22 +3,46 @@
 //!
 //! ## What it measures
 //!
-//! `-c N` connections each run on their own OS thread with their own blocking
-//! [`kvstore::client::Client`]. Together they perform `-n` operations (PUT,
-//! GET or a 50/50 mix) on keys `key:000000000042` drawn uniformly from a key
-//! space of `-r` keys, with values of `-d` bytes. It reports:
+//! `-c N` connections together perform `-n` operations (PUT, GET or a 50/50
+//! mix) on keys `key:000000000042` drawn uniformly from a key space of `-r`
+//! keys, with values of `-d` bytes. It reports:
 //!
 //! - **throughput**: replies received per second of wall-clock time, from the
 //!   moment every connection is ready until the last one finishes;
-//! - **latency**: for every request, the time from just before it is sent to
-//!   the moment its reply has been read, in microseconds. Each thread records
-//!   into its own [`hdrhistogram::Histogram`] (3 significant figures, so
-//!   1234us is kept as 1234us and 1234567us within 0.1%); the histograms are
-//!   merged at the end and p50, p99, p99.9 and max are read from the result.
+//! - **latency**: for every request, the time from just before it is written
+//!   to the socket to the moment its reply has been read and decoded, in
+//!   microseconds. Each thread records into its own
+//!   [`hdrhistogram::Histogram`] (3 significant figures, so 1234us is kept as
+//!   1234us and 1234567us within 0.1%); the histograms are merged at the end
+//!   and p50, p99, p99.9 and max are read from the result.
 //!
 //! An ERROR reply (e.g. a write sent to a follower) is a reply like any other:
 //! it is counted in `errors` and its latency is recorded. A broken connection
 //! is fatal: the run stops and the program exits with status 1.
+//!
+//! ## Two ways to drive the connections
+//!
+//! A load generator on the same machine as the server competes with it for
+//! the cores, and *how* it uses them shapes the tail it reports. So there
+//! are two modes, and the summary line names the one that ran:
+//!
+//! - **Thread per connection** (the default, `mode=thread-per-connection`,
+//!   in `per_connection.rs`): each connection has its own OS thread and a
+//!   blocking [`kvstore::client::Client`]. This is what an application with
+//!   a thread pool does. But at `-c 16` on 2 cores, 16 client threads are
+//!   runnable beside the server's: a reply can wait in its socket until its
+//!   thread is scheduled again, and that wait lands in the measured tail.
+//! - **Event loop** (`--threads T`, `mode=event-loop threads=T`, in
+//!   `event_loop.rs`): the connections are dealt out to T threads
+//!   (connection i to thread i mod T), and each thread runs one `mio` poll
+//!   loop over non-blocking sockets. The client then has T threads however
+//!   many connections it opens. `--threads 1` is how `redis-benchmark` runs
+//!   by default (one event loop for all its clients), so rows that set
+//!   kvstore beside plain `redis-benchmark` use `--threads 1`.
+//!
+//! Both modes send the same requests (connection i sends the same keys in the
+//! same order in either mode), keep the same window of requests in flight
+//! per connection and time a request the same way.
 //!
 //! ## Pipelining
 //!
@@ -27,8 +51,15 @@
 //! time`. With `--pipeline N` each connection keeps a window of N requests in
 //! flight; the server answers in order, so the oldest outstanding request is
 //! the one the next reply belongs to. Latency still runs from a request's own
-//! send to its own reply, so it includes the time spent queued behind the
+//! write to its own reply, so it includes the time spent queued behind the
 //! requests ahead of it — which is what a pipelining client really waits.
+//!
+//! `redis-benchmark -P N` pipelines in batches instead: it writes N requests,
+//! waits for all N replies, then writes the next N, and times every reply of
+//! a batch from the batch's first write. kv_bench's window slides: each
+//! reply lets one more request go. In event-loop mode the two come close,
+//! since one turn of the loop reads every reply that has arrived and refills
+//! the window with one write.
 //!
 //! ## A whole cluster
 //!
@@ -42,7 +73,9 @@
 //! connection broke after it was sent, or the leader was deposed before it
 //! could confirm it) is counted as `unknown`, never retried and never
 //! counted as failed; the run goes on with the next operation. Only a
-//! request that finds no leader within the budget stops the run.
+//! request that finds no leader within the budget stops the run. Following
+//! the leader needs the blocking cluster client, so `--cluster` runs thread
+//! per connection only (`--threads` is refused).
 //!
 //! ## How to run it
 //!
@@ -51,6 +84,7 @@
 //! ./target/release/kvstore --port 0 --data-dir "$(mktemp -d)" --fsync never &
 //! #   ... note the port in the "listening on 127.0.0.1:PORT" line
 //! cargo run --release --example kv_bench -- --port PORT -c 16 -n 200000 -d 100 -t put
+//! cargo run --release --example kv_bench -- --port PORT -c 16 --threads 1 -t put
 //! cargo run --release --example kv_bench -- --port PORT -t get --preload -r 10000
 //! cargo run --release --example kv_bench -- --port PORT -t mixed --pipeline 16 --json /tmp/r.json
 //! cargo run --release --example kv_bench -- --cluster 9001,9002,9003 -c 8 -n 100000
@@ -60,13 +94,23 @@
 //! the connections) so that a `get` run measures hits rather than NOT_FOUND.
 //! `--warmup N` runs N unmeasured operations per connection first (warm
 //! caches, a grown hash map, a started group commit). Progress goes to stderr
-//! about once a second; the one-line result goes to stdout; `--json PATH`
-//! also writes the result, with every parameter, as JSON.
+//! about once a second; the one-line result goes to stdout, e.g.
+//!
+//! ```text
+//! put  c=16 n=200000 d=100 mode=event-loop threads=1: 98765 ops/s  p50 150us  p99 400us  p99.9 900us  max 3.1ms  errors 0
+//! ```
+//!
+//! `--json PATH` also writes the result as JSON, with every parameter, the
+//! `mode` (`thread-per-connection` or `event-loop`) and `threads`, the OS
+//! threads that drove the connections (`-c` in the first mode, `--threads`
+//! in the second).
 //!
 //! Numbers from one machine running both client and server measure the pair:
 //! the benchmark's own threads compete with the server's for the same cores.
 
-use std::collections::VecDeque;
+mod event_loop;
+mod per_connection;
+
 use std::error::Error as StdError;
 use std::fmt;
 use std::path::PathBuf;
@@ -78,8 +122,7 @@ use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use hdrhistogram::Histogram;
-use kvstore::client::Client;
-use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
+use kvstore::cluster_client::RETRY_BUDGET_MS_DEFAULT;
 use kvstore::error::Error as KvError;
 use kvstore::limits::VALUE_BYTES_MAX;
 use kvstore::protocol::Message;
@@ -92,6 +135,9 @@ type BenchResult<T> = Result<T, BoxError>;
 /// How long a connection waits for any one reply before the run is declared
 /// broken (a hung server must not hang the benchmark forever).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long connecting to the server may take, per connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often the progress line is printed.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
@@ -108,9 +154,14 @@ const PRELOAD_PIPELINE: usize = 64;
     about = "Load generator for kvstore: throughput and latency percentiles"
 )]
 struct Args {
-    /// Connections, each on its own thread.
+    /// Connections, each on its own thread (unless --threads).
     #[arg(short = 'c', long = "connections", default_value_t = 1)]
     connections: usize,
+
+    /// Event-loop mode: the connections share T threads, each polling its
+    /// share of non-blocking sockets (like redis-benchmark, which uses one).
+    #[arg(long, value_name = "T")]
+    threads: Option<usize>,
 
     /// Total measured operations, split across the connections.
     #[arg(short = 'n', long = "ops", default_value_t = 100_000)]
@@ -164,6 +215,25 @@ struct Args {
     /// No progress lines on stderr.
     #[arg(short = 'q', long)]
     quiet: bool,
+
+    /// A file holding the secret of a node started with --auth-file: every
+    /// connection authenticates first (docs/SECURITY.md). Thread per
+    /// connection only.
+    #[arg(long, env = "KVSTORE_AUTH_FILE", value_name = "PATH")]
+    auth_file: Option<PathBuf>,
+
+    /// Connect over TLS, trusting the CA in this PEM file. Thread per
+    /// connection only.
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
+
+    /// A client certificate (PEM) for a node that requires one.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM, mode 0600).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl Args {
@@ -181,10 +251,35 @@ impl Args {
         if !self.cluster.is_empty() && self.pipeline > 1 {
             return Err("--cluster sends one request at a time: --pipeline must be 1".into());
         }
+        if let Some(threads) = self.threads {
+            if self.auth_file.is_some() || self.tls_ca.is_some() || self.tls_cert.is_some() {
+                return Err("--threads speaks the plain protocol: --auth-file and --tls-* \
+                            need the thread-per-connection mode"
+                    .into());
+            }
+            if !self.cluster.is_empty() {
+                return Err("--threads needs --port: --cluster follows the leader with a \
+                            blocking client per connection, so it runs thread per connection"
+                    .into());
+            }
+            if threads == 0 || threads > self.connections {
+                return Err(format!(
+                    "--threads must be between 1 and -c ({}): each thread needs a connection",
+                    self.connections
+                ));
+            }
+        }
         if self.value_bytes > VALUE_BYTES_MAX as usize {
             return Err(format!("-d must be at most {VALUE_BYTES_MAX} (the server's value limit)"));
         }
         Ok(())
+    }
+
+    fn mode(&self) -> Mode {
+        match self.threads {
+            None => Mode::ThreadPerConnection,
+            Some(threads) => Mode::EventLoop { threads },
+        }
     }
 
     /// Measured operations for connection `id`: an even share, the remainder
@@ -192,6 +287,57 @@ impl Args {
     fn ops_for(&self, id: usize) -> u64 {
         let c = self.connections as u64;
         self.ops / c + u64::from((id as u64) < self.ops % c)
+    }
+
+    /// What connection `id` sends in `phase`.
+    fn ops(&self, phase: Phase, id: usize) -> Box<dyn Iterator<Item = Op>> {
+        match phase {
+            // Connection `id` writes keys id, id + c, id + 2c, ...
+            Phase::Preload => {
+                Box::new((id as u64..self.keys).step_by(self.connections).map(Op::Put))
+            }
+            Phase::WarmUp => Box::new(random_ops(self.workload, self.keys, id, 0, self.warmup)),
+            Phase::Measured => {
+                Box::new(random_ops(self.workload, self.keys, id, 1, self.ops_for(id)))
+            }
+        }
+    }
+}
+
+/// How the connections are driven (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// One OS thread and one blocking socket per connection.
+    ThreadPerConnection,
+    /// `threads` OS threads, each polling its share of non-blocking sockets.
+    EventLoop { threads: usize },
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::ThreadPerConnection => "thread-per-connection",
+            Mode::EventLoop { .. } => "event-loop",
+        }
+    }
+
+    /// The OS threads that drive the `connections`.
+    fn threads(self, connections: usize) -> usize {
+        match self {
+            Mode::ThreadPerConnection => connections,
+            Mode::EventLoop { threads } => threads,
+        }
+    }
+}
+
+/// As the summary line shows it: `mode=thread-per-connection` or
+/// `mode=event-loop threads=T`.
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Mode::ThreadPerConnection => write!(f, "mode={}", self.name()),
+            Mode::EventLoop { threads } => write!(f, "mode={} threads={threads}", self.name()),
+        }
     }
 }
 
@@ -220,6 +366,16 @@ impl fmt::Display for Workload {
 enum Op {
     Put(u64),
     Get(u64),
+}
+
+impl Op {
+    /// The request that performs this operation.
+    fn request(self, value: &[u8]) -> Message {
+        match self {
+            Op::Put(k) => Message::Put { key: key(k), value: value.to_vec() },
+            Op::Get(k) => Message::Get { key: key(k) },
+        }
+    }
 }
 
 fn key(index: u64) -> Vec<u8> {
@@ -269,7 +425,28 @@ fn random_ops(
     })
 }
 
-/// What one connection saw.
+/// What a run does, in order: the first two are unmeasured set-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// `--preload`: PUT every key once.
+    Preload,
+    /// `--warmup N`: N random operations per connection.
+    WarmUp,
+    /// The `-n` operations that are timed and reported.
+    Measured,
+}
+
+impl Phase {
+    /// Requests in flight per connection during this phase.
+    fn window(self, args: &Args) -> usize {
+        match self {
+            Phase::Preload => PRELOAD_PIPELINE,
+            Phase::WarmUp | Phase::Measured => args.pipeline,
+        }
+    }
+}
+
+/// What one connection (or one event-loop thread) saw.
 struct Stats {
     /// Latency of every reply, in microseconds.
     latency_us: Histogram<u64>,
@@ -300,6 +477,35 @@ impl Stats {
         })
     }
 
+    /// Count a reply to a request written at `sent_at`, and record its
+    /// latency (to now: the caller has just decoded the reply).
+    fn record_latency(&mut self, sent_at: Instant) -> BenchResult<()> {
+        let micros = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.record(micros)?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Classify the reply to `op` from one server (`--port`). An ERROR reply
+    /// is counted, in either form (the blocking client turns it into
+    /// [`KvError::Server`]); a broken connection or a reply of the wrong kind
+    /// is fatal.
+    fn tally(&mut self, op: Op, reply: Result<Message, KvError>) -> BenchResult<()> {
+        match (op, reply) {
+            (Op::Put(_), Ok(Message::Ok { .. })) | (Op::Get(_), Ok(Message::Value { .. })) => {}
+            (Op::Get(_), Ok(Message::NotFound)) => self.not_found += 1,
+            (_, Ok(Message::Error { message, .. })) | (_, Err(KvError::Server { message, .. })) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(message);
+            }
+            (_, Err(fatal)) => return Err(fatal.into()),
+            (op, Ok(other)) => {
+                return Err(format!("unexpected {} in reply to {op:?}", other.name()).into());
+            }
+        }
+        Ok(())
+    }
+
     fn merge(&mut self, other: &Stats) -> BenchResult<()> {
         self.latency_us.add(&other.latency_us)?;
         self.count += other.count;
@@ -316,214 +522,108 @@ impl Stats {
     }
 }
 
-/// Where one connection's requests go.
-enum Target {
-    /// One server (`--port`), with up to `--pipeline` requests in flight.
-    Node(Client),
-    /// Whichever member of `--cluster` leads, one request at a time.
-    Cluster(ClusterClient),
-}
-
-/// Perform `ops` on `target` and record each reply into `stats`.
-/// `progress` (if given) counts replies for the progress line; once `abort`
-/// is set (another connection failed) no new request is sent.
-fn drive(
-    target: &mut Target,
-    ops: impl Iterator<Item = Op>,
-    window: usize,
-    value: &[u8],
-    stats: &mut Stats,
-    progress: Option<&AtomicU64>,
-    abort: &AtomicBool,
-) -> BenchResult<()> {
-    match target {
-        Target::Node(client) => drive_node(client, ops, window, value, stats, progress, abort),
-        Target::Cluster(cluster) => drive_cluster(cluster, ops, value, stats, progress, abort),
-    }
-}
-
-/// `--cluster`: one request at a time through the [`ClusterClient`].
-fn drive_cluster(
-    cluster: &mut ClusterClient,
-    ops: impl Iterator<Item = Op>,
-    value: &[u8],
-    stats: &mut Stats,
-    progress: Option<&AtomicU64>,
-    abort: &AtomicBool,
-) -> BenchResult<()> {
-    for op in ops {
-        if abort.load(Ordering::Relaxed) {
-            break;
-        }
-        let sent_at = Instant::now();
-        let reply = match op {
-            Op::Put(k) => cluster.put(&key(k), value).map(|_| true),
-            Op::Get(k) => cluster.get(&key(k)).map(|found| found.is_some()),
-        };
-        let micros = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX);
-        stats.latency_us.record(micros)?;
-        stats.count += 1;
-        match reply {
-            Ok(true) => {}
-            Ok(false) => stats.not_found += 1,
-            Err(KvError::Indeterminate(why)) => {
-                stats.unknown += 1;
-                stats.first_unknown.get_or_insert(why);
-            }
-            Err(KvError::Server { message, .. }) => {
-                stats.errors += 1;
-                stats.first_error.get_or_insert(message);
-            }
-            Err(fatal) => return Err(fatal.into()),
-        }
-        if let Some(done) = progress {
-            done.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    Ok(())
-}
-
-/// `--port`: up to `window` requests in flight on one connection.
-fn drive_node(
-    client: &mut Client,
-    ops: impl Iterator<Item = Op>,
-    window: usize,
-    value: &[u8],
-    stats: &mut Stats,
-    progress: Option<&AtomicU64>,
-    abort: &AtomicBool,
-) -> BenchResult<()> {
-    let mut ops = ops.peekable();
-    // Requests sent and not yet answered, oldest first: (kind, send time).
-    let mut in_flight: VecDeque<(Op, Instant)> = VecDeque::with_capacity(window);
-    loop {
-        // Fill the window.
-        while in_flight.len() < window && !abort.load(Ordering::Relaxed) {
-            let Some(op) = ops.next() else { break };
-            let request = match op {
-                Op::Put(k) => Message::Put { key: key(k), value: value.to_vec() },
-                Op::Get(k) => Message::Get { key: key(k) },
-            };
-            let sent_at = Instant::now();
-            client.send(&request)?;
-            in_flight.push_back((op, sent_at));
-        }
-        // Take the oldest request's reply (the server answers in order).
-        let Some((op, sent_at)) = in_flight.pop_front() else {
-            return Ok(()); // nothing left to send or to wait for
-        };
-        let reply = client.receive();
-        let micros = u64::try_from(sent_at.elapsed().as_micros()).unwrap_or(u64::MAX);
-        stats.latency_us.record(micros)?;
-        stats.count += 1;
-        match (op, reply) {
-            (Op::Put(_), Ok(Message::Ok { .. })) | (Op::Get(_), Ok(Message::Value { .. })) => {}
-            (Op::Get(_), Ok(Message::NotFound)) => stats.not_found += 1,
-            (_, Err(KvError::Server { message, .. })) => {
-                stats.errors += 1;
-                stats.first_error.get_or_insert(message);
-            }
-            (_, Err(fatal)) => return Err(fatal.into()),
-            (op, Ok(other)) => {
-                return Err(format!("unexpected {} in reply to {op:?}", other.name()).into());
-            }
-        }
-        if let Some(done) = progress {
-            done.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// The work of one connection's thread.
-struct Worker<'a> {
-    id: usize,
+/// What every driving thread shares with the main thread.
+struct Shared<'a> {
     args: &'a Args,
+    /// The value of every PUT: `-d` bytes of `x`.
     value: Vec<u8>,
     /// Replies received in the measured phase, over all connections.
-    done: &'a AtomicU64,
+    done: AtomicU64,
     /// Set when any connection fails, so the others stop early.
-    abort: &'a AtomicBool,
-    /// Every worker and the main thread meet here once set-up is finished,
-    /// so the measured phase starts at the same moment on every connection.
-    ready: &'a Barrier,
+    abort: AtomicBool,
+    /// Every driving thread and the main thread meet here once set-up is
+    /// finished, so the measured phase starts at the same moment everywhere.
+    ready: Barrier,
 }
 
-/// A worker's measured result and the moment it finished.
+impl Shared<'_> {
+    /// The counter to bump per reply in `phase`: only measured replies show
+    /// in the progress line.
+    fn progress(&self, phase: Phase) -> Option<&AtomicU64> {
+        (phase == Phase::Measured).then_some(&self.done)
+    }
+
+    fn aborted(&self) -> bool {
+        self.abort.load(Ordering::Relaxed)
+    }
+}
+
+/// One driving thread's connections, in either mode: one blocking
+/// connection (`per_connection.rs`) or a poll loop over several
+/// (`event_loop.rs`).
+trait Driver {
+    /// Send every connection's operations for `phase`, `phase.window(..)` in
+    /// flight at a time, and record each reply into `stats`. Once
+    /// `shared.abort` is set, no new request is sent.
+    fn run_phase(&mut self, shared: &Shared, phase: Phase, stats: &mut Stats) -> BenchResult<()>;
+}
+
+/// Count one measured reply for the progress line (`None`: not measured).
+fn count_progress(progress: Option<&AtomicU64>) {
+    if let Some(done) = progress {
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A driving thread's measured result and the moment it finished.
 struct WorkerOutcome {
     stats: Stats,
     finished_at: Instant,
 }
 
-impl Worker<'_> {
-    fn run(&self, mut client: Target) -> BenchResult<WorkerOutcome> {
-        // Whatever set-up does, reach the barrier: a worker that returned
-        // early would leave the others waiting there forever.
-        let setup = self.set_up(&mut client);
-        if setup.is_err() {
-            self.abort.store(true, Ordering::Relaxed);
-        }
-        self.ready.wait();
-        setup?;
+/// The life of one driving thread, in either mode: set up, meet the others
+/// at the barrier, run the measured phase.
+fn drive_thread(shared: &Shared, driver: &mut impl Driver) -> BenchResult<WorkerOutcome> {
+    // Whatever set-up does, reach the barrier: a thread that returned early
+    // would leave the others waiting there forever.
+    let setup = set_up(shared, driver);
+    if setup.is_err() {
+        shared.abort.store(true, Ordering::Relaxed);
+    }
+    shared.ready.wait();
+    setup?;
 
+    let mut stats = Stats::new()?;
+    let result = driver.run_phase(shared, Phase::Measured, &mut stats);
+    let finished_at = Instant::now();
+    if let Err(e) = result {
+        shared.abort.store(true, Ordering::Relaxed);
+        return Err(e);
+    }
+    Ok(WorkerOutcome { stats, finished_at })
+}
+
+/// Preload the driver's share of the key space, then warm up.
+fn set_up(shared: &Shared, driver: &mut impl Driver) -> BenchResult<()> {
+    if shared.args.preload {
         let mut stats = Stats::new()?;
-        let ops =
-            random_ops(self.args.workload, self.args.keys, self.id, 1, self.args.ops_for(self.id));
-        let result = drive(
-            &mut client,
-            ops,
-            self.args.pipeline,
-            &self.value,
-            &mut stats,
-            Some(self.done),
-            self.abort,
-        );
-        let finished_at = Instant::now();
-        if let Err(e) = result {
-            self.abort.store(true, Ordering::Relaxed);
-            return Err(e);
-        }
-        Ok(WorkerOutcome { stats, finished_at })
-    }
-
-    /// Preload this connection's share of the key space, then warm up.
-    fn set_up(&self, client: &mut Target) -> BenchResult<()> {
-        if self.args.preload {
-            // Connection `id` writes keys id, id + c, id + 2c, ...
-            let stripe = (self.id as u64..self.args.keys).step_by(self.args.connections);
-            let mut stats = Stats::new()?;
-            drive(
-                client,
-                stripe.map(Op::Put),
-                PRELOAD_PIPELINE,
-                &self.value,
-                &mut stats,
-                None,
-                self.abort,
-            )
+        driver
+            .run_phase(shared, Phase::Preload, &mut stats)
             .map_err(|e| format!("preload: {e}"))?;
-            if let Some(message) = stats.first_error {
-                // GETs would measure misses, not hits: stop here.
-                return Err(format!(
-                    "preload: the server refused {} PUTs, the first with: {message}",
-                    stats.errors
-                )
-                .into());
-            }
+        if let Some(message) = stats.first_error {
+            // GETs would measure misses, not hits: stop here.
+            return Err(format!(
+                "preload: the server refused {} PUTs, the first with: {message}",
+                stats.errors
+            )
+            .into());
         }
-        if self.args.warmup > 0 {
-            let ops = random_ops(self.args.workload, self.args.keys, self.id, 0, self.args.warmup);
-            let mut stats = Stats::new()?;
-            drive(client, ops, self.args.pipeline, &self.value, &mut stats, None, self.abort)
-                .map_err(|e| format!("warm-up: {e}"))?;
-        }
-        Ok(())
     }
+    if shared.args.warmup > 0 {
+        let mut stats = Stats::new()?;
+        driver.run_phase(shared, Phase::WarmUp, &mut stats).map_err(|e| format!("warm-up: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The result as written by `--json`.
 #[derive(Serialize)]
 struct JsonReport<'a> {
     workload: Workload,
+    /// `thread-per-connection` or `event-loop`.
+    mode: &'static str,
+    /// OS threads that drove the connections.
+    threads: usize,
     throughput_ops_per_s: f64,
     elapsed_s: f64,
     count: u64,
@@ -567,65 +667,48 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> BenchResult<()> {
-    // Connect every client up front: a server that is not there is reported
-    // once, before any thread starts. (A cluster client finds the leader
-    // with its first request.)
-    let mut clients = Vec::with_capacity(args.connections);
-    for id in 0..args.connections {
-        let target = match args.port {
-            Some(port) => {
-                let address = format!("{}:{port}", args.host);
-                let client = Client::connect(address.as_str())
-                    .map_err(|e| format!("connection {id}: {e}"))?;
-                client.set_timeout(Some(REPLY_TIMEOUT))?;
-                Target::Node(client)
-            }
-            None => {
-                let budget = Duration::from_millis(args.retry_ms);
-                Target::Cluster(ClusterClient::new(&args.cluster, budget)?)
-            }
-        };
-        clients.push(target);
+    let (total, elapsed) = measure(args)?;
+    print_report(args, &total, elapsed);
+    if let Some(path) = &args.json {
+        write_json(args, &total, elapsed, path)?;
     }
-    if args.preload && !args.quiet {
-        eprintln!("preloading {} keys of {} bytes ...", args.keys, args.value_bytes);
-    }
+    Ok(())
+}
 
-    let done = AtomicU64::new(0);
-    let abort = AtomicBool::new(false);
-    let ready = Barrier::new(args.connections + 1);
-    let value = vec![b'x'; args.value_bytes];
+/// Connect, set up, run the measured phase on every connection; return
+/// what they saw together and how long the measured phase took.
+fn measure(args: &Args) -> BenchResult<(Stats, Duration)> {
+    let mode = args.mode();
+    let shared = Shared {
+        args,
+        value: vec![b'x'; args.value_bytes],
+        done: AtomicU64::new(0),
+        abort: AtomicBool::new(false),
+        ready: Barrier::new(mode.threads(args.connections) + 1),
+    };
 
     let (outcomes, started_at) = thread::scope(|scope| -> BenchResult<_> {
-        let mut handles = Vec::with_capacity(args.connections);
-        for (id, client) in clients.into_iter().enumerate() {
-            let worker = Worker {
-                id,
-                args,
-                value: value.clone(),
-                done: &done,
-                abort: &abort,
-                ready: &ready,
-            };
-            let handle = thread::Builder::new()
-                .name(format!("bench-{id}"))
-                .spawn_scoped(scope, move || worker.run(client))?;
-            handles.push(handle);
+        // Each mode connects every connection before it starts any thread:
+        // a server that is not there is reported once, and nobody is left
+        // waiting at the barrier.
+        let handles = match mode {
+            Mode::ThreadPerConnection => per_connection::start(scope, &shared)?,
+            Mode::EventLoop { threads } => event_loop::start(scope, &shared, threads)?,
+        };
+        if args.preload && !args.quiet {
+            eprintln!("preloading {} keys of {} bytes ...", args.keys, args.value_bytes);
         }
 
-        ready.wait();
+        shared.ready.wait();
         let started_at = Instant::now();
-        if !args.quiet && !abort.load(Ordering::Relaxed) && (args.preload || args.warmup > 0) {
+        if !args.quiet && !shared.aborted() && (args.preload || args.warmup > 0) {
             eprintln!("set-up done, measuring ...");
         }
-        report_progress(args, &handles, &done, started_at);
+        report_progress(args, &handles, &shared.done, started_at);
 
         let mut outcomes = Vec::with_capacity(handles.len());
-        for (id, handle) in handles.into_iter().enumerate() {
-            let outcome = handle
-                .join()
-                .map_err(|_| format!("connection {id}: the thread panicked"))?
-                .map_err(|e| format!("connection {id}: {e}"))?;
+        for handle in handles {
+            let outcome = handle.join().map_err(|_| "a benchmark thread panicked")??;
             outcomes.push(outcome);
         }
         Ok((outcomes, started_at))
@@ -637,16 +720,11 @@ fn run(args: &Args) -> BenchResult<()> {
         total.merge(&outcome.stats)?;
         finished_at = finished_at.max(outcome.finished_at);
     }
-    let elapsed = finished_at.duration_since(started_at);
-    print_report(args, &total, elapsed);
-    if let Some(path) = &args.json {
-        write_json(args, &total, elapsed, path)?;
-    }
-    Ok(())
+    Ok((total, finished_at.duration_since(started_at)))
 }
 
-/// Until every worker has finished, print a progress line on stderr about
-/// once a second: replies so far and the rate over the last interval.
+/// Until every driving thread has finished, print a progress line on stderr
+/// about once a second: replies so far and the rate over the last interval.
 fn report_progress<T>(
     args: &Args,
     handles: &[thread::ScopedJoinHandle<'_, T>],
@@ -683,11 +761,12 @@ fn throughput(total: &Stats, elapsed: Duration) -> f64 {
 }
 
 /// The one-line human result on stdout, e.g.
-/// `put  c=16 n=200000 d=100: 123456 ops/s  p50 110us  p99 400us  p99.9 900us  max 3.1ms  errors 0`.
+/// `put  c=16 n=200000 d=100 mode=event-loop threads=1: 123456 ops/s  p50 110us  p99 400us  p99.9 900us  max 3.1ms  errors 0`.
 fn print_report(args: &Args, total: &Stats, elapsed: Duration) {
     let h = &total.latency_us;
     let pipeline =
         if args.pipeline > 1 { format!(" pipeline={}", args.pipeline) } else { String::new() };
+    let mode = args.mode();
     let misses = if args.workload == Workload::Put {
         String::new()
     } else {
@@ -699,7 +778,7 @@ fn print_report(args: &Args, total: &Stats, elapsed: Duration) {
         format!("  unknown {}", total.unknown)
     };
     println!(
-        "{:<4} c={} n={} d={}{pipeline}: {:.0} ops/s  p50 {}  p99 {}  p99.9 {}  max {}  errors {}{misses}{unknown}",
+        "{:<4} c={} n={} d={}{pipeline} {mode}: {:.0} ops/s  p50 {}  p99 {}  p99.9 {}  max {}  errors {}{misses}{unknown}",
         args.workload,
         args.connections,
         args.ops,
@@ -730,8 +809,11 @@ fn human_micros(us: u64) -> String {
 
 fn write_json(args: &Args, total: &Stats, elapsed: Duration, path: &PathBuf) -> BenchResult<()> {
     let h = &total.latency_us;
+    let mode = args.mode();
     let report = JsonReport {
         workload: args.workload,
+        mode: mode.name(),
+        threads: mode.threads(args.connections),
         throughput_ops_per_s: throughput(total, elapsed),
         elapsed_s: elapsed.as_secs_f64(),
         count: total.count,
