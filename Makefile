@@ -28,10 +28,15 @@ PORT ?= 9001
 
 all: build
 
+# Each binary is copied next to its old self and renamed over it: a node
+# still running from ./build keeps its old binary (the file it has open)
+# until restarted, and a rebuild never fails with "Text file busy".
 build:
 	$(CARGO) build --release --bins
 	mkdir -p build
-	cp target/release/kvstore target/release/kv_client build/
+	for bin in kvstore kv_client; do \
+		cp target/release/$$bin build/.$$bin.new && mv -f build/.$$bin.new build/$$bin || exit 1; \
+	done
 
 test:
 	$(CARGO) test --all-targets
