@@ -31,6 +31,7 @@
 //! | [`replication`] | leader side (hub, one sender per follower), follower side; terms, log matching, promotion | lessons 3, 4, 5; failover |
 //! | [`status`]      | the STATUS report shown by `kv_client status`                | lesson 4          |
 //! | [`metrics`]     | Prometheus series for `--metrics-port` (`/metrics`)         | lesson 4          |
+//! | [`progress`]    | one line a second about long work (catch-up): done, rate, ETA | lesson 5        |
 //! | [`cluster`]     | the cluster id that keeps two histories apart                | —                 |
 //! | [`codec`]       | checked big-endian reads of untrusted bytes                  | week 2            |
 //! | [`logline`]     | what a log line may hold: never a value, keys only at debug, one line per event | — |
@@ -85,6 +86,7 @@ pub mod fsutil;
 pub mod limits;
 pub mod logline;
 pub mod metrics;
+pub mod progress;
 pub mod protocol;
 pub mod replication;
 pub mod sched;

@@ -113,6 +113,7 @@ mod per_connection;
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -125,6 +126,7 @@ use hdrhistogram::Histogram;
 use kvstore::cluster_client::RETRY_BUDGET_MS_DEFAULT;
 use kvstore::error::Error as KvError;
 use kvstore::limits::VALUE_BYTES_MAX;
+use kvstore::progress::thousands;
 use kvstore::protocol::Message;
 use serde::Serialize;
 
@@ -212,7 +214,7 @@ struct Args {
     #[arg(long)]
     preload: bool,
 
-    /// No progress lines on stderr.
+    /// No progress line on stderr (there is none when stderr is not a terminal).
     #[arg(short = 'q', long)]
     quiet: bool,
 
@@ -723,31 +725,47 @@ fn measure(args: &Args) -> BenchResult<(Stats, Duration)> {
     Ok((total, finished_at.duration_since(started_at)))
 }
 
-/// Until every driving thread has finished, print a progress line on stderr
-/// about once a second: replies so far and the rate over the last interval.
+/// Until every driving thread has finished, keep one live progress line on
+/// stderr when it is a terminal: replies so far of `--ops`, the rate over
+/// the last second, and an ETA; the line is rewritten in place and erased
+/// at the end. Piped or with `--quiet`, nothing is printed.
 fn report_progress<T>(
     args: &Args,
     handles: &[thread::ScopedJoinHandle<'_, T>],
     done: &AtomicU64,
     started_at: Instant,
 ) {
+    let live = !args.quiet && std::io::stderr().is_terminal();
     let tick = Duration::from_millis(50);
-    let mut last_at = started_at;
-    let mut last_done = 0;
+    let (mut last_at, mut last_done, mut rate) = (started_at, 0, 0.0);
+    let mut shown = false;
     while !handles.iter().all(|h| h.is_finished()) {
         thread::sleep(tick);
-        if args.quiet || last_at.elapsed() < PROGRESS_INTERVAL {
+        if !live || last_at.elapsed() < PROGRESS_INTERVAL / 4 {
             continue;
         }
         let now = Instant::now();
         let now_done = done.load(Ordering::Relaxed);
-        let rate = (now_done - last_done) as f64 / now.duration_since(last_at).as_secs_f64();
-        eprintln!(
-            "[{:5.1}s] {now_done:>10} ops  {rate:>10.0} ops/s",
-            now.duration_since(started_at).as_secs_f64()
+        if now.duration_since(last_at) >= PROGRESS_INTERVAL {
+            rate = (now_done - last_done) as f64 / now.duration_since(last_at).as_secs_f64();
+            (last_at, last_done) = (now, now_done);
+        }
+        let percent = 100.0 * now_done as f64 / args.ops.max(1) as f64;
+        let eta = match args.ops.checked_sub(now_done) {
+            Some(left) if rate > 0.0 => format!("ETA {:.0} s", left as f64 / rate),
+            _ => String::new(),
+        };
+        eprint!(
+            "\r\x1b[K[{:5.1}s] {} of {} ops ({percent:.0}%)  {} ops/s  {eta}",
+            now.duration_since(started_at).as_secs_f64(),
+            thousands(now_done),
+            thousands(args.ops),
+            thousands(rate as u64),
         );
-        last_at = now;
-        last_done = now_done;
+        shown = true;
+    }
+    if shown {
+        eprint!("\r\x1b[K");
     }
 }
 

@@ -45,6 +45,7 @@ use crate::limits::{
     APPEND_ENTRIES_RECORDS_MAX, DIGEST_REPORT_INTERVAL_MS, FRAME_BYTES_MAX,
     RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS, REPLICATION_TIMEOUT_MS,
 };
+use crate::progress::{Progress, Unit};
 use crate::protocol::frame::{is_timeout, read_frame, FRAME_HEADER_BYTES};
 use crate::protocol::{AppendEntries, Message};
 use crate::replication::hub::LinkState;
@@ -184,6 +185,7 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
     let mut inbox = Inbox {
         reader: BufReader::with_capacity(256 * 1024, stream),
         pending: None,
+        bytes_received: 0,
         trace: LinkTrace::new(PeerKind::Leader, leader),
     };
 
@@ -211,17 +213,24 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
     }
     link.set(LinkState::CatchingUp, None);
     replica.heard_from_leader(link.leader());
+    let leader_last = match answer {
+        Message::LeaderHello { last_lsn, .. } => last_lsn,
+        _ => last_lsn,
+    };
+    let progress = Progress::new(Unit::Records, leader_last.saturating_sub(last_lsn));
 
     let mut follower = Follower {
         db,
         replica,
         leader,
-        catch_up: Some(CatchUp { received: 0, started: Instant::now() }),
+        catch_up: Some(CatchUp { received: 0, started: Instant::now(), progress }),
+        bytes_received: 0,
         applied_log: RateLimitedLine::new(),
         digest_due: Instant::now(),
     };
     loop {
         let (ae, messages) = inbox.read_append_entries(replica, leader)?;
+        follower.bytes_received = inbox.bytes_received;
         let reply = match follower.handle(ae, messages, link) {
             Ok(reply) => reply,
             Err(e) => {
@@ -241,6 +250,8 @@ struct Follower<'a> {
     replica: &'a Replica,
     leader: SocketAddr,
     catch_up: Option<CatchUp>,
+    /// Bytes of frames read from the leader on this link so far.
+    bytes_received: u64,
     applied_log: RateLimitedLine,
     digest_due: Instant,
 }
@@ -359,6 +370,9 @@ impl Follower<'_> {
     ) {
         if let Some(c) = &mut self.catch_up {
             c.received += count as u64;
+            if let Some(line) = c.progress.line(c.received, self.bytes_received) {
+                log::info!("[catch-up] from leader {}: {line}", self.leader);
+            }
             if matched >= leader_last {
                 log::info!(
                     "[catch-up] received {} records, caught up to LSN {matched} in {} ms",
@@ -407,6 +421,8 @@ impl Follower<'_> {
 struct Inbox {
     reader: BufReader<Conn>,
     pending: Option<AppendEntries>,
+    /// Bytes of frames read so far (for catch-up progress lines).
+    bytes_received: u64,
     /// `--trace-replication`: this link's trace, for both directions.
     trace: Option<LinkTrace>,
 }
@@ -465,6 +481,7 @@ impl Inbox {
                 }
                 Err(e) => return Err(e),
             };
+            self.bytes_received += (FRAME_HEADER_BYTES + frame.len()) as u64;
             if let Some(trace) = &self.trace {
                 trace.note(Direction::Received, &frame);
             }
@@ -541,4 +558,6 @@ fn send(writer: &mut Conn, message: &Message, trace: Option<&LinkTrace>) -> Resu
 struct CatchUp {
     received: u64,
     started: Instant,
+    /// A line a second while it lasts longer than one ([`crate::progress`]).
+    progress: Progress,
 }

@@ -76,6 +76,7 @@ use crate::limits::{
     APPEND_ENTRIES_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FOLLOWER_FRAME_BYTES_MAX,
     FRAME_BYTES_MAX, PROBE_ROUNDS_MAX, REPLICATION_TIMEOUT_MS,
 };
+use crate::progress::{Progress, Unit};
 use crate::protocol::frame::{is_timeout, read_frame, write_message, FRAME_HEADER_BYTES};
 use crate::protocol::message::{AppendEntriesEncoder, AppendEntriesHeader};
 use crate::protocol::Message;
@@ -626,6 +627,8 @@ struct Sender<'a> {
     sent_log: RateLimitedLine,
     /// Batches through here are counted in the `send` stage (or predate the link).
     send_measured: Lsn,
+    /// Bytes of AppendEntries frames written on this link.
+    bytes_sent: u64,
 }
 
 impl<'a> Sender<'a> {
@@ -650,6 +653,7 @@ impl<'a> Sender<'a> {
             told_unhealthy: false,
             sent_log: RateLimitedLine::new(),
             send_measured: db.last_lsn(),
+            bytes_sent: 0,
         }
     }
 
@@ -661,8 +665,13 @@ impl<'a> Sender<'a> {
             // Already up to date: an empty AppendEntries says so.
             self.send_heartbeat()?;
         }
+        // Long catch-ups say how far they are, once a second (crate::progress).
+        let mut progress = Progress::new(Unit::Records, (target + 1).saturating_sub(first));
         while self.next_lsn <= target {
             self.send_from_wal(target, target)?;
+            if let Some(line) = progress.line(self.next_lsn - first, self.bytes_sent) {
+                log::info!("[catch-up] to {} {}: {line}", self.kind, self.address);
+            }
         }
         self.hub.set_state(self.session, LinkState::Streaming);
         if target >= first {
@@ -835,6 +844,7 @@ impl<'a> Sender<'a> {
         self.stream
             .write_all(frame)
             .map_err(|e| Error::io(format!("sending AppendEntries to {}", self.address), e))?;
+        self.bytes_sent += frame.len() as u64;
         let (address, last) = (self.address, self.next_lsn - 1);
         if self.kind == PeerKind::Observer {
             return Ok(()); // neither a write stage nor lesson 3's log line
