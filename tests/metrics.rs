@@ -113,3 +113,50 @@ fn healthz_answers_200_with_the_role() {
     assert_eq!(value(&follower_scrape, "kvstore_role", &[("role", "follower")]), Some(1.0));
     assert_eq!(get(&format!("http://127.0.0.1:{leader_http}/nope")).0, 404);
 }
+
+#[test]
+fn the_grafana_dashboard_asks_only_for_series_kvstore_serves() {
+    // Goal: docs/grafana/kvstore-dashboard.json stays in step with
+    // src/metrics.rs: every kvstore_* series a panel queries is in a real
+    // scrape of a leader with a follower, after writes and one refusal.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../docs/grafana/kvstore-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            for (start, _) in expr.match_indices("kvstore_") {
+                let name: String = expr[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let name = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .map_or(name.clone(), str::to_string);
+                queried.insert(name);
+            }
+        }
+    }
+    assert!(queried.len() >= 15, "{queried:?}");
+
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, metrics_port) = (free_port(), free_port());
+    let leader = leader(&dirs, &[p2], &[&format!("--metrics-port={metrics_port}")]);
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    write_keys(&mut leader.client(), 1, 20);
+    wait_converged(&[&leader, &f2]);
+    // One refusal: a frame longer than any the server accepts.
+    let mut garbage = std::net::TcpStream::connect(leader.addr).unwrap();
+    std::io::Write::write_all(&mut garbage, &[0xff; 8]).unwrap();
+    let served = eventually("every queried series is served", DEADLINE, || {
+        let scrape = scrape(metrics_port);
+        let names: std::collections::BTreeSet<&str> =
+            scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+        let missing: Vec<&String> =
+            queried.iter().filter(|q| !names.contains(q.as_str())).collect();
+        missing.is_empty().then_some(names.len())
+    });
+    assert!(served >= queried.len());
+}
