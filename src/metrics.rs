@@ -39,12 +39,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::protocol::Message;
+use crate::stages::Stage;
 use crate::status::StatusReport;
 
 /// Buckets of the write-stage histograms, in seconds: 10 µs to 10 s, about
@@ -60,11 +61,21 @@ const STAGE_BUCKETS_SECONDS: [f64; 19] = [
 const BATCH_BUCKETS_RECORDS: [f64; 13] =
     [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
 
+/// The client requests counted with resolved `ok`/`not_found` series.
+/// Their series exist (at 0) from the start; other types are counted too,
+/// looked up by label.
+const REQUEST_TYPES: [&str; 5] = ["PUT", "GET", "DELETE", "READ", "STATUS"];
+
 /// Every series of the process.
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
+    /// The common results' counters, resolved once: for each request type,
+    /// `ok` and `not_found` (see [`Metrics::request`]).
+    request_counters: Vec<(&'static str, IntCounter, IntCounter)>,
     stage_seconds: HistogramVec,
+    /// One histogram per [`Stage`], in the order of [`Stage::ALL`].
+    stage_histograms: Vec<Histogram>,
     batch_records: Histogram,
     catch_ups: IntCounterVec,
     refusals: IntCounterVec,
@@ -203,24 +214,49 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            request_counters: Vec::new(),
+            stage_histograms: Vec::new(),
             registry,
         };
-        Ok(metrics)
+        metrics.resolve_children()
+    }
+
+    /// Look up the series every request touches once, here, rather than
+    /// by label on each request: a lookup hashes the labels and clones a
+    /// shared handle, an atomic every connection thread would contend on.
+    fn resolve_children(mut self) -> prometheus::Result<Metrics> {
+        for kind in REQUEST_TYPES {
+            let ok = self.requests.get_metric_with_label_values(&[kind, "ok"])?;
+            let not_found = self.requests.get_metric_with_label_values(&[kind, "not_found"])?;
+            self.request_counters.push((kind, ok, not_found));
+        }
+        for stage in Stage::ALL {
+            let histogram = self.stage_seconds.get_metric_with_label_values(&[stage.name()])?;
+            self.stage_histograms.push(histogram);
+        }
+        Ok(self)
     }
 
     /// A client request of `kind` was answered with `reply`.
     pub fn request(&self, kind: &str, reply: &Message) {
-        let result = match reply {
-            Message::NotFound => "not_found".to_string(),
-            Message::Error { code, .. } => format!("{:?}", ErrorCode::from_u16(*code)),
-            _ => "ok".to_string(),
-        };
-        self.requests.with_label_values(&[kind, &result]).inc();
+        let counters = self.request_counters.iter().find(|(k, _, _)| *k == kind);
+        match (reply, counters) {
+            (Message::Error { code, .. }, _) => {
+                let result = format!("{:?}", ErrorCode::from_u16(*code));
+                self.requests.with_label_values(&[kind, &result]).inc();
+            }
+            (Message::NotFound, Some((_, _, not_found))) => not_found.inc(),
+            (_, Some((_, ok, _))) => ok.inc(),
+            (Message::NotFound, None) => {
+                self.requests.with_label_values(&[kind, "not_found"]).inc()
+            }
+            (_, None) => self.requests.with_label_values(&[kind, "ok"]).inc(),
+        }
     }
 
     /// One sample of a write stage ([`crate::stages`]).
-    pub fn stage(&self, stage: &str, took: Duration) {
-        self.stage_seconds.with_label_values(&[stage]).observe(took.as_secs_f64());
+    pub fn stage(&self, stage: Stage, took: Duration) {
+        self.stage_histograms[stage as usize].observe(took.as_secs_f64());
     }
 
     /// A group commit wrote `records` records at once.

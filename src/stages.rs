@@ -124,7 +124,7 @@ impl Stages {
     pub fn record(&self, stage: Stage, took: Duration) {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).clamp(1, STAGE_US_MAX);
         self.histograms[stage as usize].lock().saturating_record(us);
-        crate::metrics::global().stage(stage.name(), took);
+        crate::metrics::global().stage(stage, took);
     }
 
     /// The committer handed the batch ending at `last_lsn` to replication.
@@ -155,7 +155,7 @@ impl Stages {
             let took = now.saturating_duration_since(at);
             let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).clamp(1, STAGE_US_MAX);
             histogram.saturating_record(us);
-            crate::metrics::global().stage(stage.name(), took);
+            crate::metrics::global().stage(stage, took);
         }
         through
     }
