@@ -166,6 +166,10 @@ pub struct Outcome {
     /// The nodes' common digest and last LSN at the end.
     pub digest: String,
     pub last_lsn: Lsn,
+    /// Reconnects told as "asked for the records after LSN L; it got M",
+    /// read from the nodes' `[catch-up]` lines (none would mean the demo
+    /// no longer understands them).
+    pub catch_ups_told: usize,
 }
 
 fn main() -> ExitCode {
@@ -776,7 +780,7 @@ fn run_step(
     screen: &Screen,
     (number, total, started): (usize, usize, Instant),
     step: &Step,
-) -> Res<()> {
+) -> Res<usize> {
     screen.heading(&format!(
         "step {number}/{total} at {:.1} s: {step}",
         started.elapsed().as_secs_f64()
@@ -816,11 +820,13 @@ fn run_step(
     let logs = collect_logs(cluster, struck_wall)?;
     println!("the nodes' logs meanwhile (addresses shown as node names):");
     show_logs(&logs);
-    for line in what_happened(&before, &at_heal, &cluster.view(), &logs, victim, step) {
+    let story = what_happened(&before, &at_heal, &cluster.view(), &logs, victim, step);
+    for line in &story {
         println!("- {line}");
     }
     println!("{}", writer.summary(struck, healed));
-    cluster.pause_for(step.rest)
+    cluster.pause_for(step.rest)?;
+    Ok(story.iter().filter(|line| line.contains(" and asked for the records after LSN ")).count())
 }
 
 /// Apply the step's fault to node `victim`; return why that node may not
@@ -1238,13 +1244,15 @@ pub fn run(options: &Options) -> Res<Outcome> {
     warm_up(&cluster, &writer)?;
 
     let started = Instant::now();
+    let mut catch_ups_told = 0;
     for (i, step) in steps.iter().enumerate() {
-        run_step(&mut cluster, &writer, &screen, (i + 1, steps.len(), started), step)?;
+        catch_ups_told +=
+            run_step(&mut cluster, &writer, &screen, (i + 1, steps.len(), started), step)?;
     }
 
     screen.heading("The end: stop writing, wait until the nodes agree, read everything back");
     writer.stop();
-    let outcome = check(&cluster, &writer, &screen, options.seed)?;
+    let outcome = Outcome { catch_ups_told, ..check(&cluster, &writer, &screen, options.seed)? };
     if !outcome.passed {
         let kept = dir.keep();
         println!("the nodes' logs and data are kept in {}", kept.display());
@@ -1380,5 +1388,5 @@ fn check(cluster: &Cluster, writer: &Writer, screen: &Screen, seed: u64) -> Res<
         false => format!("FAIL: {} problem(s) (seed {seed})", problems.len()),
     };
     screen.verdict(passed, &verdict);
-    Ok(Outcome { passed, acknowledged: writes.acked.len(), digest, last_lsn })
+    Ok(Outcome { passed, acknowledged: writes.acked.len(), digest, last_lsn, catch_ups_told: 0 })
 }

@@ -62,4 +62,7 @@ fn a_short_run_of_the_demo_keeps_every_acknowledged_write_on_every_node() {
     assert!(outcome.acknowledged > 0, "no write was acknowledged");
     assert!(outcome.last_lsn >= outcome.acknowledged as u64);
     assert_eq!(outcome.digest.len(), 16, "a digest: {:?}", outcome.digest);
+    // Step 2 kills and restarts a node, which then catches up: the demo
+    // must still read that from the nodes' [catch-up] lines.
+    assert!(outcome.catch_ups_told > 0, "no reconnect and catch-up told");
 }
