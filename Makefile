@@ -6,6 +6,10 @@
 #   make demo       lesson 5's late-joiner scenario, end to end, ending with the replication
 #                   timeline (PORT=9001 to move it)
 #   make demo-failover   a manual failover: promote, follow, the old leader's repair (PORT too)
+#   make demo-faults     3 nodes through a seeded schedule of kills, pauses, cut, reset and slow
+#                   links, narrated; ends by checking every acknowledged write on every node
+#                   (SEED=7 replays a schedule, default a new one; PORT too: nodes PORT..PORT+2,
+#                   proxies PORT+3..PORT+5; STEPS=8 by default)
 #   make soak       the fault tests at full counts (100 leader crashes, 1M writes, ...)
 #   make model      the cluster model of tests/model.rs, 100000 random histories (KVSTORE_SEED to replay)
 #   make jepsen     tests/jepsen.rs for 300 s: puts and linearizable reads under a seeded nemesis,
@@ -23,7 +27,7 @@
 CARGO ?= cargo
 PORT ?= 9001
 
-.PHONY: certs all build test lint demo demo-failover soak model jepsen jepsen-netns fuzz bench bench-compare \
+.PHONY: certs all build test lint demo demo-failover demo-faults soak model jepsen jepsen-netns fuzz bench bench-compare \
 	examples clean
 
 all: build
@@ -51,6 +55,11 @@ demo: build
 
 demo-failover: build
 	PORT=$(PORT) bash examples/demo_failover.sh
+
+# SEED empty: the demo draws one and prints it.
+demo-faults: build
+	$(CARGO) build --release --example demo_faults
+	./target/release/examples/demo_faults --port $(PORT) $(if $(SEED),--seed $(SEED)) $(if $(STEPS),--steps $(STEPS))
 
 examples: build
 	$(CARGO) build --release --examples

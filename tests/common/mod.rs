@@ -8,6 +8,7 @@
 
 pub mod certs;
 pub mod proxy;
+pub mod rng;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -68,6 +69,14 @@ pub fn bind_any() -> TcpListener {
             return listener;
         }
         refused.push(listener);
+    }
+}
+
+impl proxy::Proxy {
+    /// Listen on a free port (see [`bind_any`]) and forward every
+    /// connection to `target`.
+    pub fn start(target: SocketAddr) -> proxy::Proxy {
+        proxy::Proxy::on(bind_any(), target).expect("the proxy's listening address")
     }
 }
 

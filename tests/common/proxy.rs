@@ -8,12 +8,20 @@
 //!   sides — a connection reset in the middle of a message;
 //! - [`Fault::Blackhole`]: stop forwarding without closing anything — a
 //!   partition or half-open connection: both peers still see an open socket;
-//! - [`Fault::Delay`]: hold every chunk for a while before forwarding it.
+//! - [`Fault::Delay`]: hold every chunk for a while before forwarding it;
+//! - [`Fault::Refuse`]: stop listening, so that connecting is refused, as
+//!   it is to the port of a process that died (set it when the node behind
+//!   the proxy is killed: otherwise the proxy accepts a connection and
+//!   closes it at once, which a peer reads as a link lost after it sent).
 //!
 //! [`Fault::None`] forwards normally (and is how a fault is healed).
+//!
+//! The tests reach it as `common::proxy` (`Proxy::start` in `common/mod.rs`
+//! picks the port); `examples/demo_faults.rs` includes this same file with
+//! `#[path]` and binds the ports it prints.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +34,7 @@ pub enum Fault {
     CutMidFrame,
     Blackhole,
     Delay(Duration),
+    Refuse,
 }
 
 /// How often a pump thread looks at the current fault while idle.
@@ -37,27 +46,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Listen on a free port and forward every connection to `target`.
-    pub fn start(target: SocketAddr) -> Proxy {
-        let listener = super::bind_any();
-        let addr = listener.local_addr().unwrap();
+    /// Forward every connection `listener` accepts to `target`.
+    pub fn on(listener: TcpListener, target: SocketAddr) -> std::io::Result<Proxy> {
+        let addr = listener.local_addr()?;
         let fault = Arc::new(Mutex::new(Fault::None));
         let shared = Arc::clone(&fault);
-        std::thread::spawn(move || {
-            for incoming in listener.incoming() {
-                let Ok(client) = incoming else { continue };
-                let Ok(server) = TcpStream::connect(target) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                for (from, to) in [(&client, &server), (&server, &client)] {
-                    let (from, to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
-                    let fault = Arc::clone(&shared);
-                    std::thread::spawn(move || pump(from, to, &fault));
-                }
-            }
-        });
-        Proxy { addr, fault }
+        std::thread::spawn(move || accept_loop(listener, target, &shared));
+        Ok(Proxy { addr, fault })
     }
 
     pub fn port(&self) -> u16 {
@@ -65,7 +60,54 @@ impl Proxy {
     }
 
     pub fn set(&self, fault: Fault) {
-        *self.fault.lock() = fault;
+        let was = std::mem::replace(&mut *self.fault.lock(), fault);
+        if fault == Fault::Refuse && was != Fault::Refuse {
+            // Wake the accept loop, so that it closes its listener now.
+            let _ = TcpStream::connect(self.addr);
+        }
+    }
+}
+
+/// Accept connections and forward each to `target`; while the fault is
+/// [`Fault::Refuse`], listen on nothing.
+fn accept_loop(listener: TcpListener, target: SocketAddr, fault: &Arc<Mutex<Fault>>) {
+    let Ok(addr) = listener.local_addr() else { return };
+    let mut listening = Some(listener);
+    loop {
+        let Some(listener) = &listening else {
+            if *fault.lock() != Fault::Refuse {
+                listening = TcpListener::bind(addr).ok();
+            }
+            if listening.is_none() {
+                std::thread::sleep(POLL);
+            }
+            continue;
+        };
+        let Ok((client, _)) = listener.accept() else { continue };
+        if *fault.lock() == Fault::Refuse {
+            listening = None; // closed: every later attempt is refused
+            continue;
+        }
+        forward(client, target, fault);
+    }
+}
+
+/// Connect to `target` and pump bytes both ways, a thread each.
+fn forward(client: TcpStream, target: SocketAddr, fault: &Arc<Mutex<Fault>>) {
+    let Ok(server) = TcpStream::connect(target) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    for (from, to) in [(&client, &server), (&server, &client)] {
+        let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
+            // Out of file descriptors: the link fails, as a real one
+            // might; both peers see it close.
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = server.shutdown(Shutdown::Both);
+            return;
+        };
+        let fault = Arc::clone(fault);
+        std::thread::spawn(move || pump(from, to, &fault));
     }
 }
 
@@ -86,13 +128,16 @@ fn pump(mut from: TcpStream, mut to: TcpStream, fault: &Mutex<Fault>) {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
             Err(_) => break,
         };
-        match *fault.lock() {
+        // Copied out, so that the lock is not held while a delay sleeps:
+        // healing (or another link's chunk) never waits behind this one.
+        let current = *fault.lock();
+        match current {
             Fault::CutMidFrame => {
                 let _ = to.write_all(&buf[..n / 2]);
                 break;
             }
             Fault::Delay(d) => std::thread::sleep(d),
-            Fault::None | Fault::Blackhole => {}
+            Fault::None | Fault::Blackhole | Fault::Refuse => {}
         }
         if to.write_all(&buf[..n]).is_err() {
             break;

@@ -1,8 +1,8 @@
 //! The nemesis's schedule: which fault comes next, on whom, for how long.
 //!
-//! The schedule is a pure function of the seed (a small xorshift PRNG, as
-//! in tests/model.rs and tests/faults.rs), so a failing run is replayed by
-//! running it again with its printed `KVSTORE_SEED`. What the schedule
+//! The schedule is a pure function of the seed (a small xorshift PRNG,
+//! `common/rng.rs`), so a failing run is replayed by running it again with
+//! its printed `KVSTORE_SEED`. What the schedule
 //! cannot fix in advance is *which node leads* when a fault aimed at "the
 //! leader" strikes: that is looked up when the fault starts, and the node
 //! drawn for the step is used if no leader answers.
@@ -15,11 +15,13 @@
 //! (clients lose it too) or turn lossy and slow. The proxy menu draws from
 //! the PRNG exactly as it always has, so its old seeds still replay.
 //!
-//! Slow links are not on the proxy's menu (its `Fault::Delay`): the proxy
-//! sleeps with its fault setting locked, so under many connections healing
-//! the fault waits behind every delayed chunk, and the "delay" turns into a
-//! partition of unbounded length. The kernel's `netem` has no such
-//! problem, so the namespace menu has them, where the kernel offers it.
+//! Slow links are not on the proxy's menu (its `Fault::Delay`). They were
+//! left out because the proxy used to sleep with its fault setting locked,
+//! so that under many connections healing waited behind every delayed
+//! chunk and the "delay" became a partition of unbounded length. The proxy
+//! no longer holds the lock while it sleeps, but adding them now would
+//! change what every old seed replays; the namespace menu has them (the
+//! kernel's `netem`), and `make demo-faults` slows links through the proxy.
 //!
 //! Faults come one at a time, each healed before the next, with a quiet
 //! spell of one to two election timeouts between them: long enough for an
@@ -28,35 +30,7 @@
 use std::fmt;
 use std::time::Duration;
 
-/// A small deterministic PRNG (xorshift64*).
-pub struct Rng(u64);
-
-impl Rng {
-    /// Seeds that differ in any bit give unrelated streams (splitmix64).
-    pub fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    /// An independent stream for `stream` (one per client thread).
-    pub fn fork(seed: u64, stream: u64) -> Rng {
-        Rng::new(Rng::new(seed).0 ^ stream)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-
-    /// A duration in `[lo, hi)` milliseconds.
-    pub fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo))
-    }
-}
+pub use crate::common::rng::Rng;
 
 /// What the nemesis does to a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
