@@ -19,7 +19,10 @@
 //! | `kvstore_role` | gauge, 1 for the node's role | `role` (`leader`, `follower`) |
 //! | `kvstore_term` | gauge | |
 //! | `kvstore_last_lsn`, `kvstore_commit_lsn`, `kvstore_applied_lsn` | gauge | |
-//! | `kvstore_keys`, `kvstore_wal_bytes` | gauge | |
+//! | `kvstore_keys` | gauge | |
+//! | `kvstore_wal_bytes`, `kvstore_wal_segments`, `kvstore_wal_first_lsn` | gauge: the WAL on disk ([`crate::wal`]) | |
+//! | `kvstore_snapshot_lsn`, `kvstore_snapshot_bytes`, `kvstore_snapshot_age_seconds` | gauge: the newest snapshot (absent before the first) | |
+//! | `kvstore_snapshot_transfer_bytes` | gauge: a snapshot being sent (leader) or received (follower) | `follower` (the peer, `leader` on a follower), `what` (`sent`, `total`) |
 //! | `kvstore_requests_total` | counter | `type` (`PUT`, `GET`, ...), `result` (`ok`, `not_found`, or the ERROR code's name) |
 //! | `kvstore_write_stage_seconds` | histogram | `stage` (`queue`, `write`, `fsync`, `send`, `ack`, `wakeup`, `total`) |
 //! | `kvstore_commit_batch_records` | histogram | |
@@ -86,6 +89,12 @@ pub struct Metrics {
     applied_lsn: IntGauge,
     keys: IntGauge,
     wal_bytes: IntGauge,
+    wal_segments: IntGauge,
+    wal_first_lsn: IntGauge,
+    snapshot_lsn: IntGauge,
+    snapshot_bytes: IntGauge,
+    snapshot_age_seconds: Gauge,
+    snapshot_transfer_bytes: IntGaugeVec,
     follower_acked_lsn: IntGaugeVec,
     follower_lag_records: IntGaugeVec,
     follower_last_ack_seconds: GaugeVec,
@@ -175,7 +184,24 @@ impl Metrics {
             commit_lsn: gauge("kvstore_commit_lsn", "The highest LSN known committed.")?,
             applied_lsn: gauge("kvstore_applied_lsn", "The LSN this node's map is at.")?,
             keys: gauge("kvstore_keys", "Live keys in the map.")?,
-            wal_bytes: gauge("kvstore_wal_bytes", "Size of wal.log.")?,
+            wal_bytes: gauge("kvstore_wal_bytes", "Bytes of every WAL segment on disk.")?,
+            wal_segments: gauge("kvstore_wal_segments", "WAL segment files on disk.")?,
+            wal_first_lsn: gauge(
+                "kvstore_wal_first_lsn",
+                "The oldest LSN the WAL holds; older ones are only in the snapshot.",
+            )?,
+            snapshot_lsn: gauge("kvstore_snapshot_lsn", "The LSN of the newest snapshot.")?,
+            snapshot_bytes: gauge("kvstore_snapshot_bytes", "Size of the newest snapshot file.")?,
+            snapshot_age_seconds: {
+                let g = Gauge::new("kvstore_snapshot_age_seconds", "Age of the newest snapshot.")?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            snapshot_transfer_bytes: gauges(
+                "kvstore_snapshot_transfer_bytes",
+                "A snapshot install in progress: bytes through, and the snapshot's size.",
+                &["follower", "what"],
+            )?,
             follower_acked_lsn: gauges(
                 "kvstore_follower_acked_lsn",
                 "On a leader: the LSN each follower has acknowledged.",
@@ -275,10 +301,10 @@ impl Metrics {
     }
 
     /// Everything, in the Prometheus text format, the gauges read from
-    /// `report` (and `wal_bytes`) first.
-    pub fn render(&self, report: &StatusReport, wal_bytes: u64) -> Result<String> {
+    /// `report` first.
+    pub fn render(&self, report: &StatusReport) -> Result<String> {
         let started = std::time::Instant::now();
-        self.refresh(report, wal_bytes);
+        self.refresh(report);
         let mut text = String::new();
         TextEncoder::new()
             .encode_utf8(&self.registry.gather(), &mut text)
@@ -288,7 +314,7 @@ impl Metrics {
     }
 
     /// Set the scrape-time gauges from the node's status report.
-    fn refresh(&self, report: &StatusReport, wal_bytes: u64) {
+    fn refresh(&self, report: &StatusReport) {
         let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.role.reset();
         self.role.with_label_values(&[&report.role]).set(1);
@@ -299,7 +325,7 @@ impl Metrics {
         // record up to it is durable and applied (see crate::db).
         self.applied_lsn.set(int(report.last_lsn));
         self.keys.set(int(report.keys));
-        self.wal_bytes.set(int(wal_bytes));
+        self.refresh_storage(report);
         if let Some(c) = &report.connections {
             for (kind, n) in [
                 ("active", c.active),
@@ -349,6 +375,37 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The WAL and snapshot gauges, and any snapshot transfer, from `report`.
+    fn refresh_storage(&self, report: &StatusReport) {
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.snapshot_transfer_bytes.reset();
+        if let Some(storage) = &report.storage {
+            self.wal_bytes.set(int(storage.wal_bytes));
+            self.wal_segments.set(int(storage.wal_segments));
+            self.wal_first_lsn.set(int(storage.wal_first_lsn));
+            if let Some(snapshot) = &storage.snapshot {
+                self.snapshot_lsn.set(int(snapshot.lsn));
+                self.snapshot_bytes.set(int(snapshot.bytes));
+                self.snapshot_age_seconds.set(snapshot.age_ms as f64 / 1000.0);
+            }
+        }
+        let transfer = |peer: &str, sent: u64, total: u64| {
+            for (what, n) in [("sent", sent), ("total", total)] {
+                self.snapshot_transfer_bytes.with_label_values(&[peer, what]).set(int(n));
+            }
+        };
+        if let Some(resync) = &report.resync {
+            transfer("leader", resync.received_bytes, resync.total_bytes);
+        }
+        for row in &report.followers {
+            if let (Some(sent), Some(total)) = (row.snapshot_sent_bytes, row.snapshot_total_bytes) {
+                transfer(&row.address, sent, total);
+            }
+        }
+    }
+}
+
 /// The `Content-Type` of the Prometheus text format.
 pub fn content_type() -> String {
     TextEncoder::new().format_type().to_string()
@@ -370,7 +427,9 @@ mod tests {
                 {"address": "127.0.0.1:50000", "state": "streaming", "expected": false,
                  "observer": true, "acked_lsn": 44, "lag_records": 0, "last_ack_ms_ago": null}
             ],
-            "replication_lag": {"count": 10, "p50_us": 1500, "p99_us": 9000, "max_us": 12000}
+            "replication_lag": {"count": 10, "p50_us": 1500, "p99_us": 9000, "max_us": 12000},
+            "storage": {"wal_bytes": 4096, "wal_segments": 1, "wal_first_lsn": 1,
+                        "wal_bytes_since_snapshot": 4096, "snapshot_after_bytes": 67108864}
         }))
         .unwrap()
     }
@@ -380,7 +439,7 @@ mod tests {
         // Goal: each follower has its series, labelled with its kind; an
         // observer's are marked so a dashboard can leave them out.
         let metrics = Metrics::new().unwrap();
-        let text = metrics.render(&leader_report(), 4096).unwrap();
+        let text = metrics.render(&leader_report()).unwrap();
         for line in [
             "kvstore_role{role=\"leader\"} 1",
             "kvstore_term 3",
@@ -403,11 +462,11 @@ mod tests {
     fn a_node_that_steps_down_drops_its_follower_series() {
         // Goal: after stepping down, a node no longer reports followers.
         let metrics = Metrics::new().unwrap();
-        metrics.render(&leader_report(), 0).unwrap();
+        metrics.render(&leader_report()).unwrap();
         let mut report = leader_report();
         report.role = "follower".into();
         report.followers.clear();
-        let text = metrics.render(&report, 0).unwrap();
+        let text = metrics.render(&report).unwrap();
         assert!(!text.contains("kvstore_follower_acked_lsn{"), "{text}");
         assert!(text.contains("kvstore_role{role=\"follower\"} 1"), "{text}");
         assert!(!text.contains("kvstore_role{role=\"leader\"}"), "{text}");
@@ -419,7 +478,7 @@ mod tests {
         metrics.request("PUT", &Message::Ok { lsn: 1 });
         metrics.request("GET", &Message::NotFound);
         metrics.request("PUT", &Message::Error { code: 5, message: String::new() });
-        let text = metrics.render(&leader_report(), 0).unwrap();
+        let text = metrics.render(&leader_report()).unwrap();
         for line in [
             "kvstore_requests_total{result=\"ok\",type=\"PUT\"} 1",
             "kvstore_requests_total{result=\"not_found\",type=\"GET\"} 1",

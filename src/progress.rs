@@ -3,18 +3,22 @@
 //!
 //! A catch-up that takes a minute used to log one line when it began and
 //! one when it ended; in between, an operator could not tell a slow
-//! transfer from a stuck one. [`Progress`] gives the line in between:
+//! transfer from a stuck one. [`Progress`] gives the lines in between:
 //!
 //! ```text
 //! [catch-up] to follower 127.0.0.1:9003: 412,000 of 1,000,000 records (41.2%), 42.1 MB, 398,000 records/s (40.7 MB/s), ETA 1.5 s
+//! [catch-up] sending snapshot at LSN 5,000,000 to follower 127.0.0.1:9003: 48.2 MB of 120.5 MB (40.0%), 61.3 MB/s, ETA 1.2 s
 //! ```
 //!
 //! Rules, so that it never floods the log: nothing during the first
-//! second (a short catch-up logs only its start and end lines, as before),
-//! then at most one line a second. The caller logs the line with its own
-//! `[component]` prefix and peer; this module only counts and formats.
+//! second (a short catch-up logs only its start and end lines), then at
+//! most one line a second, and none once the work is done (its end line
+//! says that). A transfer that resumes after a cut counts its rate from
+//! what it already had.
 
 use std::time::{Duration, Instant};
+
+use crate::logline::{bytes, count};
 
 /// How often a line may be logged, and how long work runs before the first.
 const LINE_INTERVAL: Duration = Duration::from_secs(1);
@@ -26,36 +30,53 @@ pub enum Unit {
     Bytes,
 }
 
-/// One piece of long work: its size, when it began, when it last said so.
+/// One piece of long work: what it is, its size, when it began and when
+/// it last said how far it was.
 #[derive(Debug)]
 pub struct Progress {
+    /// The start of each line, e.g. `[catch-up] to follower 127.0.0.1:9003`.
+    what: String,
     unit: Unit,
     total: u64,
+    /// Units already done when the work (re)started.
+    from: u64,
     started: Instant,
-    last_line: Option<Instant>,
+    last_line: Instant,
 }
 
 impl Progress {
-    /// Work of `total` units, starting now.
-    pub fn new(unit: Unit, total: u64) -> Progress {
-        Progress { unit, total, started: Instant::now(), last_line: None }
+    /// Work of `total` units, starting now from nothing.
+    pub fn new(what: String, unit: Unit, total: u64) -> Progress {
+        Progress::resumed(what, unit, total, 0)
     }
 
-    /// `done` units so far (and `bytes`, for records): a line if one is due.
-    pub fn line(&mut self, done: u64, bytes: u64) -> Option<String> {
+    /// Work of `total` units of which `from` are already done (a resumed
+    /// transfer), starting now.
+    pub fn resumed(what: String, unit: Unit, total: u64, from: u64) -> Progress {
         let now = Instant::now();
-        let since = self.last_line.unwrap_or(self.started);
-        if now.duration_since(since) < LINE_INTERVAL {
-            return None;
-        }
-        self.last_line = Some(now);
-        Some(self.describe(done, bytes, now.duration_since(self.started)))
+        Progress { what, unit, total, from, started: now, last_line: now }
     }
 
-    /// The line for `done` units after `elapsed` (no rate limit).
-    pub fn describe(&self, done: u64, bytes: u64, elapsed: Duration) -> String {
+    /// `done` units so far (and `bytes` they took, for records): log a line
+    /// at `info` if one is due.
+    pub fn note(&mut self, done: u64, bytes: u64) {
+        if self.last_line.elapsed() < LINE_INTERVAL || done >= self.total {
+            return;
+        }
+        self.last_line = Instant::now();
+        log::info!("{}: {}", self.what, self.line(done, bytes, self.started.elapsed()));
+    }
+
+    /// Units a second since the work (re)started.
+    pub fn rate(&self, done: u64) -> u64 {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        (done.saturating_sub(self.from) as f64 / secs) as u64
+    }
+
+    /// The line for `done` units after `elapsed` (no rate limit, no prefix).
+    pub fn line(&self, done: u64, moved_bytes: u64, elapsed: Duration) -> String {
         let secs = elapsed.as_secs_f64().max(1e-3);
-        let rate = done as f64 / secs;
+        let rate = done.saturating_sub(self.from) as f64 / secs;
         let percent = if self.total == 0 { 100.0 } else { 100.0 * done as f64 / self.total as f64 };
         let eta = match self.total.checked_sub(done) {
             Some(left) if rate > 0.0 => format!("ETA {:.1} s", left as f64 / rate),
@@ -64,34 +85,21 @@ impl Progress {
         };
         match self.unit {
             Unit::Records => format!(
-                "{} of {} records ({percent:.1}%), {:.1} MB, {} records/s ({:.1} MB/s), {eta}",
-                thousands(done),
-                thousands(self.total),
-                bytes as f64 / 1e6,
-                thousands(rate as u64),
-                bytes as f64 / 1e6 / secs,
+                "{} of {} records ({percent:.1}%), {}, {} records/s ({}/s), {eta}",
+                count(done),
+                count(self.total),
+                bytes(moved_bytes),
+                count(rate as u64),
+                bytes((moved_bytes as f64 / secs) as u64),
             ),
             Unit::Bytes => format!(
-                "{:.1} of {:.1} MB ({percent:.1}%), {:.1} MB/s, {eta}",
-                done as f64 / 1e6,
-                self.total as f64 / 1e6,
-                done as f64 / 1e6 / secs,
+                "{} of {} ({percent:.1}%), {}/s, {eta}",
+                bytes(done),
+                bytes(self.total),
+                bytes(rate as u64),
             ),
         }
     }
-}
-
-/// `1234567` as `1,234,567`: large LSNs and counts, readable.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -99,32 +107,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn thousands_groups_digits_by_three() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(5_000_001), "5,000,001");
-    }
-
-    #[test]
     fn a_line_names_done_total_percent_rate_and_eta() {
-        let progress = Progress::new(Unit::Records, 1_000_000);
-        let line = progress.describe(250_000, 25_000_000, Duration::from_secs(2));
+        let progress = Progress::new("catch-up".into(), Unit::Records, 1_000_000);
+        let line = progress.line(250_000, 25_000_000, Duration::from_secs(2));
         assert_eq!(
             line,
             "250,000 of 1,000,000 records (25.0%), 25.0 MB, 125,000 records/s (12.5 MB/s), \
              ETA 6.0 s"
         );
-        let bytes = Progress::new(Unit::Bytes, 4_000_000);
+        let transfer = Progress::new("snapshot".into(), Unit::Bytes, 4_000_000);
         assert_eq!(
-            bytes.describe(1_000_000, 0, Duration::from_secs(1)),
-            "1.0 of 4.0 MB (25.0%), 1.0 MB/s, ETA 3.0 s"
+            transfer.line(1_000_000, 0, Duration::from_secs(1)),
+            "1.0 MB of 4.0 MB (25.0%), 1.0 MB/s, ETA 3.0 s"
         );
     }
 
     #[test]
-    fn nothing_in_the_first_second() {
-        let mut progress = Progress::new(Unit::Records, 10);
-        assert_eq!(progress.line(5, 50), None);
+    fn a_resumed_transfer_counts_its_rate_from_where_it_resumed() {
+        let transfer = Progress::resumed("snapshot".into(), Unit::Bytes, 4_000_000, 2_000_000);
+        assert_eq!(
+            transfer.line(3_000_000, 0, Duration::from_secs(1)),
+            "3.0 MB of 4.0 MB (75.0%), 1.0 MB/s, ETA 1.0 s"
+        );
     }
 }

@@ -5,13 +5,14 @@
 //! - each `hex` block is one complete frame: the length prefix matches, the
 //!   payload decodes with `Message::decode`, and `Message::encode_frame`
 //!   gives back exactly the same bytes;
-//! - each `hex-wal-entry` block is one `wal.log` entry, equal to what
+//! - each `hex-wal-entry` block is one WAL entry, equal to what
 //!   `encode_entry` writes for the record it holds, with a CRC checked by an
 //!   independent CRC-32;
 //! - the `hex-wal-header` block followed by the entries is the whole
-//!   `wal.log` a real WAL writes for those records;
-//! - the `hex-wal-index` block is the start of the `wal.idx` a real WAL
-//!   writes for those entries;
+//!   first segment (`wal/00000000000000000001.seg`) a real WAL writes for
+//!   those records;
+//! - the `hex-wal-index` block is the start of that segment's index
+//!   (`wal/00000000000000000001.idx`) a real WAL writes for those entries;
 //! - every annotation that states a number or a text agrees with the bytes
 //!   of its line;
 //! - each `json` block is a status report exactly as the server serialises it;
@@ -28,14 +29,17 @@ use kvstore::error::ErrorCode;
 use kvstore::limits;
 use kvstore::protocol::Message;
 use kvstore::status::StatusReport;
-use kvstore::wal::log::{encode_entry, FILE_HEADER_BYTES, WAL_FORMAT_VERSION, WAL_MAGIC};
-use kvstore::wal::{Record, Wal, INDEX_FILE_NAME, LOG_FILE_NAME};
+use kvstore::wal::segment::{
+    encode_entry, index_file_name, segment_file_name, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    WAL_FORMAT_VERSION,
+};
+use kvstore::wal::{Record, Wal, WAL_DIR_NAME};
 
 /// Fewer frame examples than this means the document lost some.
 const FRAME_EXAMPLES_MIN: usize = 12;
 
 /// Every message type, as `Message::name` spells it: each needs an example.
-const MESSAGE_NAMES: [&str; 29] = [
+const MESSAGE_NAMES: [&str; 32] = [
     "PUT",
     "GET",
     "DELETE",
@@ -65,6 +69,9 @@ const MESSAGE_NAMES: [&str; 29] = [
     "AUTH_CHALLENGE",
     "AUTH_PROOF",
     "AUTH_OK",
+    "SNAPSHOT",
+    "INSTALL_SNAPSHOT",
+    "INSTALL_SNAPSHOT_ACK",
 ];
 
 /// The secret of the handshake examples of section 11.
@@ -277,10 +284,10 @@ fn wal_entry_examples_are_what_the_wal_writes() {
 #[test]
 fn wal_files_written_for_the_example_records_match_the_doc() {
     // Goal: a real WAL that logs the example records writes exactly the
-    // example header and entries into wal.log and the example slots into
-    // wal.idx. Method: append the records of the ```hex-wal-entry blocks
-    // (which must be LSN 1, 2, ...) to a WAL in a fresh directory, then
-    // compare the files with the blocks.
+    // example header and entries into its first segment and the example
+    // slots into that segment's index. Method: append the records of the
+    // ```hex-wal-entry blocks (which must be LSN 1, 2, ...) to a WAL in a
+    // fresh directory, then compare the files with the blocks.
     let doc = doc();
     let blocks = blocks(&doc);
     let (entries, records): (Vec<Vec<u8>>, Vec<Record>) =
@@ -297,18 +304,42 @@ fn wal_files_written_for_the_example_records_match_the_doc() {
     let header_blocks: Vec<_> = blocks_with_info(&blocks, "hex-wal-header").collect();
     assert_eq!(header_blocks.len(), 1, "one ```hex-wal-header example");
     let header = hex_bytes(header_blocks[0]);
-    assert_eq!(header.len() as u64, FILE_HEADER_BYTES, "the wal.log header's length");
-    assert_eq!(&header[..8], WAL_MAGIC, "the wal.log magic");
+    assert_eq!(header.len() as u64, SEGMENT_HEADER_BYTES, "the segment header's length");
+    assert_eq!(&header[..8], SEGMENT_MAGIC, "the segment magic");
     assert_eq!(header[8..12], WAL_FORMAT_VERSION.to_be_bytes(), "the current format version");
-    let log = std::fs::read(dir.path().join(LOG_FILE_NAME)).unwrap();
-    assert_eq!(log, [header, entries.concat()].concat(), "wal.log differs from the examples");
+    let wal_dir = dir.path().join(WAL_DIR_NAME);
+    let log = std::fs::read(wal_dir.join(segment_file_name(1))).unwrap();
+    assert_eq!(log, [header, entries.concat()].concat(), "the segment differs from the examples");
 
     let index_blocks: Vec<_> = blocks_with_info(&blocks, "hex-wal-index").collect();
     assert_eq!(index_blocks.len(), 1, "one ```hex-wal-index example");
     let example = hex_bytes(index_blocks[0]);
     assert_eq!(example.len(), 16 + 8 * records.len(), "index header and one slot per entry");
-    let index = std::fs::read(dir.path().join(INDEX_FILE_NAME)).unwrap();
-    assert_eq!(&index[..example.len()], &example[..], "wal.idx differs from the example");
+    let index = std::fs::read(wal_dir.join(index_file_name(1))).unwrap();
+    assert_eq!(&index[..example.len()], &example[..], "the index differs from the example");
+}
+
+#[test]
+fn the_install_snapshot_example_carries_a_whole_valid_snapshot_file() {
+    // Goal: the snapshot bytes section 8 shows are a file a node would
+    // load: header CRC, end marker, key count and digest all check.
+    // Method: take the INSTALL_SNAPSHOT example with data, write its data
+    // to a file, and load it as start-up does.
+    let doc = doc();
+    let blocks = blocks(&doc);
+    let piece = blocks_with_info(&blocks, "hex")
+        .filter_map(|b| match Message::decode(&hex_bytes(b)[4..]).unwrap() {
+            Message::InstallSnapshot(piece) if !piece.data.is_empty() => Some(piece),
+            _ => None,
+        })
+        .next()
+        .expect("an INSTALL_SNAPSHOT example with data");
+    assert_eq!((piece.offset, piece.data.len() as u64), (0, piece.total_bytes), "the whole file");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("00000000000000000002.snap");
+    std::fs::write(&path, &piece.data).unwrap();
+    let (store, meta) = kvstore::snapshot::load(&path, |_| {}).expect("a valid snapshot");
+    assert_eq!((meta.lsn, meta.term, store.len()), (piece.snapshot_lsn, piece.snapshot_term, 0));
 }
 
 #[test]
@@ -352,7 +383,7 @@ fn error_code_and_limit_tables_match_the_code() {
     for code in 1..=19u16 {
         assert!(known_codes.contains(&code), "ErrorCode::from_u16({code}) is not code {code}");
     }
-    let limits: [(&str, u64); 29] = [
+    let limits: [(&str, u64); 39] = [
         ("FRAME_BYTES_MAX", limits::FRAME_BYTES_MAX.into()),
         ("KEY_BYTES_MAX", limits::KEY_BYTES_MAX.into()),
         ("VALUE_BYTES_MAX", limits::VALUE_BYTES_MAX.into()),
@@ -385,6 +416,16 @@ fn error_code_and_limit_tables_match_the_code() {
         ("AUTH_SECRET_BYTES_MIN", limits::AUTH_SECRET_BYTES_MIN as u64),
         ("AUTH_SECRET_BYTES_MAX", limits::AUTH_SECRET_BYTES_MAX as u64),
         ("FOLLOWER_FRAME_BYTES_MAX", limits::FOLLOWER_FRAME_BYTES_MAX.into()),
+        ("INSTALL_SNAPSHOT_DATA_BYTES_MAX", limits::INSTALL_SNAPSHOT_DATA_BYTES_MAX.into()),
+        ("SNAPSHOT_INSTALL_TIMEOUT_MS", limits::SNAPSHOT_INSTALL_TIMEOUT_MS),
+        ("SNAPSHOT_CHUNK_BYTES", limits::SNAPSHOT_CHUNK_BYTES as u64),
+        ("SNAPSHOT_CHUNK_BYTES_MAX", limits::SNAPSHOT_CHUNK_BYTES_MAX.into()),
+        ("WAL_SEGMENT_BYTES_DEFAULT", limits::WAL_SEGMENT_BYTES_DEFAULT),
+        ("WAL_RETAIN_BYTES_DEFAULT", limits::WAL_RETAIN_BYTES_DEFAULT),
+        ("WAL_RETAIN_MAX_BYTES_DEFAULT", limits::WAL_RETAIN_MAX_BYTES_DEFAULT),
+        ("FOLLOWER_RETAIN_SECS_DEFAULT", limits::FOLLOWER_RETAIN_SECS_DEFAULT),
+        ("SNAPSHOT_AFTER_BYTES_FLOOR", limits::SNAPSHOT_AFTER_BYTES_FLOOR),
+        ("INDEX_GROW_SLOTS", limits::INDEX_GROW_SLOTS),
     ];
     for (name, value) in limits {
         let tag = format!("`{name}`");

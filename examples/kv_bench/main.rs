@@ -126,7 +126,7 @@ use hdrhistogram::Histogram;
 use kvstore::cluster_client::RETRY_BUDGET_MS_DEFAULT;
 use kvstore::error::Error as KvError;
 use kvstore::limits::VALUE_BYTES_MAX;
-use kvstore::progress::thousands;
+use kvstore::logline::count;
 use kvstore::protocol::Message;
 use serde::Serialize;
 
@@ -758,9 +758,9 @@ fn report_progress<T>(
         eprint!(
             "\r\x1b[K[{:5.1}s] {} of {} ops ({percent:.0}%)  {} ops/s  {eta}",
             now.duration_since(started_at).as_secs_f64(),
-            thousands(now_done),
-            thousands(args.ops),
-            thousands(rate as u64),
+            count(now_done),
+            count(args.ops),
+            count(rate as u64),
         );
         shown = true;
     }

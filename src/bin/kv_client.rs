@@ -12,7 +12,9 @@
 //! kv_client --port 9002 promote [--force]   make 9002 the leader of a new term
 //! kv_client --port 9003 follow 127.0.0.1:9002   make 9003 follow 9002
 //! kv_client --port 9001 transfer-leadership [127.0.0.1:9002]   planned handover
+//! kv_client --port 9001 snapshot       take a snapshot now (like BGSAVE), compact the WAL
 //! kv_client wal-dump ./node1           one record a line, like pg_waldump
+//! kv_client snapshot-dump ./node1/snapshots/00000000000000001000.snap   its pairs, checked
 //! kv_client --cluster 9001,9002,9003 put k v   on whichever member leads
 //! kv_client --auth-file ./kvstore.secret --port 9001 put k v   (or KVSTORE_AUTH_FILE=...)
 //! kv_client --tls-ca ca.pem --tls-cert client.pem --tls-key client.key --port 9001 get k
@@ -36,8 +38,11 @@ use kvstore::error::Error;
 use kvstore::protocol::describe::VALUE_SHOWN_BYTES_DEFAULT;
 use kvstore::protocol::Consistency;
 use kvstore::replication::timeline::TIMELINE_COLUMNS;
+use kvstore::snapshot::format::{SnapshotReader, SNAPSHOT_FORMAT_VERSION};
+use kvstore::store::pair_hash;
 use kvstore::tls::TlsFiles;
-use kvstore::wal::{scan_log, Op, ScanEnd, LOG_FILE_NAME};
+use kvstore::wal::upgrade::{scan_legacy, LEGACY_LOG_FILE_NAME};
+use kvstore::wal::{scan_dir, Op, Record, ScanEnd, Visit, WAL_DIR_NAME, WAL_FORMAT_VERSION};
 use kvstore::watch::WatchOptions;
 
 /// Values longer than this are shortened in `wal-dump` output.
@@ -144,14 +149,23 @@ enum Command {
     /// Hand leadership to TARGET (default: the most up-to-date follower)
     /// at once, without waiting for an election timeout (etcd's move-leader).
     TransferLeadership { target: Option<String> },
+    /// Take a snapshot now and compact the WAL (like Redis's BGSAVE:
+    /// writes go on); prints what was done once it is written.
+    Snapshot,
     /// Print every record of DATA_DIR's WAL, and where a torn tail starts.
     WalDump { data_dir: PathBuf },
+    /// Print a snapshot file's header and every pair, checking it as a
+    /// node does before loading it.
+    SnapshotDump { file: PathBuf },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Command::WalDump { data_dir } = &args.command {
         return wal_dump(data_dir);
+    }
+    if let Command::SnapshotDump { file } = &args.command {
+        return snapshot_dump(file);
     }
     let tls = TlsFiles {
         cert: args.tls_cert.clone(),
@@ -248,7 +262,8 @@ fn run(address: &str, dialer: &Dialer, command: Command) -> Result<ExitCode, Err
         Command::Status { .. } => {
             print(&mut stdout, client.status()?.render().trim_end().as_bytes())
         }
-        Command::WalDump { .. } | Command::Watch { .. } => {
+        Command::Snapshot => print(&mut stdout, client.snapshot()?.as_bytes()),
+        Command::WalDump { .. } | Command::SnapshotDump { .. } | Command::Watch { .. } => {
             unreachable!("handled before connecting")
         }
     }
@@ -321,49 +336,137 @@ fn on_cluster(members: &[String], budget: Duration, dialer: Dialer, command: Com
     }
 }
 
-/// Print the WAL one record a line, then how it ends.
+/// Print the WAL one record a line, then how it ends: the segments of
+/// `DATA_DIR/wal/`, or a `wal.log` of formats 1 and 2 not yet upgraded.
 fn wal_dump(data_dir: &std::path::Path) -> ExitCode {
-    let path = data_dir.join(LOG_FILE_NAME);
-    if !path.exists() {
-        eprintln!("kv_client: no WAL at {}", path.display());
-        return ExitCode::from(2);
-    }
+    let legacy = data_dir.join(LEGACY_LOG_FILE_NAME);
+    let segments = data_dir.join(WAL_DIR_NAME);
     let mut out = std::io::stdout().lock();
     let mut count = 0u64;
     let mut last_lsn = 0;
-    let result = scan_log(&path, |offset, record| {
+    let mut first_lsn = None;
+    let mut segment_name = String::new();
+    let mut print_record = |out: &mut std::io::StdoutLock, offset: u64, record: &Record| {
         count += 1;
         last_lsn = record.lsn;
-        let line = match &record.op {
-            Op::Put { key, value } => {
-                format!("PUT    key={} value={}", escape(key), escape(value))
-            }
-            Op::Delete { key } => format!("DELETE key={}", escape(key)),
-            Op::Noop => "NOOP   (start of term)".to_string(),
-        };
         let _ = writeln!(
             out,
-            "lsn={:<8} term={:<4} offset={:<10} {line}",
-            record.lsn, record.term, offset
+            "lsn={:<8} term={:<4} offset={:<10} {}",
+            record.lsn,
+            record.term,
+            offset,
+            describe(&record.op)
         );
-    });
-    let format = |version: u32| match version {
-        1 => "format 1 (no terms: read as term 1; the server upgrades it at start-up)".to_string(),
-        v => format!("format {v}"),
     };
+    let result = if legacy.exists() {
+        scan_legacy(&legacy, |offset, record| print_record(&mut out, offset, record)).map(|scan| {
+            let format = match scan.version {
+                1 => "format 1 (no terms: read as term 1; the server upgrades it to segments at \
+                      start-up)"
+                    .to_string(),
+                v => format!("format {v} (the server upgrades it to segments at start-up)"),
+            };
+            (scan.end, format)
+        })
+    } else if segments.is_dir() {
+        let scanned = scan_dir(data_dir, |visit| match visit {
+            Visit::Segment(path, header) => {
+                segment_name = format!("{WAL_DIR_NAME}/{}", file_name(path));
+                first_lsn.get_or_insert(header.first_lsn);
+                let _ = writeln!(
+                    out,
+                    "-- segment {segment_name}: first LSN {} (LSN {} has term {})",
+                    header.first_lsn,
+                    header.first_lsn - 1,
+                    header.prev_term
+                );
+            }
+            Visit::Record(offset, record) => print_record(&mut out, offset, record),
+        });
+        scanned.map(|end| {
+            let mut format = format!("format {WAL_FORMAT_VERSION}");
+            if let Some(first) = first_lsn.filter(|lsn| *lsn > 1) {
+                format.push_str(&format!(
+                    "; records before LSN {first} were compacted into a snapshot"
+                ));
+            }
+            (end, format)
+        })
+    } else {
+        eprintln!("kv_client: no WAL in {}", data_dir.display());
+        return ExitCode::from(2);
+    };
+    let of = if segment_name.is_empty() { String::new() } else { format!(" of {segment_name}") };
     match result {
-        Ok(scan) => {
-            let end = match scan.end {
-                ScanEnd::Clean { end_offset } => format!("clean end at offset {end_offset}"),
+        Ok((end, format)) => {
+            let end = match end {
+                ScanEnd::Clean { end_offset } => format!("clean end at offset {end_offset}{of}"),
                 ScanEnd::TornTail { offset, bytes } => format!(
-                    "torn tail of {bytes} byte(s) at offset {offset} (the server truncates it at \
-                     start-up)"
+                    "torn tail of {bytes} byte(s) at offset {offset}{of} (the server truncates it \
+                     at start-up)"
                 ),
             };
+            let _ = writeln!(out, "-- {count} record(s), last LSN {last_lsn}, {end}; {format}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("kv_client: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Print a snapshot: its header, one pair a line, then what was checked.
+fn snapshot_dump(path: &std::path::Path) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let reader = match SnapshotReader::open(path) {
+        Ok(reader) => reader,
+        Err(e) => {
+            eprintln!("kv_client: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let header = reader.header();
+    let file_bytes = reader.file_bytes();
+    let _ = writeln!(
+        out,
+        "-- snapshot {}: LSN {} (term {}), {} key(s), digest {:016x}, taken at unix ms {}; \
+         format {SNAPSHOT_FORMAT_VERSION}",
+        path.display(),
+        header.lsn,
+        header.term,
+        header.key_count,
+        header.digest,
+        header.created_unix_ms
+    );
+    let mut digest = 0u64;
+    let mut chunks = 0u64;
+    let result = reader.for_each(
+        |key, value| {
+            digest = digest.wrapping_add(pair_hash(&key, &value));
+            let _ = writeln!(out, "key={} value={}", escape(&key), escape(&value));
+            Ok(())
+        },
+        |_| chunks += 1,
+    );
+    match result {
+        Ok(_) if digest != header.digest => {
+            let _ = out.flush();
+            eprintln!(
+                "kv_client: corrupt snapshot {}: the pairs' digest is {digest:016x}, the header \
+                 says {:016x}",
+                path.display(),
+                header.digest
+            );
+            ExitCode::from(2)
+        }
+        Ok(_) => {
             let _ = writeln!(
                 out,
-                "-- {count} record(s), last LSN {last_lsn}, {end}; {}",
-                format(scan.version)
+                "-- {} pair(s) in {chunks} chunk(s), {file_bytes} bytes; header, chunk checksums, \
+                 end marker, key count and digest all check",
+                header.key_count
             );
             ExitCode::SUCCESS
         }
@@ -373,6 +476,19 @@ fn wal_dump(data_dir: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A record's operation as `wal-dump` and `snapshot-dump` print it.
+fn describe(op: &Op) -> String {
+    match op {
+        Op::Put { key, value } => format!("PUT    key={} value={}", escape(key), escape(value)),
+        Op::Delete { key } => format!("DELETE key={}", escape(key)),
+        Op::Noop => "NOOP   (start of term)".to_string(),
+    }
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 /// Quote bytes for a terminal: printable ASCII as is, the rest escaped.

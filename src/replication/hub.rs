@@ -102,6 +102,8 @@ pub enum LinkState {
     Connecting,
     /// Connected; receiving the records it missed.
     CatchingUp,
+    /// Connected; receiving a snapshot, its log being behind ours.
+    Snapshot,
     /// Connected and receiving new records as they are written.
     Streaming,
     /// Was connected; the link is gone.
@@ -113,6 +115,7 @@ impl LinkState {
         match self {
             LinkState::Connecting => "connecting",
             LinkState::CatchingUp => "catching-up",
+            LinkState::Snapshot => "snapshot",
             LinkState::Streaming => "streaming",
             LinkState::Disconnected => "disconnected",
         }
@@ -147,6 +150,8 @@ struct Peer {
     catching_up_to: Option<Lsn>,
     events: Events,
     acks: Series,
+    /// `(sent, total)` bytes of a snapshot being sent to it.
+    snapshot: Option<(u64, u64)>,
 }
 
 impl Peer {
@@ -165,12 +170,13 @@ impl Peer {
             catching_up_to: None,
             events: Events::default(),
             acks: Series::default(),
+            snapshot: None,
         }
     }
 
-    /// Connected now (catching up or streaming).
+    /// Connected now (catching up, receiving a snapshot, or streaming).
     fn is_linked(&self) -> bool {
-        matches!(self.state, LinkState::CatchingUp | LinkState::Streaming)
+        matches!(self.state, LinkState::CatchingUp | LinkState::Snapshot | LinkState::Streaming)
     }
 }
 
@@ -455,6 +461,18 @@ impl Hub {
         let peer = &mut st.peers[session.peer];
         if peer.session_id == session.id {
             peer.state = state;
+            peer.snapshot = None;
+        }
+    }
+
+    /// The session's follower is being sent a snapshot: `sent` of `total`
+    /// bytes are through (`status` shows it).
+    pub fn set_snapshot_progress(&self, session: Session, sent: u64, total: u64) {
+        let mut st = self.state.lock();
+        let peer = &mut st.peers[session.peer];
+        if peer.session_id == session.id {
+            peer.state = LinkState::Snapshot;
+            peer.snapshot = Some((sent, total));
         }
     }
 
@@ -545,6 +563,7 @@ impl Hub {
             let lsn = peer.acked_lsn;
             let ms = self.ms(Instant::now());
             peer.events.note(ms, EventKind::Disconnected, lsn);
+            peer.snapshot = None;
         }
     }
 
@@ -725,6 +744,9 @@ impl Hub {
                 last_ack_ms_ago: p.last_ack.map(|t| t.elapsed().as_millis() as u64),
                 term: p.term,
                 digest_mismatch: p.digest_mismatch.is_some(),
+                pinned_bytes: 0,
+                snapshot_sent_bytes: p.snapshot.map(|(sent, _)| sent),
+                snapshot_total_bytes: p.snapshot.map(|(_, total)| total),
             })
             .collect()
     }

@@ -56,8 +56,7 @@ fn answer(method: &Method, url: &str, node: &Node) -> Response<std::io::Cursor<V
     match path {
         "/metrics" => {
             let report = status(node);
-            let wal_bytes = std::fs::metadata(node.db.wal().path()).map_or(0, |m| m.len());
-            match metrics::global().render(&report, wal_bytes) {
+            match metrics::global().render(&report) {
                 Ok(body) => with_type(Response::from_string(body), &metrics::content_type()),
                 Err(e) => text(500, format!("{e}\n")),
             }
