@@ -136,6 +136,18 @@ impl Store {
         }
     }
 
+    /// An empty map with room for `keys` keys, so that loading a snapshot
+    /// of that many never grows (rehashes) a table: a fifth of the time of
+    /// loading a million keys went to growing the tables.
+    pub fn with_capacity(keys: usize) -> Store {
+        let per_shard = keys / SHARDS + keys / SHARDS / 8 + 1;
+        let mut store = Store::new();
+        store.shards = (0..SHARDS)
+            .map(|_| Arc::new(HashMap::with_capacity_and_hasher(per_shard, RandomState::default())))
+            .collect();
+        store
+    }
+
     fn shard_of(&self, key: &[u8]) -> usize {
         (self.shard_hasher.hash_one(key) % SHARDS as u64) as usize
     }

@@ -82,6 +82,9 @@ pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The fewest bytes one pair takes in a snapshot file: its two lengths.
+const PAIR_BYTES_MIN: u64 = 8;
+
 /// Read the snapshot at `path` into a new map, verifying everything
 /// ([`format`]'s checks, then no key twice and the digest); `progress` is
 /// called with the bytes read so far after each chunk. The map is only
@@ -89,7 +92,11 @@ pub fn unix_ms() -> u64 {
 pub fn load(path: &Path, mut progress: impl FnMut(u64)) -> Result<(Store, SnapshotMeta)> {
     let reader = SnapshotReader::open(path)?;
     let file_bytes = reader.file_bytes();
-    let mut store = Store::new();
+    // Room for the header's key count, but no more than the file could
+    // hold (a pair takes at least its two 4-byte lengths): a damaged count that passed
+    // the header's checksum cannot make us allocate more than the file.
+    let keys = reader.header().key_count.min(file_bytes / PAIR_BYTES_MIN);
+    let mut store = Store::with_capacity(usize::try_from(keys).unwrap_or(usize::MAX));
     let corrupt =
         |reason: String| Error::CorruptSnapshot { path: path.to_path_buf(), offset: 0, reason };
     let header = reader.for_each(
