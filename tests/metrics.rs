@@ -147,6 +147,8 @@ fn the_grafana_dashboard_asks_only_for_series_kvstore_serves() {
     let f2 = follower("follower2", &dirs, p2, &leader);
     write_keys(&mut leader.client(), 1, 20);
     wait_converged(&[&leader, &f2]);
+    // A snapshot, for the storage panels.
+    leader.client().snapshot().expect("kv_client snapshot");
     // One refusal: a frame longer than any the server accepts.
     let mut garbage = std::net::TcpStream::connect(leader.addr).unwrap();
     std::io::Write::write_all(&mut garbage, &[0xff; 8]).unwrap();
