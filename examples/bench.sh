@@ -174,7 +174,7 @@ if [[ " $SCENARIOS " == *" 3 "* ]]; then
     L=$BASE F=$((BASE + 1))
     start leader3 "$L" --role=leader --peers="$F" --fsync=never
     "$EX/kv_bench" --quiet --port "$L" --preload -r "$RECORDS" -n 0 -d 100 >/dev/null
-    wal_bytes=$(stat -c %s "$WORK/leader3/wal.log")
+    wal_bytes=$(cat "$WORK"/leader3/wal/*.seg | wc -c)
     secs=() rate=() mbs=()
     for run in $(seq 1 "$RUNS"); do
         t0=$(now_ns)

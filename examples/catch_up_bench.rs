@@ -79,7 +79,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use kvstore::client::Client;
 use kvstore::status::StatusReport;
-use kvstore::wal::{Op, Record, Wal, LOG_FILE_NAME};
+use kvstore::wal::{Op, Record, Wal, WAL_DIR_NAME};
 use kvstore::Lsn;
 
 #[derive(Parser, Debug)]
@@ -327,9 +327,7 @@ impl Bench<'_> {
         let built = Instant::now();
         self.build_log(&leader_dir, count)?;
         let build_s = built.elapsed().as_secs_f64();
-        let wal_path = leader_dir.join(LOG_FILE_NAME);
-        let wal_bytes =
-            std::fs::metadata(&wal_path).map_err(|e| format!("{}: {e}", wal_path.display()))?.len();
+        let wal_bytes = wal_bytes_of(&leader_dir)?;
 
         let follower_port = self.args.port + 1;
         let deadline = Duration::from_secs(
@@ -609,4 +607,18 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Bytes of the WAL segments of a data dir.
+fn wal_bytes_of(data_dir: &Path) -> Result<u64, String> {
+    let dir = data_dir.join(WAL_DIR_NAME);
+    let listing = std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut bytes = 0;
+    for entry in listing {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        if entry.path().extension().is_some_and(|e| e == "seg") {
+            bytes += entry.metadata().map_err(|e| format!("{}: {e}", dir.display()))?.len();
+        }
+    }
+    Ok(bytes)
 }

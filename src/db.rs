@@ -88,7 +88,7 @@ use crate::error::{Error, Result};
 use crate::limits::{DIGEST_RING_RECORDS, FOLLOWER_CHANNEL_BATCHES_MAX};
 use crate::stages::{Stage, Stages};
 use crate::store::Store;
-use crate::wal::{scan_log, Op, Record, TermHistory, Wal, WalRecovery};
+use crate::wal::{Base, Op, Record, TermHistory, Wal, WalOptions, WalRecovery};
 use crate::{Lsn, Term};
 
 /// When a write counts as durable.
@@ -170,13 +170,23 @@ struct Ticket {
 }
 
 impl Db {
-    /// Open the data directory: lock it, recover the WAL, replay it into the map.
+    /// Open the data directory with the default WAL options.
     pub fn open(data_dir: &Path, fsync: FsyncPolicy) -> Result<(Db, WalRecovery)> {
+        Db::open_with(data_dir, fsync, WalOptions::default())
+    }
+
+    /// Open the data directory: lock it, recover the WAL, replay it into the map.
+    pub fn open_with(
+        data_dir: &Path,
+        fsync: FsyncPolicy,
+        wal_options: WalOptions,
+    ) -> Result<(Db, WalRecovery)> {
         crate::datadir::prepare(data_dir)?;
         let lock = lock_data_dir(data_dir)?;
         let cluster_id = ClusterId::load(data_dir)?;
         let mut store = Store::new();
-        let (wal, recovery) = Wal::open(data_dir, |record| store.apply(record))?;
+        let (wal, recovery) =
+            Wal::open_with(data_dir, wal_options, Base::NONE, |record| store.apply(record))?;
         let last_lsn = recovery.last_lsn;
         let db = Db {
             data_dir: data_dir.to_path_buf(),
@@ -452,7 +462,7 @@ impl Db {
         }
         // Rebuild the map from what the WAL still holds.
         let mut store = Store::new();
-        scan_log(self.wal.path(), |_, record| store.apply(record))?;
+        self.wal.replay(0, lsn, |record| store.apply(record))?;
         assert_eq!(store.applied_lsn(), lsn, "the map is rebuilt exactly to the truncation point");
         *self.store.write() = store;
         q.next_lsn = lsn + 1;

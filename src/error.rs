@@ -32,6 +32,14 @@ pub enum Error {
     CorruptWal { path: PathBuf, offset: u64, reason: String },
     /// The WAL was written in a format this build does not know.
     WalVersion { path: PathBuf, found: u32, supported: u32 },
+    /// Records were asked for that compaction has deleted: they are in a
+    /// snapshot now, not in the WAL.
+    Compacted { lsn: Lsn, first_lsn: Lsn },
+    /// Start-up found records that are in no usable snapshot and no WAL
+    /// segment: refuse rather than start with silently missing data.
+    MissingRecords { from: Lsn, to: Lsn, why: String },
+    /// A snapshot file is damaged or incomplete: it is never loaded.
+    CorruptSnapshot { path: PathBuf, offset: u64, reason: String },
     /// A write was sent to a follower.
     ReadOnly { leader: String },
     /// A write concern was not met in time; the record is in the leader's
@@ -140,9 +148,12 @@ impl Error {
             Error::Busy(_) => ErrorCode::Busy,
             Error::TooSlow { .. } => ErrorCode::TooSlow,
             Error::InsecurePermissions { .. } => ErrorCode::Internal,
+            Error::Compacted { .. } => ErrorCode::Replication,
             Error::Io { .. }
             | Error::CorruptWal { .. }
             | Error::WalVersion { .. }
+            | Error::MissingRecords { .. }
+            | Error::CorruptSnapshot { .. }
             | Error::WalFailed(_) => ErrorCode::Internal,
         }
     }
@@ -168,6 +179,23 @@ impl fmt::Display for Error {
                 f,
                 "{} has WAL format version {found}, but this kvstore reads versions 1 to \
                  {supported}; run the newer kvstore that wrote it (nothing was changed)",
+                path.display()
+            ),
+            Error::Compacted { lsn, first_lsn } => write!(
+                f,
+                "LSN {lsn} is no longer in the WAL: it was compacted into a snapshot (the log \
+                 starts at LSN {first_lsn})"
+            ),
+            Error::MissingRecords { from, to, why } => write!(
+                f,
+                "records LSN {from}..{to} are in no usable snapshot and no WAL segment ({why}); \
+                 refusing to start with missing data (restore the data dir from a backup, or \
+                 give this node an empty data dir to re-sync it from its leader)"
+            ),
+            Error::CorruptSnapshot { path, offset, reason } => write!(
+                f,
+                "corrupt snapshot {} at byte offset {offset}: {reason}; it is not loaded \
+                 (inspect with `kv_client snapshot-dump`)",
                 path.display()
             ),
             Error::ReadOnly { leader } => {

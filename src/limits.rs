@@ -174,9 +174,21 @@ pub const AUTH_SECRET_BYTES_MAX: usize = 4096;
 /// bounded by `--max-connections`.
 pub const CLIENT_READ_TIMEOUT_MS: u64 = 30_000;
 
-/// WAL index file growth step, in slots (each 8 bytes): 1 Mi slots = 8 MiB.
-/// Growing in large steps keeps remaps rare.
+/// Most slots a WAL segment's index grows by at once (each 8 bytes):
+/// 1 Mi slots = 8 MiB. An index doubles until then, so a small segment
+/// has a small index and a large one remaps rarely.
 pub const INDEX_GROW_SLOTS: u64 = 1024 * 1024;
+
+/// Default size at which a WAL segment is closed and the next begun
+/// (`--wal-segment-bytes`, 64 MiB, like PostgreSQL's 16 MiB segments
+/// scaled for larger records): compaction deletes whole segments, so this
+/// is the granularity of the disk it frees, and a few dozen segments keep
+/// the list `records_after` searches short.
+pub const WAL_SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Smallest `--wal-segment-bytes` accepted (4 KiB): below it every batch
+/// would start a segment, and each costs two files and three fsyncs.
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 4 * 1024;
 
 /// Records whose post-apply digest a node remembers (64 Ki, 1 MiB): a
 /// follower reports its digest every [`DIGEST_REPORT_INTERVAL_MS`] at its

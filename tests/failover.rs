@@ -131,14 +131,16 @@ fn failover_without_loss_of_a_majority_write() {
     assert_same_history(&[&leader, &f2, &f3]);
 }
 
-/// Cut `node`'s WAL file just before the record with LSN `lsn` (what a
-/// power cut does to records written but never fsynced).
+/// Cut `node`'s WAL just before the record with LSN `lsn` (what a power
+/// cut does to records written but never fsynced). The log is young: one
+/// segment.
 fn cut_wal_before(node: &Node, lsn: Lsn) {
     let dump = wal_dump(node);
     let line = dump.lines().find(|l| l.starts_with(&format!("lsn={lsn} "))).unwrap();
     let offset: u64 =
         line.split_whitespace().find_map(|f| f.strip_prefix("offset=")).unwrap().parse().unwrap();
-    let log = std::fs::OpenOptions::new().write(true).open(node.data_dir.join("wal.log")).unwrap();
+    let path = node.data_dir.join("wal").join("00000000000000000001.seg");
+    let log = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     log.set_len(offset).unwrap();
 }
 
@@ -425,11 +427,14 @@ fn a_crash_at_any_point_of_a_repair_restarts_consistent() {
     }
 }
 
+/// Copy a data dir (its subdirectories too), leaving out its `LOCK`.
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
-        if entry.file_name() != "LOCK" {
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else if entry.file_name() != "LOCK" {
             std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
         }
     }
@@ -535,12 +540,12 @@ fn a_follower_whose_data_differs_is_flagged_and_refuses_reads() {
 /// Replace `from` by `to` (same length) inside a record's value in the WAL
 /// of `dir`, recomputing that entry's CRC so recovery accepts it.
 fn corrupt_value_keeping_checksums(dir: &std::path::Path, from: &[u8], to: &[u8]) {
-    let path = dir.join("wal.log");
+    let path = dir.join("wal").join("00000000000000000001.seg");
     let mut bytes = std::fs::read(&path).unwrap();
     let at = bytes.windows(from.len()).position(|w| w == from).expect("value in the WAL");
     bytes[at..at + to.len()].copy_from_slice(to);
     // Find the entry holding `at` by walking the entries after the header.
-    let mut offset = 16;
+    let mut offset = 32;
     loop {
         let body_len = u32::from_be_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
         let end = offset + 8 + body_len;

@@ -5,13 +5,14 @@
 //! - each `hex` block is one complete frame: the length prefix matches, the
 //!   payload decodes with `Message::decode`, and `Message::encode_frame`
 //!   gives back exactly the same bytes;
-//! - each `hex-wal-entry` block is one `wal.log` entry, equal to what
+//! - each `hex-wal-entry` block is one WAL entry, equal to what
 //!   `encode_entry` writes for the record it holds, with a CRC checked by an
 //!   independent CRC-32;
 //! - the `hex-wal-header` block followed by the entries is the whole
-//!   `wal.log` a real WAL writes for those records;
-//! - the `hex-wal-index` block is the start of the `wal.idx` a real WAL
-//!   writes for those entries;
+//!   first segment (`wal/00000000000000000001.seg`) a real WAL writes for
+//!   those records;
+//! - the `hex-wal-index` block is the start of that segment's index
+//!   (`wal/00000000000000000001.idx`) a real WAL writes for those entries;
 //! - every annotation that states a number or a text agrees with the bytes
 //!   of its line;
 //! - each `json` block is a status report exactly as the server serialises it;
@@ -28,8 +29,11 @@ use kvstore::error::ErrorCode;
 use kvstore::limits;
 use kvstore::protocol::Message;
 use kvstore::status::StatusReport;
-use kvstore::wal::log::{encode_entry, FILE_HEADER_BYTES, WAL_FORMAT_VERSION, WAL_MAGIC};
-use kvstore::wal::{Record, Wal, INDEX_FILE_NAME, LOG_FILE_NAME};
+use kvstore::wal::segment::{
+    encode_entry, index_file_name, segment_file_name, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    WAL_FORMAT_VERSION,
+};
+use kvstore::wal::{Record, Wal, WAL_DIR_NAME};
 
 /// Fewer frame examples than this means the document lost some.
 const FRAME_EXAMPLES_MIN: usize = 12;
@@ -276,10 +280,10 @@ fn wal_entry_examples_are_what_the_wal_writes() {
 #[test]
 fn wal_files_written_for_the_example_records_match_the_doc() {
     // Goal: a real WAL that logs the example records writes exactly the
-    // example header and entries into wal.log and the example slots into
-    // wal.idx. Method: append the records of the ```hex-wal-entry blocks
-    // (which must be LSN 1, 2, ...) to a WAL in a fresh directory, then
-    // compare the files with the blocks.
+    // example header and entries into its first segment and the example
+    // slots into that segment's index. Method: append the records of the
+    // ```hex-wal-entry blocks (which must be LSN 1, 2, ...) to a WAL in a
+    // fresh directory, then compare the files with the blocks.
     let doc = doc();
     let blocks = blocks(&doc);
     let (entries, records): (Vec<Vec<u8>>, Vec<Record>) =
@@ -296,18 +300,19 @@ fn wal_files_written_for_the_example_records_match_the_doc() {
     let header_blocks: Vec<_> = blocks_with_info(&blocks, "hex-wal-header").collect();
     assert_eq!(header_blocks.len(), 1, "one ```hex-wal-header example");
     let header = hex_bytes(header_blocks[0]);
-    assert_eq!(header.len() as u64, FILE_HEADER_BYTES, "the wal.log header's length");
-    assert_eq!(&header[..8], WAL_MAGIC, "the wal.log magic");
+    assert_eq!(header.len() as u64, SEGMENT_HEADER_BYTES, "the segment header's length");
+    assert_eq!(&header[..8], SEGMENT_MAGIC, "the segment magic");
     assert_eq!(header[8..12], WAL_FORMAT_VERSION.to_be_bytes(), "the current format version");
-    let log = std::fs::read(dir.path().join(LOG_FILE_NAME)).unwrap();
-    assert_eq!(log, [header, entries.concat()].concat(), "wal.log differs from the examples");
+    let wal_dir = dir.path().join(WAL_DIR_NAME);
+    let log = std::fs::read(wal_dir.join(segment_file_name(1))).unwrap();
+    assert_eq!(log, [header, entries.concat()].concat(), "the segment differs from the examples");
 
     let index_blocks: Vec<_> = blocks_with_info(&blocks, "hex-wal-index").collect();
     assert_eq!(index_blocks.len(), 1, "one ```hex-wal-index example");
     let example = hex_bytes(index_blocks[0]);
     assert_eq!(example.len(), 16 + 8 * records.len(), "index header and one slot per entry");
-    let index = std::fs::read(dir.path().join(INDEX_FILE_NAME)).unwrap();
-    assert_eq!(&index[..example.len()], &example[..], "wal.idx differs from the example");
+    let index = std::fs::read(wal_dir.join(index_file_name(1))).unwrap();
+    assert_eq!(&index[..example.len()], &example[..], "the index differs from the example");
 }
 
 #[test]

@@ -543,7 +543,7 @@ fn too_large_a_value_is_refused_and_nothing_is_written() {
 fn killed_node_with_records(node: &mut Node, puts: u64) -> Vec<(Lsn, u64, String)> {
     let mut client = node.client();
     let mut expected = Vec::new();
-    let mut offset = 16u64; // after the file header
+    let mut offset = 32u64; // after the segment header
     for i in 1..=puts {
         let (key, value) = (format!("key{i}"), format!("value{i}"));
         assert_eq!(client.put(key.as_bytes(), value.as_bytes()).unwrap(), i);
@@ -560,9 +560,19 @@ fn killed_node_with_records(node: &mut Node, puts: u64) -> Vec<(Lsn, u64, String
     expected
 }
 
+/// The one segment of a node's young log.
+fn first_segment(node: &Node) -> std::path::PathBuf {
+    node.data_dir.join("wal").join("00000000000000000001.seg")
+}
+
 /// Check that `dump`'s record lines are exactly `expected`; return the last line.
 fn assert_dump_records<'a>(dump: &'a str, expected: &[(Lsn, u64, String)]) -> &'a str {
-    let lines: Vec<&str> = dump.lines().collect();
+    let mut lines: Vec<&str> = dump.lines().collect();
+    assert_eq!(
+        lines.remove(0),
+        "-- segment wal/00000000000000000001.seg: first LSN 1 (LSN 0 has term 0)",
+        "the segment's line comes first:\n{dump}"
+    );
     assert_eq!(lines.len(), expected.len() + 1, "one line per record plus a summary:\n{dump}");
     for (line, (lsn, offset, text)) in lines.iter().zip(expected) {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -583,16 +593,22 @@ fn wal_dump_prints_one_line_per_record_and_the_count() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let dump = stdout(&out);
     let summary = assert_dump_records(&dump, &expected);
-    let end = std::fs::metadata(node.data_dir.join("wal.log")).unwrap().len();
-    assert_eq!(summary, format!("-- 6 record(s), last LSN 6, clean end at offset {end}; format 2"));
+    let end = std::fs::metadata(first_segment(&node)).unwrap().len();
+    assert_eq!(
+        summary,
+        format!(
+            "-- 6 record(s), last LSN 6, clean end at offset {end} of \
+             wal/00000000000000000001.seg; format 3"
+        )
+    );
 }
 
 #[test]
 fn wal_dump_reports_a_torn_tail_with_its_offset() {
-    // Goal: append 10 bytes of a cut-short entry to wal.log; wal-dump names the torn tail's offset.
+    // Goal: append 10 bytes of a cut-short entry to the segment; wal-dump names the torn tail's offset.
     let (_dir, mut node) = standalone(&[]);
     let expected = killed_node_with_records(&mut node, 5);
-    let log = node.data_dir.join("wal.log");
+    let log = first_segment(&node);
     let clean_len = std::fs::metadata(&log).unwrap().len();
     // An entry header claiming a 40-byte body, of which only 2 bytes made it.
     let torn = [0, 0, 0, 40, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02];
@@ -614,7 +630,7 @@ fn start_up_truncates_a_torn_tail_logs_it_and_keeps_every_earlier_record() {
     // Goal: append a torn entry, restart; expect a "torn tail" log, every key, and LSN 7 next.
     let (_dir, mut node) = standalone(&[]);
     killed_node_with_records(&mut node, 5);
-    let log = node.data_dir.join("wal.log");
+    let log = first_segment(&node);
     let clean_len = std::fs::metadata(&log).unwrap().len();
     let torn = [0, 0, 0, 40, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02];
     std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(&torn).unwrap();
@@ -641,7 +657,7 @@ fn start_up_truncates_a_torn_tail_logs_it_and_keeps_every_earlier_record() {
 
 #[test]
 fn a_corrupt_middle_record_stops_start_up_with_its_offset() {
-    // Goal: flip a byte in record 1 of 3, start kvstore; it exits non-zero naming offset 16.
+    // Goal: flip a byte in record 1 of 3, start kvstore; it exits non-zero naming offset 32.
     let (_dir, mut node) = standalone(&[]);
     let mut client = node.client();
     for i in 0..3 {
@@ -649,15 +665,15 @@ fn a_corrupt_middle_record_stops_start_up_with_its_offset() {
     }
     drop(client);
     node.kill();
-    let log = node.data_dir.join("wal.log");
+    let log = first_segment(&node);
     let mut bytes = std::fs::read(&log).unwrap();
-    bytes[16 + 8 + 20] ^= 0xff; // inside the first record's body (after the file header)
+    bytes[32 + 8 + 20] ^= 0xff; // inside the first record's body (after the segment header)
     std::fs::write(&log, bytes).unwrap();
 
     let dir = node.data_dir.to_str().unwrap();
     let (status, err) = run_kvstore_until_exit(&["--port", "0", "--data-dir", dir]);
     assert!(!status.success(), "kvstore started on a corrupt WAL: {err}");
-    assert!(err.contains("corrupt WAL record") && err.contains("at byte offset 16"), "{err}");
+    assert!(err.contains("corrupt WAL record") && err.contains("at byte offset 32"), "{err}");
     let dump = kv_client(&["wal-dump", dir]);
     assert_eq!(dump.status.code(), Some(2), "wal-dump reports corruption as an error");
 }
@@ -737,30 +753,82 @@ fn a_data_dir_of_wal_format_1_is_upgraded_and_its_records_read_as_term_1() {
     assert!(stdout(&before).contains("format 1"), "{}", stdout(&before));
     let node = Node::start("old", dir.path(), &[]);
     node.wait_for_log("upgraded");
-    node.wait_for_log("from format 1 to format 2: 3 record(s), each read as term 1");
+    node.wait_for_log("from format 1 to format 3");
+    node.wait_for_log("3 record(s), each read as term 1");
+    assert!(!dir.path().join("wal.log").exists(), "the old log is gone");
     assert_eq!(node.client().get(b"key3").unwrap(), Some(b"value3".to_vec()));
     assert_eq!(node.client().put(b"key4", b"value4").unwrap(), 4);
     let dump = stdout(&kv_client(&["wal-dump", dir.path().to_str().unwrap()]));
-    assert!(dump.lines().next().unwrap().starts_with("lsn=1        term=1 "), "{dump}");
+    assert!(dump.lines().nth(1).unwrap().starts_with("lsn=1        term=1 "), "{dump}");
     assert!(dump.contains("lsn=4        term=2 "), "a new term after the upgrade: {dump}");
-    assert!(dump.ends_with("; format 2"), "{dump}");
+    assert!(dump.ends_with("; format 3"), "{dump}");
+}
+
+/// A format-2 `wal.log` (16-byte header, entries with terms) holding
+/// PUT key{i} = value{i} of term 1.
+fn format_2_log(count: u64) -> Vec<u8> {
+    let mut out = b"KVSTOWAL".to_vec();
+    out.extend(2u32.to_be_bytes());
+    out.extend(0u32.to_be_bytes());
+    for i in 1..=count {
+        let op = kvstore::wal::Op::Put {
+            key: format!("key{i}").into_bytes(),
+            value: format!("value{i}").into_bytes(),
+        };
+        let record = kvstore::wal::Record { lsn: i, term: 1, op };
+        kvstore::wal::segment::encode_entry(&record, &mut out);
+    }
+    out
+}
+
+#[test]
+fn a_format_2_wal_log_survives_a_crash_in_its_upgrade_and_then_upgrades() {
+    // Goal: the upgrade to segments is crash-safe. Method: a data dir with
+    // a format-2 wal.log of 50 records; start kvstore with a failpoint
+    // that aborts after the new segment is in place but before wal.log is
+    // removed; the old file must be whole. Start again: it upgrades, serves
+    // every key, and continues the log at LSN 51.
+    let dir = tempfile::tempdir().unwrap();
+    let old = format_2_log(50);
+    std::fs::write(dir.path().join("wal.log"), &old).unwrap();
+    let crashed = Node::launch_with_env(
+        "upgrading",
+        0,
+        dir.path(),
+        &[],
+        &[("KVSTORE_FAILPOINT", "upgrade-before-commit")],
+    );
+    crashed.wait_exit();
+    assert_eq!(std::fs::read(dir.path().join("wal.log")).unwrap(), old, "the old log is whole");
+    let node = Node::start("upgraded", dir.path(), &[]);
+    node.wait_for_log("removing");
+    node.wait_for_log("from format 2 to format 3");
+    assert!(!dir.path().join("wal.log").exists());
+    for i in [1, 25, 50] {
+        let value = node.client().get(format!("key{i}").as_bytes()).unwrap();
+        assert_eq!(value, Some(format!("value{i}").into_bytes()), "key{i}");
+    }
+    assert!(node.client().put(b"after", b"upgrade").unwrap() > 50);
 }
 
 #[test]
 fn a_data_dir_from_a_newer_wal_format_is_refused_untouched() {
-    // Goal: a WAL whose header names format 3 stops start-up with an error
-    // naming both versions, and the file is left exactly as it was.
+    // Goal: a WAL segment whose header names format 4 stops start-up with
+    // an error naming both versions, and the file is left exactly as it was.
     let dir = tempfile::tempdir().unwrap();
-    let mut log = b"KVSTOWAL".to_vec();
-    log.extend(3u32.to_be_bytes());
+    let mut log = b"KVWALSEG".to_vec();
+    log.extend(4u32.to_be_bytes());
     log.extend(0u32.to_be_bytes());
+    log.extend(1u64.to_be_bytes());
+    log.extend(0u64.to_be_bytes());
     log.extend(b"records of a format this build cannot know");
-    let path = dir.path().join("wal.log");
+    std::fs::create_dir(dir.path().join("wal")).unwrap();
+    let path = dir.path().join("wal").join("00000000000000000001.seg");
     std::fs::write(&path, &log).unwrap();
     let dir_arg = dir.path().to_str().unwrap();
     let (status, err) = run_kvstore_until_exit(&["--port", "0", "--data-dir", dir_arg]);
-    assert!(!status.success(), "kvstore started on a format-3 WAL: {err}");
-    assert!(err.contains("WAL format version 3, but this kvstore reads versions 1 to 2"), "{err}");
+    assert!(!status.success(), "kvstore started on a format-4 WAL: {err}");
+    assert!(err.contains("WAL format version 4, but this kvstore reads versions 1 to 3"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), log, "nothing was changed");
     let dump = kv_client(&["wal-dump", dir_arg]);
     assert_eq!(dump.status.code(), Some(2), "{}", stdout(&dump));

@@ -33,7 +33,8 @@ use kvstore::dial::Dialer;
 use kvstore::error::Error;
 use kvstore::protocol::Consistency;
 use kvstore::tls::TlsFiles;
-use kvstore::wal::{scan_log, Op, ScanEnd, LOG_FILE_NAME};
+use kvstore::wal::upgrade::{scan_legacy, LEGACY_LOG_FILE_NAME};
+use kvstore::wal::{scan_dir, Op, Record, ScanEnd, Visit, WAL_DIR_NAME, WAL_FORMAT_VERSION};
 
 /// Values longer than this are shortened in `wal-dump` output.
 const DUMP_VALUE_BYTES_MAX: usize = 200;
@@ -250,50 +251,77 @@ fn on_cluster(members: &[String], budget: Duration, dialer: Dialer, command: Com
     }
 }
 
-/// Print the WAL one record a line, then how it ends.
+/// Print the WAL one record a line, then how it ends: the segments of
+/// `DATA_DIR/wal/`, or a `wal.log` of formats 1 and 2 not yet upgraded.
 fn wal_dump(data_dir: &std::path::Path) -> ExitCode {
-    let path = data_dir.join(LOG_FILE_NAME);
-    if !path.exists() {
-        eprintln!("kv_client: no WAL at {}", path.display());
-        return ExitCode::from(2);
-    }
+    let legacy = data_dir.join(LEGACY_LOG_FILE_NAME);
+    let segments = data_dir.join(WAL_DIR_NAME);
     let mut out = std::io::stdout().lock();
     let mut count = 0u64;
     let mut last_lsn = 0;
-    let result = scan_log(&path, |offset, record| {
+    let mut first_lsn = None;
+    let mut segment_name = String::new();
+    let mut print_record = |out: &mut std::io::StdoutLock, offset: u64, record: &Record| {
         count += 1;
         last_lsn = record.lsn;
-        let line = match &record.op {
-            Op::Put { key, value } => {
-                format!("PUT    key={} value={}", escape(key), escape(value))
-            }
-            Op::Delete { key } => format!("DELETE key={}", escape(key)),
-            Op::Noop => "NOOP   (start of term)".to_string(),
-        };
         let _ = writeln!(
             out,
-            "lsn={:<8} term={:<4} offset={:<10} {line}",
-            record.lsn, record.term, offset
+            "lsn={:<8} term={:<4} offset={:<10} {}",
+            record.lsn,
+            record.term,
+            offset,
+            describe(&record.op)
         );
-    });
-    let format = |version: u32| match version {
-        1 => "format 1 (no terms: read as term 1; the server upgrades it at start-up)".to_string(),
-        v => format!("format {v}"),
     };
+    let result = if legacy.exists() {
+        scan_legacy(&legacy, |offset, record| print_record(&mut out, offset, record)).map(|scan| {
+            let format = match scan.version {
+                1 => "format 1 (no terms: read as term 1; the server upgrades it to segments at \
+                      start-up)"
+                    .to_string(),
+                v => format!("format {v} (the server upgrades it to segments at start-up)"),
+            };
+            (scan.end, format)
+        })
+    } else if segments.is_dir() {
+        let scanned = scan_dir(data_dir, |visit| match visit {
+            Visit::Segment(path, header) => {
+                segment_name = format!("{WAL_DIR_NAME}/{}", file_name(path));
+                first_lsn.get_or_insert(header.first_lsn);
+                let _ = writeln!(
+                    out,
+                    "-- segment {segment_name}: first LSN {} (LSN {} has term {})",
+                    header.first_lsn,
+                    header.first_lsn - 1,
+                    header.prev_term
+                );
+            }
+            Visit::Record(offset, record) => print_record(&mut out, offset, record),
+        });
+        scanned.map(|end| {
+            let mut format = format!("format {WAL_FORMAT_VERSION}");
+            if let Some(first) = first_lsn.filter(|lsn| *lsn > 1) {
+                format.push_str(&format!(
+                    "; records before LSN {first} were compacted into a snapshot"
+                ));
+            }
+            (end, format)
+        })
+    } else {
+        eprintln!("kv_client: no WAL in {}", data_dir.display());
+        return ExitCode::from(2);
+    };
+    let of = if segment_name.is_empty() { String::new() } else { format!(" of {segment_name}") };
     match result {
-        Ok(scan) => {
-            let end = match scan.end {
-                ScanEnd::Clean { end_offset } => format!("clean end at offset {end_offset}"),
+        Ok((end, format)) => {
+            let end = match end {
+                ScanEnd::Clean { end_offset } => format!("clean end at offset {end_offset}{of}"),
                 ScanEnd::TornTail { offset, bytes } => format!(
-                    "torn tail of {bytes} byte(s) at offset {offset} (the server truncates it at \
-                     start-up)"
+                    "torn tail of {bytes} byte(s) at offset {offset}{of} (the server truncates it \
+                     at start-up)"
                 ),
             };
-            let _ = writeln!(
-                out,
-                "-- {count} record(s), last LSN {last_lsn}, {end}; {}",
-                format(scan.version)
-            );
+            let _ = writeln!(out, "-- {count} record(s), last LSN {last_lsn}, {end}; {format}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -302,6 +330,19 @@ fn wal_dump(data_dir: &std::path::Path) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A record's operation as `wal-dump` and `snapshot-dump` print it.
+fn describe(op: &Op) -> String {
+    match op {
+        Op::Put { key, value } => format!("PUT    key={} value={}", escape(key), escape(value)),
+        Op::Delete { key } => format!("DELETE key={}", escape(key)),
+        Op::Noop => "NOOP   (start of term)".to_string(),
+    }
+}
+
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
 }
 
 /// Quote bytes for a terminal: printable ASCII as is, the rest escaped.

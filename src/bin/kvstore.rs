@@ -21,13 +21,15 @@ use kvstore::db::FsyncPolicy;
 use kvstore::limits::{
     CATCH_UPS_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, ELECTION_TIMEOUT_MS_DEFAULT,
     FRAME_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS, PARTIAL_FRAME_BYTES_MAX_DEFAULT,
-    UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT, WRITE_TIMEOUT_MS_DEFAULT,
+    UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT, WAL_SEGMENT_BYTES_DEFAULT, WAL_SEGMENT_BYTES_MIN,
+    WRITE_TIMEOUT_MS_DEFAULT,
 };
 use kvstore::replication::election::{ElectionConfig, Failover, Timing};
 use kvstore::replication::hub::WriteConcern;
 use kvstore::replication::parse_peer;
 use kvstore::server::{self, Config, Role};
 use kvstore::tls::TlsFiles;
+use kvstore::wal::WalOptions;
 
 /// mimalloc instead of the system allocator: every request and every
 /// replicated record allocates its key and value, and under load glibc's
@@ -157,6 +159,10 @@ struct Args {
     /// How often a leader sends an empty AppendEntries on an idle link.
     #[arg(long, default_value_t = HEARTBEAT_INTERVAL_MS)]
     heartbeat_interval_ms: u64,
+    /// A WAL segment that holds this many bytes is closed and the next
+    /// begun; compaction deletes whole segments.
+    #[arg(long, default_value_t = WAL_SEGMENT_BYTES_DEFAULT)]
+    wal_segment_bytes: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -343,6 +349,12 @@ fn config(args: Args) -> Result<Config, String> {
             args.heartbeat_interval_ms, args.election_timeout_ms
         ));
     }
+    if args.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN {
+        return Err(format!(
+            "--wal-segment-bytes must be at least {WAL_SEGMENT_BYTES_MIN}, not {}",
+            args.wal_segment_bytes
+        ));
+    }
     let advertise = match &args.advertise {
         Some(a) => Some(parse_peer(a).map_err(|e| e.to_string())?),
         None => None,
@@ -351,6 +363,7 @@ fn config(args: Args) -> Result<Config, String> {
         host: args.host,
         port: args.port,
         data_dir: args.data_dir,
+        wal: WalOptions { segment_bytes: args.wal_segment_bytes },
         role,
         fsync: match args.fsync {
             FsyncArg::Always => FsyncPolicy::Always,

@@ -37,6 +37,7 @@ use crate::protocol::{write_message, Message};
 use crate::replication::election::ElectionConfig;
 use crate::replication::hub::WriteConcern;
 use crate::replication::replica::{Replica, RoleView, Startup};
+use crate::wal::WalOptions;
 
 /// Everything `kvstore` is started with.
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct Config {
     /// 0 picks a free port; the chosen address is logged.
     pub port: u16,
     pub data_dir: PathBuf,
+    /// `--wal-segment-bytes`.
+    pub wal: WalOptions,
     pub role: Role,
     pub fsync: FsyncPolicy,
     pub write_concern: WriteConcern,
@@ -112,12 +115,13 @@ pub fn run(config: Config) -> Result<()> {
 /// and its listener (split from [`run`] so the steps read in order).
 fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
     // 1. Recover the WAL into the map (week 9).
-    let (db, recovery) = Db::open(&config.data_dir, config.fsync)?;
-    let wal_path = db.wal().path().display().to_string();
-    if let Some((offset, bytes)) = recovery.torn_tail {
+    let (db, recovery) = Db::open_with(&config.data_dir, config.fsync, config.wal)?;
+    let wal_path = db.wal().dir().display().to_string();
+    if let Some((path, offset, bytes)) = &recovery.torn_tail {
         log::warn!(
-            "[wal] torn tail in {wal_path}: {bytes} byte(s) from offset {offset} truncated \
-             (a write cut short by a crash; it was never acknowledged)"
+            "[wal] torn tail in {}: {bytes} byte(s) from offset {offset} truncated \
+             (a write cut short by a crash; it was never acknowledged)",
+            path.display()
         );
     }
     if recovery.index_slots_rebuilt > 0 {
@@ -127,8 +131,12 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
         );
     }
     log::info!(
-        "[wal] opened {wal_path}: {} record(s), last LSN {} (term {}), {} key(s)",
+        "[wal] opened {wal_path}: {} record(s) in {} segment(s), LSN {}..{}, last LSN {} (term \
+         {}), {} key(s)",
         recovery.records,
+        recovery.segments,
+        recovery.first_lsn,
+        recovery.last_lsn,
         recovery.last_lsn,
         recovery.last_term,
         db.key_count()

@@ -1,118 +1,307 @@
-//! The log file: append, fsync, crash recovery, truncation and
-//! `records_after` (week 9, lesson 5; truncation: `docs/FAILOVER.md`).
+//! The log: a sequence of segment files — append, fsync, crash recovery,
+//! truncation, compaction and `records_after` (week 9, lesson 5;
+//! truncation: `docs/FAILOVER.md`; segments and compaction: `docs/STORAGE.md`).
 //!
-//! ## Layout of `wal.log`
+//! ## The files
 //!
-//! A 16-byte header, then a sequence of entries, each one record wrapped
-//! with its length and a checksum:
+//! `DATA_DIR/wal/` holds the segments ([`crate::wal::segment`]: one file
+//! of entries per range of LSNs, named by its first LSN) and beside each
+//! its index ([`crate::wal::index`]). Records are appended to the last
+//! segment; when it holds `--wal-segment-bytes` or more, the next batch
+//! goes into a new one. LSNs are contiguous across segments: a segment
+//! starts at the LSN after the previous one's last.
 //!
-//! ```text
-//! [magic "KVSTOWAL" 8 bytes][format_version u32 = 2][reserved u32 = 0]
-//! [body_len u32][crc32 u32][body: lsn u64, term u64, cmd u8, key_len u32, key, value_len u32, value]
-//! ...
-//! ```
+//! ## Recovery
 //!
-//! `crc32` (CRC-32/ISO-HDLC, as zlib computes it) covers the body. LSNs start
-//! at 1 and are contiguous: entry *n* holds LSN *n*. Terms never decrease
-//! along the log.
+//! [`Wal::open`] is given the snapshot the map was loaded from, its
+//! **base** `(lsn, term)` (`(0, 0)` without one), and reads every segment
+//! in order:
 //!
-//! ## Format versions
+//! - each entry's checksum, LSN and term are checked and its index slot
+//!   compared with its offset (rewritten if wrong); records after the base
+//!   are decoded and replayed into the map, those at or before it only
+//!   checked (the snapshot already holds them);
+//! - a torn tail of the last segment is truncated and logged; a damaged
+//!   entry followed by more data — or a torn tail in a segment that is not
+//!   the last — is corruption: start-up stops, naming file and offset;
+//! - segments must follow each other without a gap, and the first must
+//!   start at or before `base + 1`: otherwise records are missing and
+//!   start-up stops ([`Error::MissingRecords`]).
 //!
-//! Version 1 (kvstore before terms) had no header and no term in a record.
-//! Opening such a log **upgrades** it: every record is rewritten with term 1
-//! into `wal.log.upgrade`, which is fsynced and renamed over `wal.log` (a
-//! crash in between leaves the old file whole, and the upgrade runs again).
-//! A header with a version newer than [`WAL_FORMAT_VERSION`] is refused with
-//! an error naming both versions: this build cannot know what the new
-//! fields mean, and guessing would misread every record.
-//!
-//! ## Recovery: torn tail versus corruption
-//!
-//! A crash can cut the last write short. At start-up the log is read from
-//! the beginning and each entry is checked:
-//!
-//! - an entry cut short by the end of the file, or a bad checksum on the very
-//!   last entry, or an all-zero tail, is a **torn tail**: the file is
-//!   truncated at that entry's offset and the offset is logged. Such a record
-//!   was never acknowledged (a write is acknowledged only after its fsync).
-//! - a bad checksum, impossible length or wrong LSN **followed by more
-//!   data** is **corruption**: start-up fails naming the file and offset.
-//!   Truncating there would silently drop every record after it.
+//! If the log does not hold the base record with the base's term — it ends
+//! before it, or holds another term there — the snapshot **supersedes** the
+//! log: it was installed from a leader (`docs/STORAGE.md`, snapshot
+//! install) and the node crashed before it removed its old segments. They
+//! are removed now, and the log starts afresh after the base.
 //!
 //! ## The term history
 //!
 //! While it reads or appends records the log keeps a [`TermHistory`]: for
-//! each term, the first LSN written in it (PostgreSQL keeps the same thing
-//! in its timeline history files). It answers "which term wrote LSN n?" by
-//! a binary search over a handful of entries, which is what the
-//! log-matching check of AppendEntries needs, without reading the file.
+//! each term, the first LSN written in it. It answers "which term wrote LSN
+//! n?" without reading the files, which is what the log-matching check of
+//! AppendEntries needs. It starts at the record before the first segment
+//! (whose term that segment's header carries).
 //!
-//! ## Truncation (divergence repair)
+//! ## Truncation (divergence repair) and compaction
 //!
-//! [`Wal::truncate_after`] removes every record after an LSN: one
-//! `ftruncate` at the offset the index gives for the next LSN, then an
-//! fsync. A crash before the fsync leaves either the old length (the
-//! records are still there and the follower repeats the repair when it
-//! reconnects) or the new one; a length in between is a torn tail, which
-//! recovery already handles. Index slots past the end are simply stale:
-//! they are overwritten by the next append and checked at start-up.
+//! [`Wal::truncate_after`] removes every record after an LSN: the segments
+//! wholly after it are deleted (newest first), then one `ftruncate` at the
+//! offset the index gives, and an fsync. A crash in between leaves a log
+//! that ends somewhere between the old end and the new one: the follower
+//! repeats the repair when it reconnects.
+//!
+//! [`Wal::remove_through`] deletes the oldest segments, once a snapshot
+//! holds their records (oldest first, so a crash leaves a log without a
+//! gap); [`Wal::reset_after`] replaces the whole log by an empty one after
+//! a snapshot installed from the leader.
 //!
 //! ## Concurrency
 //!
-//! One thread at a time appends or truncates (the group-commit leader in
-//! [`crate::db`], or the follower thread); any number of replication
-//! senders read with positioned reads (`pread`), which need no shared file
-//! cursor. A reader is only ever asked for records up to an LSN that has
-//! been fully written.
+//! One thread at a time appends, truncates or compacts (each takes the
+//! writer lock); any number of replication senders read with positioned
+//! reads (`pread`), which need no shared file cursor. A reader holds its
+//! segments through `Arc`s: a segment deleted while it reads stays open
+//! until it is done. A reader is only ever asked for records up to an LSN
+//! that has been fully written.
 
 use std::fs::File;
-use std::io::{BufReader, ErrorKind, Read};
-use std::os::unix::fs::FileExt;
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::limits::RECORD_BYTES_MAX;
-use crate::wal::index::{IndexOpened, WalIndex};
-use crate::wal::record::{Record, RECORD_FIXED_BYTES, RECORD_V1_FIXED_BYTES};
+use crate::limits::{RECORD_BYTES_MAX, WAL_SEGMENT_BYTES_DEFAULT};
+use crate::wal::index::{initial_slots, IndexOpened, SegmentIndex};
+use crate::wal::record::Record;
+use crate::wal::segment::{
+    self, decode_entry, encode_entry, entry_body_len, ScanEnd, SegmentHeader, ENTRY_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
 use crate::wal::terms::TermHistory;
+use crate::wal::upgrade;
 use crate::{Lsn, Term};
 
-/// Name of the log file inside the data directory.
-pub const LOG_FILE_NAME: &str = "wal.log";
-/// Name of the index file inside the data directory.
-pub const INDEX_FILE_NAME: &str = "wal.idx";
-
-/// Bytes of an entry's header: body_len u32 + crc32 u32.
-pub const ENTRY_HEADER_BYTES: usize = 8;
-
-/// First bytes of a `wal.log` of format version 2 or later.
-pub const WAL_MAGIC: &[u8; 8] = b"KVSTOWAL";
-
-/// The format this build writes (and the newest it can read).
-pub const WAL_FORMAT_VERSION: u32 = 2;
-
-/// Bytes of the file header: magic 8 + version 4 + reserved 4.
-pub const FILE_HEADER_BYTES: u64 = 16;
-
-/// Name of the temporary file a format-1 log is rewritten into.
-const UPGRADE_FILE_NAME: &str = "wal.log.upgrade";
+/// Name of the directory of segments inside the data directory.
+pub const WAL_DIR_NAME: &str = "wal";
 
 /// How much `records_after` reads per `pread` (1 MiB): big enough that a
 /// catch-up costs a few syscalls per thousand records.
 const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// How the log is laid out on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalOptions {
+    /// A segment that holds this many bytes or more is closed and the next
+    /// batch starts a new one (`--wal-segment-bytes`).
+    pub segment_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions { segment_bytes: WAL_SEGMENT_BYTES_DEFAULT }
+    }
+}
+
+/// The snapshot a log continues: the last LSN it holds and that record's
+/// term. `Base::NONE` is no snapshot: the log starts at LSN 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Base {
+    pub lsn: Lsn,
+    pub term: Term,
+}
+
+impl Base {
+    pub const NONE: Base = Base { lsn: 0, term: 0 };
+}
+
+/// One segment file, open for positioned reads, with its index.
+struct Segment {
+    header: SegmentHeader,
+    path: PathBuf,
+    index_path: PathBuf,
+    reader: File,
+    index: RwLock<SegmentIndex>,
+    /// Bytes of the file that hold whole entries (header included).
+    end_offset: AtomicU64,
+    /// LSN of its last record; `first_lsn - 1` while it has none.
+    last_lsn: AtomicU64,
+}
+
+impl Segment {
+    /// Open the segment described by `header` in `dir` (the file exists).
+    fn open(dir: &Path, header: SegmentHeader, segment_bytes: u64) -> Result<(Segment, bool)> {
+        let path = dir.join(segment::segment_file_name(header.first_lsn));
+        let index_path = dir.join(segment::index_file_name(header.first_lsn));
+        let reader =
+            File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let (index, opened) =
+            SegmentIndex::open(&index_path, header.first_lsn, initial_slots(segment_bytes))?;
+        let segment = Segment {
+            header,
+            path,
+            index_path,
+            reader,
+            index: RwLock::new(index),
+            end_offset: AtomicU64::new(SEGMENT_HEADER_BYTES),
+            last_lsn: AtomicU64::new(header.first_lsn - 1),
+        };
+        Ok((segment, opened == IndexOpened::Created))
+    }
+
+    fn first_lsn(&self) -> Lsn {
+        self.header.first_lsn
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        self.last_lsn.load(Ordering::Acquire)
+    }
+
+    fn bytes(&self) -> u64 {
+        self.end_offset.load(Ordering::Acquire)
+    }
+
+    fn name(&self) -> String {
+        segment::segment_file_name(self.header.first_lsn)
+    }
+
+    /// A write handle on the file.
+    fn open_for_writing(&self) -> Result<File> {
+        crate::datadir::file_options()
+            .write(true)
+            .open(&self.path)
+            .map_err(|e| Error::WalFailed(format!("opening {}: {e}", self.path.display())))
+    }
+
+    /// Delete the segment and its index from the disk (the caller fsyncs
+    /// the directory). Readers still holding it keep reading their handle.
+    fn remove_files(&self) -> Result<()> {
+        for path in [&self.path, &self.index_path] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Append to `out` the records `first..=through` this segment holds,
+    /// within the limits (always at least one if any is due), counting
+    /// their bytes in `bytes_read`.
+    fn read_records(
+        &self,
+        first: Lsn,
+        through: Lsn,
+        (records_max, bytes_max): (usize, usize),
+        out: &mut Vec<Record>,
+        bytes_read: &mut usize,
+    ) -> Result<()> {
+        let through = through.min(self.last_lsn());
+        if first > through {
+            return Ok(());
+        }
+        let Some(mut offset) = self.index.read().get(first) else {
+            return Err(self.corrupt(0, format!("index has no slot for LSN {first}")));
+        };
+        let started_with = out.len();
+        let mut chunk = Vec::new();
+        'chunks: loop {
+            let taken = out.len() - started_with;
+            if taken >= records_max || *bytes_read >= bytes_max {
+                break;
+            }
+            let want = READ_CHUNK_BYTES.min(bytes_max - *bytes_read).max(ENTRY_HEADER_BYTES);
+            self.read_chunk(offset, want, &mut chunk)?;
+            let mut at = 0usize;
+            loop {
+                let next_lsn = first + (out.len() - started_with) as u64;
+                if next_lsn > through || out.len() - started_with >= records_max {
+                    break 'chunks;
+                }
+                let entry_offset = offset + at as u64;
+                let Some(body_len) = entry_body_len(&chunk[at..]) else {
+                    if at == 0 {
+                        return Err(self.corrupt(entry_offset, "entry header cut short".into()));
+                    }
+                    break;
+                };
+                if body_len > RECORD_BYTES_MAX {
+                    return Err(self.corrupt(entry_offset, format!("entry length {body_len}")));
+                }
+                let entry_len = ENTRY_HEADER_BYTES + body_len as usize;
+                if chunk.len() - at < entry_len {
+                    if at == 0 {
+                        // A record larger than the chunk: read exactly it.
+                        self.read_chunk(offset, entry_len, &mut chunk)?;
+                        if chunk.len() < entry_len {
+                            return Err(self.corrupt(entry_offset, "entry cut short".into()));
+                        }
+                        continue;
+                    }
+                    break;
+                }
+                let record = decode_entry(&chunk[at..at + entry_len])
+                    .map_err(|why| self.corrupt(entry_offset, why))?;
+                if record.lsn != next_lsn {
+                    let why = format!("expected LSN {next_lsn}, found {}", record.lsn);
+                    return Err(self.corrupt(entry_offset, why));
+                }
+                out.push(record);
+                at += entry_len;
+                *bytes_read += entry_len;
+                if *bytes_read >= bytes_max {
+                    break 'chunks;
+                }
+            }
+            offset += at as u64;
+        }
+        Ok(())
+    }
+
+    fn read_chunk(&self, offset: u64, len: usize, chunk: &mut Vec<u8>) -> Result<()> {
+        chunk.resize(len, 0);
+        let mut filled = 0;
+        while filled < len {
+            match self.reader.read_at(&mut chunk[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(format!("reading {}", self.path.display()), e)),
+            }
+        }
+        chunk.truncate(filled);
+        Ok(())
+    }
+
+    fn corrupt(&self, offset: u64, reason: String) -> Error {
+        Error::CorruptWal { path: self.path.clone(), offset, reason }
+    }
+}
+
+/// A segment as `status`, compaction and `wal-dump` see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// The file name, e.g. `00000000000000000001.seg`.
+    pub name: String,
+    pub first_lsn: Lsn,
+    /// `first_lsn - 1` while the segment holds no record.
+    pub last_lsn: Lsn,
+    /// Bytes of the segment file (its index not counted).
+    pub bytes: u64,
+}
+
 /// The write-ahead log of one data directory.
 pub struct Wal {
-    log_path: PathBuf,
+    dir: PathBuf,
+    segment_bytes: u64,
     writer: Mutex<Writer>,
-    index: RwLock<WalIndex>,
-    /// A second handle used only for positioned reads by senders.
-    reader: File,
+    /// Every segment kept, oldest first; the last is the one appended to.
+    segments: RwLock<Vec<Arc<Segment>>>,
     /// Last LSN whose bytes are written and indexed.
     last_lsn: AtomicU64,
     /// Term → first LSN, for every record in the log.
@@ -120,7 +309,9 @@ pub struct Wal {
 }
 
 struct Writer {
+    /// A write handle on the active (last) segment.
     file: File,
+    active: Arc<Segment>,
     end_offset: u64,
     last_lsn: Lsn,
     buf: Vec<u8>,
@@ -129,116 +320,137 @@ struct Writer {
 /// What start-up found in the log, for the operator's log lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalRecovery {
+    /// Records read from every segment.
     pub records: u64,
+    /// Of those, records after the base: replayed into the map.
+    pub replayed: u64,
+    /// The first LSN the log holds (base + 1 if it holds none).
+    pub first_lsn: Lsn,
     pub last_lsn: Lsn,
-    /// `(offset, bytes)` of a torn tail that was truncated.
-    pub torn_tail: Option<(u64, u64)>,
+    /// Term of the last record (the base's term if the log is empty).
+    pub last_term: Term,
+    pub segments: usize,
+    /// `(segment, offset, bytes)` of a torn tail that was truncated.
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
     /// Index slots that were missing or wrong and have been rewritten.
     pub index_slots_rebuilt: u64,
-    pub index_created: bool,
-    /// `Some(records)` if a format-1 log was upgraded to the current format.
-    pub upgraded_from_v1: Option<u64>,
-    /// Term of the last record (0 if the log is empty).
-    pub last_term: Term,
-}
-
-/// What [`scan_log`] found: the file's format version and how it ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scan {
-    pub version: u32,
-    pub end: ScanEnd,
-}
-
-/// How a scan of the log ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ScanEnd {
-    /// The last entry ends exactly at the end of the file.
-    Clean { end_offset: u64 },
-    /// A torn entry starts at `offset` and runs `bytes` to the end of file.
-    TornTail { offset: u64, bytes: u64 },
+    /// Indexes that were missing or foreign and were created afresh.
+    pub indexes_created: u64,
+    /// `Some((version, records))` if a `wal.log` of that format was upgraded.
+    pub upgraded: Option<(u32, u64)>,
+    /// Why the old segments were removed, if the snapshot superseded them.
+    pub superseded: Option<String>,
 }
 
 impl Wal {
-    /// Open the WAL in `dir`, recover it, and call `apply` with every record
-    /// in LSN order (this is how start-up rebuilds the map).
-    pub fn open(dir: &Path, mut apply: impl FnMut(&Record)) -> Result<(Wal, WalRecovery)> {
-        let log_path = dir.join(LOG_FILE_NAME);
-        // 0. Make sure the file has the current format's header.
-        let upgraded_from_v1 = prepare_header(dir, &log_path)?;
-        let file = crate::datadir::file_options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&log_path)
-            .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
-        let (mut index, opened) = WalIndex::open(&dir.join(INDEX_FILE_NAME))?;
+    /// Open the WAL of `data_dir` with the default options and no snapshot,
+    /// calling `apply` with every record in LSN order.
+    pub fn open(data_dir: &Path, apply: impl FnMut(&Record)) -> Result<(Wal, WalRecovery)> {
+        Wal::open_with(data_dir, WalOptions::default(), Base::NONE, apply)
+    }
 
-        // 1. Replay every intact entry, checking each index slot on the way.
+    /// Open the WAL of `data_dir`, recover it, and call `apply` with every
+    /// record after `base` in LSN order (this is how start-up rebuilds the
+    /// map on top of the snapshot it loaded). See the module doc.
+    pub fn open_with(
+        data_dir: &Path,
+        options: WalOptions,
+        base: Base,
+        apply: impl FnMut(&Record),
+    ) -> Result<(Wal, WalRecovery)> {
+        let dir = data_dir.join(WAL_DIR_NAME);
+        create_private_dir(&dir)?;
+        // 0. A `wal.log` of formats 1 and 2 becomes the first segment.
+        let upgraded = upgrade::upgrade_if_needed(data_dir, &dir)?;
+        remove_leftovers(&dir)?;
+        let mut headers = list_segments(&dir)?;
+        if headers.is_empty() {
+            let header = SegmentHeader { first_lsn: base.lsn + 1, prev_term: base.term };
+            segment::create(&dir, &header)?;
+            headers.push(header);
+        }
+        if headers[0].first_lsn > base.lsn + 1 {
+            return Err(Error::MissingRecords {
+                from: base.lsn + 1,
+                to: headers[0].first_lsn - 1,
+                why: format!(
+                    "the oldest WAL segment starts at LSN {}, and the snapshot loaded ends at LSN \
+                     {}",
+                    headers[0].first_lsn, base.lsn
+                ),
+            });
+        }
         let mut recovery = WalRecovery {
             records: 0,
+            replayed: 0,
+            first_lsn: headers[0].first_lsn,
             last_lsn: 0,
+            last_term: 0,
+            segments: 0,
             torn_tail: None,
             index_slots_rebuilt: 0,
-            index_created: opened == IndexOpened::Created,
-            upgraded_from_v1,
-            last_term: 0,
+            indexes_created: 0,
+            upgraded,
+            superseded: None,
         };
-        let mut index_error = None;
-        let fresh_index = opened == IndexOpened::Created;
-        let mut terms = TermHistory::new();
-        let scan = scan_log(&log_path, |offset, record| {
-            if fresh_index || index.get(record.lsn) != Some(offset) {
-                recovery.index_slots_rebuilt += 1;
-                if let Err(e) = index.set(record.lsn, offset) {
-                    index_error.get_or_insert(e);
-                }
+        let mut replay = Replay {
+            base,
+            apply,
+            terms: TermHistory::starting_after(headers[0].first_lsn - 1, headers[0].prev_term),
+            superseded: None,
+        };
+        let mut segments = Vec::with_capacity(headers.len());
+        for (i, header) in headers.iter().enumerate() {
+            let is_last = i + 1 == headers.len();
+            let segment =
+                recover_segment(&dir, options, *header, is_last, &mut replay, &mut recovery)?;
+            segments.push(Arc::new(segment));
+        }
+        if let Some(bad) = replay.terms.decreasing() {
+            let path = dir.clone();
+            return Err(Error::CorruptWal { path, offset: 0, reason: bad });
+        }
+        replay.check_base_at_end();
+        let mut terms = replay.terms;
+        if let Some(why) = replay.superseded {
+            // The snapshot replaces the log: start it afresh after the base.
+            for segment in segments.iter().rev() {
+                segment.remove_files()?;
             }
-            recovery.records += 1;
-            recovery.last_lsn = record.lsn;
-            terms.note(record.lsn, record.term);
-            apply(record);
-        })?;
-        if let Some(e) = index_error {
-            return Err(e);
+            let header = SegmentHeader { first_lsn: base.lsn + 1, prev_term: base.term };
+            segment::create(&dir, &header)?;
+            let (segment, _) = Segment::open(&dir, header, options.segment_bytes)?;
+            segments = vec![Arc::new(segment)];
+            terms = TermHistory::starting_after(base.lsn, base.term);
+            recovery.first_lsn = base.lsn + 1;
+            recovery.superseded = Some(why);
         }
-        if let Some(bad) = terms.decreasing() {
-            return Err(Error::CorruptWal { path: log_path, offset: 0, reason: bad });
-        }
+        let active = Arc::clone(segments.last().expect("at least one segment"));
+        let last_lsn = terms.last_lsn();
+        recovery.last_lsn = last_lsn;
         recovery.last_term = terms.last_term();
-
-        // 2. Cut off a torn tail so the next append starts on a clean boundary.
-        let end_offset = match scan.end {
-            ScanEnd::Clean { end_offset } => end_offset,
-            ScanEnd::TornTail { offset, bytes } => {
-                let ctx = format!("truncating torn tail of {}", log_path.display());
-                file.set_len(offset).map_err(|e| Error::io(&ctx, e))?;
-                file.sync_all().map_err(|e| Error::io(&ctx, e))?;
-                recovery.torn_tail = Some((offset, bytes));
-                offset
-            }
-        };
-        let reader = File::open(&log_path)
-            .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
+        recovery.segments = segments.len();
+        let file = active.open_for_writing()?;
         let wal = Wal {
-            log_path,
+            dir,
+            segment_bytes: options.segment_bytes,
             writer: Mutex::new(Writer {
                 file,
-                end_offset,
-                last_lsn: recovery.last_lsn,
+                end_offset: active.bytes(),
+                last_lsn,
+                active,
                 buf: Vec::new(),
             }),
-            index: RwLock::new(index),
-            reader,
-            last_lsn: AtomicU64::new(recovery.last_lsn),
+            segments: RwLock::new(segments),
+            last_lsn: AtomicU64::new(last_lsn),
             terms: RwLock::new(terms),
         };
         Ok((wal, recovery))
     }
 
-    /// Path of the log file.
-    pub fn path(&self) -> &Path {
-        &self.log_path
+    /// The directory of segments (`DATA_DIR/wal`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Last LSN written to the log (0 if empty). Not necessarily fsynced.
@@ -246,7 +458,14 @@ impl Wal {
         self.last_lsn.load(Ordering::Acquire)
     }
 
-    /// The term of the record at `lsn`: 0 for LSN 0, `None` beyond the end.
+    /// The first LSN the log holds (the one after its base when it holds
+    /// none): records before it are only in a snapshot.
+    pub fn first_lsn(&self) -> Lsn {
+        self.segments.read()[0].first_lsn()
+    }
+
+    /// The term of the record at `lsn`: 0 for LSN 0, `None` beyond the end
+    /// or before the log's base (compacted).
     pub fn term_at(&self, lsn: Lsn) -> Option<Term> {
         self.terms.read().term_at(lsn)
     }
@@ -261,39 +480,46 @@ impl Wal {
         self.terms.read().clone()
     }
 
-    /// Remove every record after `lsn` (divergence repair; see the module
-    /// doc). Returns how many records were removed. The caller guarantees
-    /// that no append runs at the same time and that nothing after `lsn`
-    /// was ever committed.
-    pub fn truncate_after(&self, lsn: Lsn) -> Result<u64> {
-        let mut w = self.writer.lock();
-        if lsn >= w.last_lsn {
-            return Ok(0);
-        }
-        let removed = w.last_lsn - lsn;
-        let Some(offset) = self.index.read().get(lsn + 1) else {
-            return Err(self.corrupt(0, format!("index has no slot for LSN {}", lsn + 1)));
-        };
-        assert!(
-            offset >= FILE_HEADER_BYTES && offset < w.end_offset,
-            "index offset {offset} of LSN {} outside the log (end {})",
-            lsn + 1,
-            w.end_offset
-        );
-        failpoint::hit("truncate-before-cut");
-        let ctx = format!("truncating {} after LSN {lsn}", self.log_path.display());
-        w.file.set_len(offset).map_err(|e| Error::WalFailed(format!("{ctx}: {e}")))?;
-        failpoint::hit("truncate-before-fsync");
-        w.file.sync_all().map_err(|e| Error::WalFailed(format!("{ctx}: {e}")))?;
-        w.end_offset = offset;
-        w.last_lsn = lsn;
-        self.terms.write().truncate_after(lsn);
-        self.last_lsn.store(lsn, Ordering::Release);
-        failpoint::hit("truncate-after-fsync");
-        Ok(removed)
+    /// Every segment kept, oldest first.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.segments
+            .read()
+            .iter()
+            .map(|s| SegmentInfo {
+                name: s.name(),
+                first_lsn: s.first_lsn(),
+                last_lsn: s.last_lsn(),
+                bytes: s.bytes(),
+            })
+            .collect()
     }
 
-    /// Append contiguous records with one `write` and index them.
+    /// Bytes of the segments on disk (indexes not counted).
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.segments.read().iter().map(|s| s.bytes()).sum()
+    }
+
+    /// Bytes of the log holding records after `lsn` (0 if none).
+    pub fn bytes_after(&self, lsn: Lsn) -> u64 {
+        let segments = self.segments.read();
+        let mut bytes = 0;
+        for s in segments.iter().rev() {
+            if s.last_lsn() <= lsn {
+                break;
+            }
+            if s.first_lsn() > lsn {
+                bytes += s.bytes() - SEGMENT_HEADER_BYTES;
+                continue;
+            }
+            let offset = s.index.read().get(lsn + 1).unwrap_or(SEGMENT_HEADER_BYTES);
+            bytes += s.bytes().saturating_sub(offset);
+            break;
+        }
+        bytes
+    }
+
+    /// Append contiguous records with one `write` and index them, first
+    /// starting a new segment if the active one is full.
     ///
     /// The caller guarantees `records[0].lsn == last_lsn() + 1`. On failure
     /// the file is cut back to where it was, so no half-written entry stays
@@ -302,6 +528,9 @@ impl Wal {
         let mut w = self.writer.lock();
         let Some(first) = records.first() else { return Ok(()) };
         assert_eq!(first.lsn, w.last_lsn + 1, "WAL append must continue the log");
+        if w.end_offset >= self.segment_bytes && w.last_lsn >= w.active.first_lsn() {
+            self.roll(&mut w)?;
+        }
         let mut buf = std::mem::take(&mut w.buf);
         buf.clear();
         let mut offsets = Vec::with_capacity(records.len());
@@ -321,11 +550,11 @@ impl Wal {
                 "writing {} record(s) at offset {} of {}: {e}",
                 records.len(),
                 w.end_offset,
-                self.log_path.display()
+                w.active.path.display()
             )));
         }
         {
-            let mut index = self.index.write();
+            let mut index = w.active.index.write();
             for (record, offset) in records.iter().zip(&offsets) {
                 index.set(record.lsn, *offset)?;
             }
@@ -339,7 +568,34 @@ impl Wal {
         w.end_offset += buf.len() as u64;
         w.last_lsn = records[records.len() - 1].lsn;
         w.buf = buf;
+        w.active.end_offset.store(w.end_offset, Ordering::Release);
+        w.active.last_lsn.store(w.last_lsn, Ordering::Release);
         self.last_lsn.store(w.last_lsn, Ordering::Release);
+        Ok(())
+    }
+
+    /// Close the full active segment and start the next one. Its records
+    /// are already durable as the fsync policy asks: the committer fsyncs
+    /// each batch before it appends the next.
+    fn roll(&self, w: &mut Writer) -> Result<()> {
+        let header = SegmentHeader { first_lsn: w.last_lsn + 1, prev_term: self.last_term() };
+        let failed = |e: Error| Error::WalFailed(format!("starting a new WAL segment: {e}"));
+        segment::create(&self.dir, &header).map_err(failed)?;
+        let (segment, _) = Segment::open(&self.dir, header, self.segment_bytes).map_err(failed)?;
+        let segment = Arc::new(segment);
+        let file = segment.open_for_writing()?;
+        log::info!(
+            "[wal] segment {} is full ({} bytes, LSN {}..{}); continuing in {}",
+            w.active.name(),
+            w.end_offset,
+            w.active.first_lsn(),
+            w.last_lsn,
+            segment.name()
+        );
+        self.segments.write().push(Arc::clone(&segment));
+        w.file = file;
+        w.active = segment;
+        w.end_offset = SEGMENT_HEADER_BYTES;
         Ok(())
     }
 
@@ -347,15 +603,17 @@ impl Wal {
     pub fn sync(&self) -> Result<()> {
         let w = self.writer.lock();
         w.file.sync_data().map_err(|e| {
-            Error::WalFailed(format!("fsync of {} failed: {e}", self.log_path.display()))
+            Error::WalFailed(format!("fsync of {} failed: {e}", w.active.path.display()))
         })
     }
 
     /// Records with LSNs `after + 1 ..= through`, at most `records_max` of
     /// them and about `bytes_max` bytes (always at least one if any is due).
     ///
-    /// Lesson 5's `records_after`: the index gives the first record's offset
-    /// in O(1), then the log is read sequentially in large chunks.
+    /// Lesson 5's `records_after`: a binary search over the segments and
+    /// one index slot give the first record's offset, then the segments are
+    /// read sequentially in large chunks. [`Error::Compacted`] if `after +
+    /// 1` is before the log's first LSN.
     pub fn records_after(
         &self,
         after: Lsn,
@@ -367,311 +625,382 @@ impl Wal {
         if after >= through {
             return Ok(Vec::new());
         }
-        let Some(mut offset) = self.index.read().get(after + 1) else {
-            return Err(self.corrupt(0, format!("index has no slot for LSN {}", after + 1)));
-        };
+        let segments = self.segments_from(after + 1)?;
         let mut records = Vec::new();
         let mut bytes_read = 0usize;
-        let mut chunk = Vec::new();
-        'chunks: while records.len() < records_max && bytes_read < bytes_max {
-            let want = READ_CHUNK_BYTES.min(bytes_max - bytes_read).max(ENTRY_HEADER_BYTES);
-            self.read_chunk(offset, want, &mut chunk)?;
-            let mut at = 0usize;
-            loop {
-                let next_lsn = after + 1 + records.len() as u64;
-                if next_lsn > through || records.len() >= records_max {
-                    break 'chunks;
-                }
-                let entry_offset = offset + at as u64;
-                let Some(body_len) = entry_body_len(&chunk[at..]) else {
-                    if at == 0 {
-                        return Err(self.corrupt(entry_offset, "entry header cut short".into()));
-                    }
-                    break;
-                };
-                let entry_len = ENTRY_HEADER_BYTES + body_len as usize;
-                if body_len > RECORD_BYTES_MAX {
-                    return Err(self.corrupt(entry_offset, format!("entry length {body_len}")));
-                }
-                if chunk.len() - at < entry_len {
-                    if at == 0 {
-                        // A record larger than the chunk: read exactly it.
-                        self.read_chunk(offset, entry_len, &mut chunk)?;
-                        if chunk.len() < entry_len {
-                            return Err(self.corrupt(entry_offset, "entry cut short".into()));
-                        }
-                        continue;
-                    }
-                    break;
-                }
-                let record = decode_entry(&chunk[at..at + entry_len], WAL_FORMAT_VERSION)
-                    .map_err(|why| self.corrupt(entry_offset, why))?;
-                if record.lsn != next_lsn {
-                    let why = format!("expected LSN {next_lsn}, found {}", record.lsn);
-                    return Err(self.corrupt(entry_offset, why));
-                }
-                records.push(record);
-                at += entry_len;
-                bytes_read += entry_len;
-                if bytes_read >= bytes_max {
-                    break 'chunks;
-                }
+        for segment in segments {
+            let next = after + 1 + records.len() as u64;
+            let left = records_max - records.len();
+            if next > through || left == 0 || bytes_read >= bytes_max {
+                break;
             }
-            offset += at as u64;
+            segment.read_records(
+                next,
+                through,
+                (left, bytes_max),
+                &mut records,
+                &mut bytes_read,
+            )?;
         }
         Ok(records)
     }
 
-    fn read_chunk(&self, offset: u64, len: usize, chunk: &mut Vec<u8>) -> Result<()> {
-        chunk.resize(len, 0);
-        let mut filled = 0;
-        while filled < len {
-            match self.reader.read_at(&mut chunk[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(Error::io(format!("reading {}", self.log_path.display()), e)),
-            }
+    /// Call `apply` with every record `after + 1 ..= through`, in order.
+    pub fn replay(&self, after: Lsn, through: Lsn, mut apply: impl FnMut(&Record)) -> Result<()> {
+        let mut next = after + 1;
+        while next <= through {
+            let records = self.records_after(next - 1, through, 4096, READ_CHUNK_BYTES)?;
+            let Some(last) = records.last().map(|r| r.lsn) else {
+                return Err(Error::Unexpected(format!("no record after LSN {}", next - 1)));
+            };
+            records.iter().for_each(&mut apply);
+            next = last + 1;
         }
-        chunk.truncate(filled);
         Ok(())
     }
 
-    fn corrupt(&self, offset: u64, reason: String) -> Error {
-        Error::CorruptWal { path: self.log_path.clone(), offset, reason }
+    /// The segments from the one holding `lsn` on.
+    fn segments_from(&self, lsn: Lsn) -> Result<Vec<Arc<Segment>>> {
+        let segments = self.segments.read();
+        let first_lsn = segments[0].first_lsn();
+        if lsn < first_lsn {
+            return Err(Error::Compacted { lsn, first_lsn });
+        }
+        let i = segments.partition_point(|s| s.first_lsn() <= lsn) - 1;
+        Ok(segments[i..].to_vec())
     }
-}
 
-/// Append one entry (`[body_len][crc32][body]`) for `record` to `out`.
-pub fn encode_entry(record: &Record, out: &mut Vec<u8>) {
-    let header_at = out.len();
-    out.extend_from_slice(&[0u8; ENTRY_HEADER_BYTES]);
-    record.encode(out);
-    let body = &out[header_at + ENTRY_HEADER_BYTES..];
-    let body_len = body.len() as u32;
-    let crc = crc32fast::hash(body);
-    out[header_at..header_at + 4].copy_from_slice(&body_len.to_be_bytes());
-    out[header_at + 4..header_at + 8].copy_from_slice(&crc.to_be_bytes());
-}
-
-/// The body length an entry header claims, if the header is all there.
-fn entry_body_len(bytes: &[u8]) -> Option<u32> {
-    (bytes.len() >= ENTRY_HEADER_BYTES)
-        .then(|| u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-}
-
-/// Check and decode one complete entry of format `version`. The error is
-/// the reason it is bad.
-fn decode_entry(entry: &[u8], version: u32) -> std::result::Result<Record, String> {
-    let crc = u32::from_be_bytes([entry[4], entry[5], entry[6], entry[7]]);
-    let body = &entry[ENTRY_HEADER_BYTES..];
-    let actual = crc32fast::hash(body);
-    if crc != actual {
-        return Err(format!("checksum mismatch (stored {crc:08x}, computed {actual:08x})"));
-    }
-    let mut d = Decoder::new(body);
-    let record = match version {
-        1 => Record::decode_v1(&mut d),
-        _ => Record::decode(&mut d),
-    }
-    .map_err(|e| e.to_string())?;
-    d.finish("WAL record").map_err(|e| e.to_string())?;
-    Ok(record)
-}
-
-/// The bytes of the current format's file header.
-fn file_header() -> [u8; FILE_HEADER_BYTES as usize] {
-    let mut header = [0u8; FILE_HEADER_BYTES as usize];
-    header[..8].copy_from_slice(WAL_MAGIC);
-    header[8..12].copy_from_slice(&WAL_FORMAT_VERSION.to_be_bytes());
-    header
-}
-
-/// Read the format version of the log at `path`: `Ok(None)` for a file
-/// too short to hold any record (missing, empty, or a torn header), 1 for a
-/// file without the magic (the format before headers existed).
-pub fn read_format_version(path: &Path) -> Result<Option<u32>> {
-    let bytes = match File::open(path) {
-        Ok(file) => {
-            let mut head = Vec::with_capacity(FILE_HEADER_BYTES as usize);
-            file.take(FILE_HEADER_BYTES)
-                .read_to_end(&mut head)
-                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-            head
+    /// Remove every record after `lsn` (divergence repair; see the module
+    /// doc). Returns how many records were removed. The caller guarantees
+    /// that no append runs at the same time and that nothing after `lsn`
+    /// was ever committed.
+    pub fn truncate_after(&self, lsn: Lsn) -> Result<u64> {
+        let mut w = self.writer.lock();
+        if lsn >= w.last_lsn {
+            return Ok(0);
         }
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(format!("opening {}", path.display()), e)),
-    };
-    if bytes.len() < FILE_HEADER_BYTES as usize {
-        // Shorter than a header, and shorter than the smallest v1 entry
-        // (8 + 17 bytes): no record can be in it.
-        return Ok(None);
-    }
-    if &bytes[..8] != WAL_MAGIC {
-        return Ok(Some(1));
-    }
-    Ok(Some(u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]])))
-}
-
-/// Step 0 of [`Wal::open`]: give a new log its header, upgrade a format-1
-/// log, refuse a format from the future. Returns `Some(records)` after an
-/// upgrade.
-fn prepare_header(dir: &Path, log_path: &Path) -> Result<Option<u64>> {
-    match read_format_version(log_path)? {
-        Some(WAL_FORMAT_VERSION) => Ok(None),
-        None => {
-            write_file_durably(dir, log_path, &file_header())?;
-            Ok(None)
+        let removed = w.last_lsn - lsn;
+        let segments = self.segments_from(lsn + 1)?;
+        let keep = Arc::clone(&segments[0]);
+        failpoint::hit("truncate-before-cut");
+        let failed =
+            |e: Error| Error::WalFailed(format!("truncating the log after LSN {lsn}: {e}"));
+        // 1. Whole segments after the cut go, newest first.
+        for segment in segments[1..].iter().rev() {
+            segment.remove_files().map_err(failed)?;
         }
-        Some(1) => upgrade_v1(dir, log_path).map(Some),
-        Some(found) => Err(Error::WalVersion {
-            path: log_path.to_path_buf(),
-            found,
-            supported: WAL_FORMAT_VERSION,
-        }),
-    }
-}
-
-/// Rewrite a format-1 log in the current format, every record as term 1.
-fn upgrade_v1(dir: &Path, log_path: &Path) -> Result<u64> {
-    let mut out = file_header().to_vec();
-    let mut count = 0u64;
-    let scan = scan_log(log_path, |_, record| {
-        encode_entry(record, &mut out);
-        count += 1;
-    })?;
-    if let ScanEnd::TornTail { offset, bytes } = scan.end {
-        log::warn!(
-            "[wal] format-1 log {} has a torn tail of {bytes} byte(s) at offset {offset}; \
-             it is left out of the upgrade (it was never acknowledged)",
-            log_path.display()
-        );
-    }
-    let tmp = dir.join(UPGRADE_FILE_NAME);
-    write_file_durably(dir, &tmp, &out)?;
-    std::fs::rename(&tmp, log_path).map_err(|e| {
-        Error::io(format!("renaming {} over {}", tmp.display(), log_path.display()), e)
-    })?;
-    sync_dir(dir)?;
-    log::info!(
-        "[wal] upgraded {} from format 1 to format {WAL_FORMAT_VERSION}: {count} record(s), \
-         each read as term 1",
-        log_path.display()
-    );
-    Ok(count)
-}
-
-/// Write `bytes` to `path` and fsync it (the caller renames it into place
-/// or, for a fresh header, it is the file itself).
-fn write_file_durably(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
-    let ctx = |what: &str| format!("{what} {}", path.display());
-    let file = crate::datadir::file_options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| Error::io(ctx("creating"), e))?;
-    file.write_all_at(bytes, 0).map_err(|e| Error::io(ctx("writing"), e))?;
-    file.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("syncing directory {}", dir.display()), e))
-}
-
-/// Read the log at `path` from the start, calling `visit(offset, record)` for
-/// each intact entry, and say which format it has and how it ends. A
-/// missing file is an empty log; a format-1 file is read as term 1.
-///
-/// Used by start-up recovery and by `kv_client wal-dump`; it never writes.
-pub fn scan_log(path: &Path, mut visit: impl FnMut(u64, &Record)) -> Result<Scan> {
-    let version = match read_format_version(path)? {
-        None => {
-            let end = ScanEnd::Clean { end_offset: 0 };
-            return Ok(Scan { version: WAL_FORMAT_VERSION, end });
+        if segments.len() > 1 {
+            self.segments.write().retain(|s| s.first_lsn() <= keep.first_lsn());
+            segment::sync_dir(&self.dir).map_err(failed)?;
         }
-        Some(v) if v > WAL_FORMAT_VERSION => {
-            return Err(Error::WalVersion {
-                path: path.to_path_buf(),
-                found: v,
-                supported: WAL_FORMAT_VERSION,
-            })
-        }
-        Some(v) => v,
-    };
-    let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    let ctx = || format!("reading {}", path.display());
-    let file_len = file.metadata().map_err(|e| Error::io(ctx(), e))?.len();
-    let mut reader = BufReader::with_capacity(READ_CHUNK_BYTES, file);
-    let corrupt = |offset, reason| Error::CorruptWal { path: path.to_path_buf(), offset, reason };
-    let (mut offset, fixed_bytes) = match version {
-        1 => (0u64, RECORD_V1_FIXED_BYTES as u32),
-        _ => {
-            let mut header = [0u8; FILE_HEADER_BYTES as usize];
-            reader.read_exact(&mut header).map_err(|e| Error::io(ctx(), e))?;
-            (FILE_HEADER_BYTES, RECORD_FIXED_BYTES as u32)
-        }
-    };
-    let body_max = RECORD_BYTES_MAX;
-    let done = |end| Ok(Scan { version, end });
-    let mut expected_lsn: Lsn = 1;
-    let mut entry = Vec::new();
-    loop {
-        let remaining = file_len - offset;
-        let torn = ScanEnd::TornTail { offset, bytes: remaining };
-        if remaining == 0 {
-            return done(ScanEnd::Clean { end_offset: offset });
-        }
-        if remaining < ENTRY_HEADER_BYTES as u64 {
-            return done(torn);
-        }
-        entry.resize(ENTRY_HEADER_BYTES, 0);
-        reader.read_exact(&mut entry).map_err(|e| Error::io(ctx(), e))?;
-        let body_len = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]);
-        let entry_len = ENTRY_HEADER_BYTES as u64 + u64::from(body_len);
-        if !(fixed_bytes..=body_max).contains(&body_len) {
-            // A length no writer produces. Zeros to the end of the file are a
-            // tail the file system extended but never filled: torn.
-            let rest_is_zero = entry.iter().all(|b| *b == 0) && rest_is_zero(&mut reader)?;
-            if rest_is_zero {
-                return done(torn);
-            }
-            return Err(corrupt(offset, format!("impossible entry length {body_len}")));
-        }
-        if entry_len > remaining {
-            return done(torn);
-        }
-        entry.resize(entry_len as usize, 0);
-        reader.read_exact(&mut entry[ENTRY_HEADER_BYTES..]).map_err(|e| Error::io(ctx(), e))?;
-        let is_last = entry_len == remaining;
-        let record = match decode_entry(&entry, version) {
-            Ok(record) => record,
-            Err(_) if is_last => return done(torn),
-            Err(reason) => return Err(corrupt(offset, reason)),
+        // 2. One cut inside the segment that holds LSN `lsn + 1`.
+        let Some(offset) = keep.index.read().get(lsn + 1) else {
+            return Err(keep.corrupt(0, format!("index has no slot for LSN {}", lsn + 1)));
         };
-        if record.lsn != expected_lsn {
-            let why = format!("expected LSN {expected_lsn}, found {}", record.lsn);
-            return Err(corrupt(offset, why));
+        assert!(
+            offset >= SEGMENT_HEADER_BYTES && offset < keep.bytes(),
+            "index offset {offset} of LSN {} outside its segment (end {})",
+            lsn + 1,
+            keep.bytes()
+        );
+        let file = keep.open_for_writing()?;
+        let ctx = format!("truncating {} after LSN {lsn}", keep.path.display());
+        file.set_len(offset).map_err(|e| Error::WalFailed(format!("{ctx}: {e}")))?;
+        failpoint::hit("truncate-before-fsync");
+        file.sync_all().map_err(|e| Error::WalFailed(format!("{ctx}: {e}")))?;
+        keep.end_offset.store(offset, Ordering::Release);
+        keep.last_lsn.store(lsn, Ordering::Release);
+        w.file = file;
+        w.active = keep;
+        w.end_offset = offset;
+        w.last_lsn = lsn;
+        self.terms.write().truncate_after(lsn);
+        self.last_lsn.store(lsn, Ordering::Release);
+        failpoint::hit("truncate-after-fsync");
+        Ok(removed)
+    }
+
+    /// Compaction: delete the oldest segments whose records are all at or
+    /// below `lsn` (never the one appended to), oldest first. Returns how
+    /// many segments and bytes went.
+    pub fn remove_through(&self, lsn: Lsn) -> Result<(usize, u64)> {
+        let _w = self.writer.lock();
+        let segments = self.segments.read().clone();
+        let count = segments[..segments.len() - 1]
+            .iter()
+            .take_while(|s| s.last_lsn() <= lsn && s.last_lsn() >= s.first_lsn())
+            .count();
+        if count == 0 {
+            return Ok((0, 0));
         }
-        visit(offset, &record);
-        offset += entry_len;
-        expected_lsn += 1;
+        let mut bytes = 0;
+        for (i, segment) in segments[..count].iter().enumerate() {
+            if i > 0 {
+                failpoint::hit("compact-between-deletes");
+            }
+            segment.remove_files()?;
+            bytes += segment.bytes();
+        }
+        self.segments.write().drain(..count);
+        segment::sync_dir(&self.dir)?;
+        let first = &segments[count];
+        self.terms.write().forget_before(first.first_lsn() - 1);
+        Ok((count, bytes))
+    }
+
+    /// Replace the whole log by an empty one that continues a snapshot
+    /// ending at `(lsn, term)`: the snapshot installed from the leader
+    /// holds everything, and our records may even differ from its.
+    pub fn reset_after(&self, lsn: Lsn, term: Term) -> Result<()> {
+        let mut w = self.writer.lock();
+        let segments = self.segments.read().clone();
+        let failed = |e: Error| Error::WalFailed(format!("resetting the log after LSN {lsn}: {e}"));
+        for segment in segments.iter().rev() {
+            segment.remove_files().map_err(failed)?;
+            failpoint::hit("reset-between-deletes");
+        }
+        segment::sync_dir(&self.dir).map_err(failed)?;
+        let header = SegmentHeader { first_lsn: lsn + 1, prev_term: term };
+        segment::create(&self.dir, &header).map_err(failed)?;
+        let (segment, _) = Segment::open(&self.dir, header, self.segment_bytes).map_err(failed)?;
+        let segment = Arc::new(segment);
+        w.file = segment.open_for_writing()?;
+        w.active = Arc::clone(&segment);
+        w.end_offset = SEGMENT_HEADER_BYTES;
+        w.last_lsn = lsn;
+        *self.segments.write() = vec![segment];
+        *self.terms.write() = TermHistory::starting_after(lsn, term);
+        self.last_lsn.store(lsn, Ordering::Release);
+        Ok(())
     }
 }
 
-fn rest_is_zero(reader: &mut impl Read) -> Result<bool> {
-    let mut buf = [0u8; 8192];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => return Ok(true),
-            Ok(n) if buf[..n].iter().all(|b| *b == 0) => {}
-            Ok(_) => return Ok(false),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("reading WAL tail", e)),
+/// The replay of recovery: which records go to the map, and whether the
+/// log agrees with the snapshot's base (see "Recovery").
+struct Replay<F> {
+    base: Base,
+    apply: F,
+    terms: TermHistory,
+    /// Set when the log does not hold the base record with the base's term.
+    superseded: Option<String>,
+}
+
+impl<F: FnMut(&Record)> Replay<F> {
+    /// Before the first record after the base: does the log hold the base?
+    fn check_base(&mut self) {
+        if self.base.lsn == 0 || self.superseded.is_some() {
+            return;
         }
+        match self.terms.term_at(self.base.lsn) {
+            Some(term) if term == self.base.term => {}
+            Some(term) => {
+                self.superseded = Some(format!(
+                    "the log holds LSN {} of term {term}, the snapshot has term {} there",
+                    self.base.lsn, self.base.term
+                ))
+            }
+            None => {
+                self.superseded = Some(format!(
+                    "the log ends at LSN {}, before the snapshot's LSN {}",
+                    self.terms.last_lsn(),
+                    self.base.lsn
+                ))
+            }
+        }
+    }
+
+    /// After the last segment: a log that stops at or before the base.
+    fn check_base_at_end(&mut self) {
+        if self.terms.last_lsn() <= self.base.lsn {
+            self.check_base();
+        }
+    }
+}
+
+/// Step 1 of recovery for one segment: scan it, check and rebuild its
+/// index, note its terms, replay what comes after the base; cut a torn
+/// tail of the last segment.
+fn recover_segment<F: FnMut(&Record)>(
+    dir: &Path,
+    options: WalOptions,
+    header: SegmentHeader,
+    is_last: bool,
+    replay: &mut Replay<F>,
+    recovery: &mut WalRecovery,
+) -> Result<Segment> {
+    let (segment, index_created) = Segment::open(dir, header, options.segment_bytes)?;
+    let path = segment.path.clone();
+    let expected = replay.terms.last_lsn() + 1;
+    if header.first_lsn != expected {
+        let why = format!(
+            "starts at LSN {}, but the log before it ends at LSN {}",
+            header.first_lsn,
+            expected - 1
+        );
+        return Err(Error::CorruptWal { path, offset: 0, reason: why });
+    }
+    if replay.terms.term_at(expected - 1) != Some(header.prev_term) {
+        let why = format!(
+            "its header says LSN {} has term {}, the log before it has term {:?}",
+            expected - 1,
+            header.prev_term,
+            replay.terms.term_at(expected - 1)
+        );
+        return Err(Error::CorruptWal { path, offset: 0, reason: why });
+    }
+    recovery.indexes_created += u64::from(index_created);
+    let mut index_error = None;
+    let mut last_lsn = header.first_lsn - 1;
+    let end = {
+        let mut index = segment.index.write();
+        segment::scan(&path, header.first_lsn, |entry| {
+            if index_created || index.get(entry.lsn) != Some(entry.offset) {
+                recovery.index_slots_rebuilt += 1;
+                if let Err(e) = index.set(entry.lsn, entry.offset) {
+                    index_error.get_or_insert(e);
+                }
+            }
+            recovery.records += 1;
+            if entry.lsn == replay.base.lsn + 1 {
+                replay.check_base();
+            }
+            replay.terms.note(entry.lsn, entry.term);
+            last_lsn = entry.lsn;
+            if entry.lsn > replay.base.lsn && replay.superseded.is_none() {
+                (replay.apply)(&entry.record(&path)?);
+                recovery.replayed += 1;
+            }
+            Ok(())
+        })?
+    };
+    if let Some(e) = index_error {
+        return Err(e);
+    }
+    let end_offset = match end {
+        ScanEnd::Clean { end_offset } => end_offset,
+        ScanEnd::TornTail { offset, .. } if !is_last => {
+            let why = "damaged record at the end of a segment that later segments follow".into();
+            return Err(Error::CorruptWal { path, offset, reason: why });
+        }
+        ScanEnd::TornTail { offset, bytes } => {
+            let ctx = format!("truncating torn tail of {}", path.display());
+            let file = segment.open_for_writing()?;
+            file.set_len(offset).map_err(|e| Error::io(&ctx, e))?;
+            file.sync_all().map_err(|e| Error::io(&ctx, e))?;
+            recovery.torn_tail = Some((path, offset, bytes));
+            offset
+        }
+    };
+    segment.end_offset.store(end_offset, Ordering::Release);
+    segment.last_lsn.store(last_lsn, Ordering::Release);
+    Ok(segment)
+}
+
+/// What [`scan_dir`] shows its visitor, in log order.
+pub enum Visit<'a> {
+    /// A segment begins: its path and header.
+    Segment(&'a Path, &'a SegmentHeader),
+    /// A record of that segment, at this byte offset in it.
+    Record(u64, &'a Record),
+}
+
+/// Read every segment of `data_dir`'s log in order, with the checks of
+/// recovery (contiguous LSNs, headers that agree, a torn tail only at the
+/// very end), showing each segment and record to `visit`; return how the
+/// last segment ends. Used by `kv_client wal-dump`; it never writes.
+pub fn scan_dir(data_dir: &Path, mut visit: impl FnMut(Visit<'_>)) -> Result<ScanEnd> {
+    let dir = data_dir.join(WAL_DIR_NAME);
+    let headers = list_segments(&dir)?;
+    let mut end = ScanEnd::Clean { end_offset: 0 };
+    let mut expected: Option<Lsn> = None;
+    for (i, header) in headers.iter().enumerate() {
+        let path = dir.join(segment::segment_file_name(header.first_lsn));
+        if let Some(lsn) = expected.filter(|lsn| *lsn != header.first_lsn) {
+            let why = format!(
+                "starts at LSN {}, but the log before it ends at LSN {}",
+                header.first_lsn,
+                lsn - 1
+            );
+            return Err(Error::CorruptWal { path, offset: 0, reason: why });
+        }
+        visit(Visit::Segment(&path, header));
+        let mut next = header.first_lsn;
+        end = segment::scan(&path, header.first_lsn, |entry| {
+            visit(Visit::Record(entry.offset, &entry.record(&path)?));
+            next = entry.lsn + 1;
+            Ok(())
+        })?;
+        if let (ScanEnd::TornTail { offset, .. }, false) = (end, i + 1 == headers.len()) {
+            let why = "damaged record at the end of a segment that later segments follow".into();
+            return Err(Error::CorruptWal { path, offset, reason: why });
+        }
+        expected = Some(next);
+    }
+    Ok(end)
+}
+
+/// The headers of the segments in `dir`, in LSN order; each file's name
+/// and header must agree.
+fn list_segments(dir: &Path) -> Result<Vec<SegmentHeader>> {
+    let mut headers = Vec::new();
+    for (first_lsn, path) in files_of(dir, "seg")? {
+        let header = SegmentHeader::read(&path)?;
+        if header.first_lsn != first_lsn {
+            let why = format!("its name says LSN {first_lsn}, its header LSN {}", header.first_lsn);
+            return Err(Error::CorruptWal { path, offset: 0, reason: why });
+        }
+        headers.push(header);
+    }
+    headers.sort_by_key(|h| h.first_lsn);
+    Ok(headers)
+}
+
+/// `(first_lsn, path)` of every `.seg` or `.idx` file in `dir`.
+fn files_of(dir: &Path, extension: &str) -> Result<Vec<(Lsn, PathBuf)>> {
+    let listing = |e| Error::io(format!("listing {}", dir.display()), e);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(listing)? {
+        let entry = entry.map_err(listing)?;
+        let name = entry.file_name();
+        let Some((lsn, ext)) = name.to_str().and_then(segment::parse_file_name) else { continue };
+        if ext == extension {
+            files.push((lsn, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Delete what a crash can leave behind: a segment's `.tmp` (created but
+/// never renamed into place), and an index whose segment is gone.
+fn remove_leftovers(dir: &Path) -> Result<()> {
+    let listing = |e| Error::io(format!("listing {}", dir.display()), e);
+    let segments: Vec<Lsn> = files_of(dir, "seg")?.into_iter().map(|(lsn, _)| lsn).collect();
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(listing)? {
+        let entry = entry.map_err(listing)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let orphan_index = segment::parse_file_name(&name)
+            .is_some_and(|(lsn, ext)| ext == "idx" && !segments.contains(&lsn));
+        if name.ends_with(".seg.tmp") || orphan_index {
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+            removed.push(name);
+        }
+    }
+    if !removed.is_empty() {
+        log::info!("[wal] removed {} left by a crash: {}", removed.len(), removed.join(", "));
+    }
+    Ok(())
+}
+
+/// Create `dir` (mode 0700) if it does not exist.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    match std::fs::DirBuilder::new().mode(crate::datadir::DATA_DIR_MODE).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::io(format!("creating {}", dir.display()), e)),
     }
 }
 
@@ -685,19 +1014,42 @@ mod tests {
         Record { lsn, term: 1, op: Op::Put { key: key.into(), value: value.into() } }
     }
 
+    fn small() -> WalOptions {
+        WalOptions { segment_bytes: 200 }
+    }
+
     fn open(dir: &Path) -> (Wal, WalRecovery, Vec<Record>) {
+        open_with(dir, WalOptions::default(), Base::NONE)
+    }
+
+    fn open_with(dir: &Path, options: WalOptions, base: Base) -> (Wal, WalRecovery, Vec<Record>) {
         let mut seen = Vec::new();
-        let (wal, recovery) = Wal::open(dir, |r| seen.push(r.clone())).unwrap();
+        let (wal, recovery) = Wal::open_with(dir, options, base, |r| seen.push(r.clone())).unwrap();
         (wal, recovery, seen)
+    }
+
+    fn records(first: Lsn, last: Lsn) -> Vec<Record> {
+        (first..=last).map(|i| put(i, &format!("key{i}"), &format!("value{i}"))).collect()
+    }
+
+    /// Append `records` one at a time (so a small segment rolls between them).
+    fn append_each(wal: &Wal, records: &[Record]) {
+        for r in records {
+            wal.append(std::slice::from_ref(r)).unwrap();
+        }
+        wal.sync().unwrap();
     }
 
     fn write_records(dir: &Path, count: u64) -> Vec<Record> {
         let (wal, _, _) = open(dir);
-        let records: Vec<Record> =
-            (1..=count).map(|i| put(i, &format!("key{i}"), &format!("value{i}"))).collect();
+        let records = records(1, count);
         wal.append(&records).unwrap();
         wal.sync().unwrap();
         records
+    }
+
+    fn first_segment(dir: &Path) -> PathBuf {
+        dir.join(WAL_DIR_NAME).join(segment::segment_file_name(1))
     }
 
     #[test]
@@ -711,26 +1063,116 @@ mod tests {
     }
 
     #[test]
+    fn small_segments_roll_and_every_record_is_read_back_across_them() {
+        // Goal: with 200-byte segments a new segment starts every few
+        // records; reopening replays all of them in order, records_after
+        // reads across segment boundaries, and the segments are contiguous.
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open_with(dir.path(), small(), Base::NONE);
+        let all = records(1, 40);
+        append_each(&wal, &all);
+        let segments = wal.segments();
+        assert!(segments.len() >= 8, "{segments:?}");
+        for pair in segments.windows(2) {
+            assert_eq!(pair[1].first_lsn, pair[0].last_lsn + 1, "{segments:?}");
+        }
+        assert_eq!(wal.records_after(0, 40, 100, 1 << 20).unwrap(), all);
+        assert_eq!(wal.records_after(17, 23, 100, 1 << 20).unwrap(), all[17..23]);
+        drop(wal);
+        let (wal, recovery, seen) = open_with(dir.path(), small(), Base::NONE);
+        assert_eq!(seen, all);
+        assert_eq!((recovery.segments, recovery.replayed), (segments.len(), 40));
+        assert_eq!(wal.segments(), segments);
+    }
+
+    #[test]
+    fn compaction_deletes_whole_old_segments_and_replay_starts_at_the_base() {
+        // Goal: after remove_through(20), reads before the first kept
+        // segment say "compacted"; a reopen with base 20 replays only what
+        // follows it, and still knows the term of LSN 20.
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open_with(dir.path(), small(), Base::NONE);
+        append_each(&wal, &records(1, 40));
+        let (removed, bytes) = wal.remove_through(20).unwrap();
+        assert!(removed >= 3 && bytes > 0);
+        let first = wal.first_lsn();
+        assert!(first > 1 && first <= 21, "first LSN {first}");
+        assert!(matches!(wal.records_after(0, 40, 10, 1 << 20), Err(Error::Compacted { .. })));
+        assert_eq!(wal.term_at(first - 1), Some(1));
+        assert_eq!(wal.term_at(first.saturating_sub(2)), None, "compacted");
+        drop(wal);
+        let (wal, recovery, seen) = open_with(dir.path(), small(), Base { lsn: 20, term: 1 });
+        assert_eq!(seen, records(21, 40));
+        assert_eq!((recovery.first_lsn, recovery.replayed, recovery.superseded), (first, 20, None));
+        assert_eq!(wal.term_at(20), Some(1));
+    }
+
+    #[test]
+    fn a_log_that_starts_after_the_base_is_refused() {
+        // Goal: never start with silently missing data: segments from LSN
+        // 25 on and a snapshot at 10 leave 11..24 nowhere.
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open_with(dir.path(), small(), Base::NONE);
+        append_each(&wal, &records(1, 40));
+        wal.remove_through(30).unwrap();
+        let first = wal.first_lsn();
+        drop(wal);
+        match Wal::open_with(dir.path(), small(), Base { lsn: 10, term: 1 }, |_| {}) {
+            Err(Error::MissingRecords { from: 11, to, .. }) => assert_eq!(to, first - 1),
+            Err(other) => panic!("expected MissingRecords, got {other}"),
+            Ok(_) => panic!("opened a log with a gap"),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_beyond_the_log_supersedes_it() {
+        // Goal: a snapshot installed from the leader at LSN 100 (term 3),
+        // with the node's old log 1..10 still there after a crash, wins:
+        // the old segments go and the log continues at 101.
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), 10);
+        let (wal, recovery, seen) = open_with(dir.path(), small(), Base { lsn: 100, term: 3 });
+        assert!(seen.is_empty());
+        assert!(recovery.superseded.unwrap().contains("ends at LSN 10"));
+        assert_eq!((wal.last_lsn(), wal.last_term(), wal.first_lsn()), (100, 3, 101));
+        wal.append(&[Record { lsn: 101, term: 3, op: Op::Noop }]).unwrap();
+        drop(wal);
+        let (_, recovery, seen) = open_with(dir.path(), small(), Base { lsn: 100, term: 3 });
+        assert_eq!((seen.len(), recovery.superseded), (1, None));
+    }
+
+    #[test]
+    fn a_log_holding_another_term_at_the_base_is_superseded() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), 10);
+        let (_, recovery, seen) = open_with(dir.path(), small(), Base { lsn: 5, term: 2 });
+        assert!(seen.is_empty(), "nothing of the old log is replayed");
+        assert!(recovery.superseded.unwrap().contains("LSN 5 of term 1"));
+    }
+
+    #[test]
     fn truncation_at_every_byte_of_the_last_record_keeps_the_others() {
         // Goal: a crash that cuts the last record anywhere loses only that
         // record. Method: write 3 records, then for every length inside the
-        // third, truncate a copy of the log there and recover it.
+        // third, truncate a copy of the segment there and recover it.
         let dir = tempfile::tempdir().unwrap();
         let records = write_records(dir.path(), 3);
-        let log = std::fs::read(dir.path().join(LOG_FILE_NAME)).unwrap();
+        let log = std::fs::read(first_segment(dir.path())).unwrap();
         let third_at = {
-            let mut bytes = file_header().to_vec();
+            let mut bytes = vec![0u8; SEGMENT_HEADER_BYTES as usize];
             encode_entry(&records[0], &mut bytes);
             encode_entry(&records[1], &mut bytes);
             bytes.len()
         };
         for cut in third_at..log.len() {
             let copy = tempfile::tempdir().unwrap();
-            std::fs::write(copy.path().join(LOG_FILE_NAME), &log[..cut]).unwrap();
+            std::fs::create_dir(copy.path().join(WAL_DIR_NAME)).unwrap();
+            std::fs::write(first_segment(copy.path()), &log[..cut]).unwrap();
             let (wal, recovery, seen) = open(copy.path());
             assert_eq!(seen, records[..2], "cut at {cut}");
-            let torn = (cut > third_at).then_some((third_at as u64, (cut - third_at) as u64));
-            assert_eq!(recovery.torn_tail, torn, "cut at {cut}");
+            let torn = recovery.torn_tail.map(|(_, offset, bytes)| (offset, bytes));
+            let expected = (cut > third_at).then_some((third_at as u64, (cut - third_at) as u64));
+            assert_eq!(torn, expected, "cut at {cut}");
             // The log continues cleanly after the truncation.
             wal.append(&[put(3, "again", "x")]).unwrap();
             drop(wal);
@@ -744,9 +1186,9 @@ mod tests {
         // Goal: corruption before the tail stops start-up with the offset.
         let dir = tempfile::tempdir().unwrap();
         let records = write_records(dir.path(), 3);
-        let path = dir.path().join(LOG_FILE_NAME);
+        let path = first_segment(dir.path());
         let mut log = std::fs::read(&path).unwrap();
-        let mut first = file_header().to_vec();
+        let mut first = vec![0u8; SEGMENT_HEADER_BYTES as usize];
         encode_entry(&records[0], &mut first);
         let flip_at = first.len() + ENTRY_HEADER_BYTES + 10; // inside record 2's body
         log[flip_at] ^= 0x40;
@@ -759,16 +1201,34 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_end_of_a_segment_that_others_follow_is_corruption() {
+        // Goal: only the last segment may have a torn tail: records in the
+        // next segment were acknowledged after the damaged one.
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open_with(dir.path(), small(), Base::NONE);
+        append_each(&wal, &records(1, 20));
+        drop(wal);
+        let path = first_segment(dir.path());
+        let len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 3).unwrap();
+        match Wal::open_with(dir.path(), small(), Base::NONE, |_| {}) {
+            Err(Error::CorruptWal { path: p, .. }) => assert_eq!(p, path),
+            Err(other) => panic!("expected CorruptWal, got {other}"),
+            Ok(_) => panic!("opened a log with a damaged middle segment"),
+        }
+    }
+
+    #[test]
     fn zero_filled_tail_is_torn() {
         let dir = tempfile::tempdir().unwrap();
         write_records(dir.path(), 2);
-        let path = dir.path().join(LOG_FILE_NAME);
+        let path = first_segment(dir.path());
         let len = std::fs::metadata(&path).unwrap().len();
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len + 4096).unwrap();
         let (_, recovery, seen) = open(dir.path());
         assert_eq!(seen.len(), 2);
-        assert_eq!(recovery.torn_tail, Some((len, 4096)));
+        assert_eq!(recovery.torn_tail, Some((path, len, 4096)));
     }
 
     #[test]
@@ -776,10 +1236,10 @@ mod tests {
         // Goal: the WAL is the source of truth; a lost index costs nothing.
         let dir = tempfile::tempdir().unwrap();
         write_records(dir.path(), 50);
-        let index_path = dir.path().join(INDEX_FILE_NAME);
+        let index_path = dir.path().join(WAL_DIR_NAME).join(segment::index_file_name(1));
         std::fs::remove_file(&index_path).unwrap();
         let (wal, recovery, _) = open(dir.path());
-        assert!(recovery.index_created);
+        assert_eq!(recovery.indexes_created, 1);
         assert_eq!(recovery.index_slots_rebuilt, 50);
         assert_eq!(wal.records_after(40, 50, 100, 1 << 20).unwrap().len(), 10);
         drop(wal);
@@ -788,7 +1248,7 @@ mod tests {
         f.set_len(16 + 8 * 20).unwrap(); // keep 20 slots only
         drop(f);
         let (wal, recovery, _) = open(dir.path());
-        assert!(!recovery.index_created);
+        assert_eq!(recovery.indexes_created, 0);
         assert_eq!(recovery.index_slots_rebuilt, 30);
         let after = wal.records_after(20, 50, 100, 1 << 20).unwrap();
         assert_eq!(after.first().map(|r| r.lsn), Some(21));
@@ -812,18 +1272,18 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
-        // Goal: recovery never panics on any file, and whatever damage it
-        // meets it either keeps a prefix of the records or refuses to start;
-        // it never invents or reorders a record.
+        // Goal: recovery never panics on any segment, and whatever damage
+        // it meets it either keeps a prefix of the records or refuses to
+        // start; it never invents or reorders a record.
         #[test]
-        fn recovery_of_a_damaged_log_keeps_a_prefix_or_refuses(
+        fn recovery_of_a_damaged_segment_keeps_a_prefix_or_refuses(
             flips in proptest::collection::vec((0usize..2000, 1u8..=255), 0..4),
             cut in 0usize..2000,
             junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let records = write_records(dir.path(), 20);
-            let path = dir.path().join(LOG_FILE_NAME);
+            let path = first_segment(dir.path());
             let mut log = std::fs::read(&path).unwrap();
             for (at, mask) in flips {
                 let at = at % log.len();
@@ -832,7 +1292,7 @@ mod tests {
             log.truncate(cut.min(log.len()));
             log.extend_from_slice(&junk);
             std::fs::write(&path, &log).unwrap();
-            std::fs::remove_file(dir.path().join(INDEX_FILE_NAME)).unwrap();
+            std::fs::remove_file(path.with_extension("idx")).unwrap();
             let mut seen = Vec::new();
             match Wal::open(dir.path(), |r| seen.push(r.clone())) {
                 Ok(_) => proptest::prop_assert_eq!(&records[..seen.len()], &seen[..]),
@@ -858,65 +1318,23 @@ mod tests {
         assert_eq!(all, records);
     }
 
-    /// The bytes of a format-1 log (no header, no term) holding `records`.
-    fn v1_log(records: &[Record]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for r in records {
-            let mut body = Vec::new();
-            let (cmd, key, value): (u8, &[u8], &[u8]) = match &r.op {
-                Op::Put { key, value } => (0x01, key, value),
-                Op::Delete { key } => (0x03, key, &[]),
-                Op::Noop => unreachable!("format 1 had no NOOP"),
-            };
-            body.extend_from_slice(&r.lsn.to_be_bytes());
-            body.push(cmd);
-            body.extend_from_slice(&(key.len() as u32).to_be_bytes());
-            body.extend_from_slice(key);
-            body.extend_from_slice(&(value.len() as u32).to_be_bytes());
-            body.extend_from_slice(value);
-            out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-            out.extend_from_slice(&crc32fast::hash(&body).to_be_bytes());
-            out.extend_from_slice(&body);
-        }
-        out
-    }
-
     #[test]
     fn a_format_1_log_is_upgraded_with_every_record_as_term_1() {
         // Goal: a data dir from before terms opens, reads the same records
-        // as term 1, and is rewritten in the current format.
+        // as term 1, and is rewritten as segments.
         let dir = tempfile::tempdir().unwrap();
         let records: Vec<Record> = (1..=3).map(|i| put(i, &format!("k{i}"), "v")).collect();
-        std::fs::write(dir.path().join(LOG_FILE_NAME), v1_log(&records)).unwrap();
-        let path = dir.path().join(LOG_FILE_NAME);
-        assert_eq!(read_format_version(&path).unwrap(), Some(1));
+        let legacy = dir.path().join(upgrade::LEGACY_LOG_FILE_NAME);
+        std::fs::write(&legacy, upgrade::tests::v1_log(&records)).unwrap();
         let (wal, recovery, seen) = open(dir.path());
         assert_eq!(seen, records);
-        assert_eq!(recovery.upgraded_from_v1, Some(3));
+        assert_eq!(recovery.upgraded, Some((1, 3)));
         assert_eq!((wal.last_lsn(), wal.last_term()), (3, 1));
-        assert_eq!(read_format_version(&path).unwrap(), Some(WAL_FORMAT_VERSION));
+        assert!(!legacy.exists());
         assert_eq!(wal.records_after(1, 3, 10, 1 << 20).unwrap(), records[1..]);
         drop(wal);
         let (_, recovery, seen) = open(dir.path());
-        assert_eq!((seen, recovery.upgraded_from_v1), (records, None));
-    }
-
-    #[test]
-    fn a_log_from_a_newer_format_is_refused_and_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(LOG_FILE_NAME);
-        let mut bytes = file_header().to_vec();
-        bytes[8..12].copy_from_slice(&3u32.to_be_bytes());
-        bytes.extend_from_slice(b"records this build cannot read");
-        std::fs::write(&path, &bytes).unwrap();
-        match Wal::open(dir.path(), |_| {}) {
-            Err(e @ Error::WalVersion { found: 3, supported: 2, .. }) => {
-                assert!(e.to_string().contains("format version 3"), "{e}")
-            }
-            Err(other) => panic!("expected WalVersion, got {other}"),
-            Ok(_) => panic!("a format-3 log was opened"),
-        }
-        assert_eq!(std::fs::read(&path).unwrap(), bytes, "the file is untouched");
+        assert_eq!((seen, recovery.upgraded), (records, None));
     }
 
     #[test]
@@ -936,5 +1354,49 @@ mod tests {
             [(1, 1), (2, 1), (3, 3)]
         );
         assert_eq!((recovery.last_term, wal.term_history().runs()), (3, &[(1, 1), (3, 3)][..]));
+    }
+
+    #[test]
+    fn truncation_across_segments_removes_the_later_ones() {
+        // Goal: cutting after LSN 7 in a log of many small segments leaves
+        // exactly 1..7, and appending continues from 8 into the right file.
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open_with(dir.path(), small(), Base::NONE);
+        append_each(&wal, &records(1, 30));
+        assert_eq!(wal.truncate_after(7).unwrap(), 23);
+        let last = wal.segments().last().cloned().unwrap();
+        assert_eq!(last.last_lsn, 7);
+        wal.append(&records(8, 9)).unwrap();
+        drop(wal);
+        let (wal, _, seen) = open_with(dir.path(), small(), Base::NONE);
+        assert_eq!(seen, records(1, 9));
+        assert_eq!(wal.segments().last().unwrap().last_lsn, 9);
+    }
+
+    #[test]
+    fn reset_after_a_snapshot_starts_an_empty_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open_with(dir.path(), small(), Base::NONE);
+        append_each(&wal, &records(1, 30));
+        wal.reset_after(500, 4).unwrap();
+        assert_eq!((wal.last_lsn(), wal.first_lsn(), wal.term_at(500)), (500, 501, Some(4)));
+        assert_eq!(wal.segments().len(), 1);
+        wal.append(&[Record { lsn: 501, term: 4, op: Op::Noop }]).unwrap();
+        drop(wal);
+        let (_, recovery, seen) = open_with(dir.path(), small(), Base { lsn: 500, term: 4 });
+        assert_eq!((seen.len(), recovery.first_lsn), (1, 501));
+    }
+
+    #[test]
+    fn bytes_after_counts_the_log_past_an_lsn() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = open_with(dir.path(), small(), Base::NONE);
+        append_each(&wal, &records(1, 30));
+        let total: u64 = wal.segments().iter().map(|s| s.bytes - SEGMENT_HEADER_BYTES).sum();
+        assert_eq!(wal.bytes_after(0), total);
+        assert_eq!(wal.bytes_after(30), 0);
+        let mut entry = Vec::new();
+        encode_entry(&records(30, 30)[0], &mut entry);
+        assert_eq!(wal.bytes_after(29), entry.len() as u64);
     }
 }
