@@ -110,6 +110,15 @@ impl Client {
         }
     }
 
+    /// SNAPSHOT: take a snapshot now and compact the WAL; returns what the
+    /// node did, once the snapshot is written.
+    pub fn snapshot(&mut self) -> Result<String> {
+        match self.request(&Message::Snapshot)? {
+            Message::Done { message } => Ok(message),
+            other => Err(unexpected("SNAPSHOT", &other)),
+        }
+    }
+
     /// DELETE: returns the LSN the delete was logged at.
     pub fn delete(&mut self, key: &[u8]) -> Result<Lsn> {
         match self.request(&Message::Delete { key: key.to_vec() })? {

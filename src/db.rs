@@ -50,11 +50,22 @@
 //!
 //! A follower whose log holds records its leader does not have removes
 //! them with [`Db::truncate_after`]: the WAL is cut (one `ftruncate` and an
-//! fsync) and the map is rebuilt by replaying the WAL that remains. The map
-//! has no undo log; rebuilding costs a replay of the log (a snapshot will
-//! bound that), but it is obviously correct, and after a crash at any point
-//! the start-up replay does the same thing. A record at or below the commit
-//! LSN is never removed: that would be losing data, not repairing it.
+//! fsync) and the map is rebuilt from the newest snapshot and the WAL that
+//! remains after it. The map has no undo log; rebuilding costs a snapshot
+//! load and a replay, but it is obviously correct, and after a crash at any
+//! point the start-up replay does the same thing. A record at or below the
+//! commit LSN is never removed: that would be losing data, not repairing
+//! it; and since a snapshot holds only committed records, the snapshot is
+//! never newer than the truncation point.
+//!
+//! ## Snapshots and compaction
+//!
+//! [`Db::open_with`] loads the newest good snapshot and replays only the
+//! WAL after it (`crate::snapshot::choose`). While the node runs, the
+//! `snapshot` thread ([`crate::snapshot::snapshotter`]) freezes the map
+//! ([`Db::freeze`]), writes it, and calls [`Db::compact`]; the committer
+//! wakes that thread as the WAL grows. A follower that receives a snapshot
+//! from its leader switches to it with [`Db::install_snapshot`].
 //!
 //! ## The digest ring
 //!
@@ -75,20 +86,27 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::cluster::ClusterId;
 use crate::error::{Error, Result};
-use crate::limits::{DIGEST_RING_RECORDS, FOLLOWER_CHANNEL_BATCHES_MAX};
+use crate::limits::{
+    DIGEST_RING_RECORDS, FOLLOWER_CHANNEL_BATCHES_MAX, SNAPSHOT_AFTER_BYTES_FLOOR,
+};
+use crate::logline::{bytes, count};
+use crate::snapshot::catalog::Catalog;
+use crate::snapshot::policy::{self, FollowerPins, StorageOptions};
+use crate::snapshot::{self as snapshots, SnapshotMeta};
 use crate::stages::{Stage, Stages};
-use crate::store::Store;
-use crate::wal::{Base, Op, Record, TermHistory, Wal, WalOptions, WalRecovery};
+use crate::store::{CopyStats, Frozen, Store};
+use crate::wal::{Base, Op, Record, TermHistory, Wal, WalRecovery};
 use crate::{Lsn, Term};
 
 /// When a write counts as durable.
@@ -127,7 +145,52 @@ pub struct Db {
     digests: Mutex<VecDeque<(Lsn, u64)>>,
     /// Where the time of a write goes (`status`, [`crate::stages`]).
     stages: Arc<Stages>,
+    /// Segments, snapshots and compaction: how this node keeps its disk.
+    options: StorageOptions,
+    /// The `snapshots/` directory.
+    catalog: Catalog,
+    /// The newest snapshot on disk: the one start-up would load.
+    snapshot: Mutex<Option<SnapshotMeta>>,
+    /// Followers that still need the log (compaction keeps it for them).
+    pins: Mutex<FollowerPins>,
+    /// Wakes the snapshot thread as the WAL grows; the committer sends on
+    /// it when the WAL passes `poke_at` bytes appended.
+    pokes: (Sender<()>, Receiver<()>),
+    poke_at: AtomicU64,
+    /// A snapshot being received from the leader (a follower's `status`).
+    resync: Mutex<Option<Resync>>,
     _lock: File,
+}
+
+/// What start-up found and did, for the operator's log lines.
+#[derive(Debug)]
+pub struct Recovery {
+    pub wal: WalRecovery,
+    /// The snapshot the map was loaded from.
+    pub snapshot: Option<SnapshotMeta>,
+    pub snapshot_load_ms: u64,
+}
+
+/// A snapshot transfer from the leader, as a follower's `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resync {
+    pub snapshot_lsn: Lsn,
+    pub received_bytes: u64,
+    pub total_bytes: u64,
+    pub bytes_per_sec: u64,
+}
+
+/// The disk side of `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageReport {
+    pub snapshot: Option<SnapshotMeta>,
+    pub wal_bytes: u64,
+    pub wal_segments: u64,
+    pub wal_first_lsn: Lsn,
+    /// WAL written after the newest snapshot, and the amount that calls
+    /// for the next one.
+    pub wal_bytes_since_snapshot: u64,
+    pub snapshot_threshold_bytes: u64,
 }
 
 struct Queue {
@@ -170,24 +233,35 @@ struct Ticket {
 }
 
 impl Db {
-    /// Open the data directory with the default WAL options.
-    pub fn open(data_dir: &Path, fsync: FsyncPolicy) -> Result<(Db, WalRecovery)> {
-        Db::open_with(data_dir, fsync, WalOptions::default())
+    /// Open the data directory with the default storage options.
+    pub fn open(data_dir: &Path, fsync: FsyncPolicy) -> Result<(Db, Recovery)> {
+        Db::open_with(data_dir, fsync, StorageOptions::default())
     }
 
-    /// Open the data directory: lock it, recover the WAL, replay it into the map.
+    /// Open the data directory: lock it, load the newest good snapshot,
+    /// recover the WAL and replay what follows the snapshot into the map.
     pub fn open_with(
         data_dir: &Path,
         fsync: FsyncPolicy,
-        wal_options: WalOptions,
-    ) -> Result<(Db, WalRecovery)> {
+        options: StorageOptions,
+    ) -> Result<(Db, Recovery)> {
         crate::datadir::prepare(data_dir)?;
         let lock = lock_data_dir(data_dir)?;
         let cluster_id = ClusterId::load(data_dir)?;
-        let mut store = Store::new();
-        let (wal, recovery) =
-            Wal::open_with(data_dir, wal_options, Base::NONE, |record| store.apply(record))?;
+        // 1. Where does the log start? (Upgrading a wal.log first.)
+        let prepared = crate::wal::prepare_dir(data_dir)?;
+        // 2. The newest snapshot that is whole and whose WAL is still there.
+        let catalog = Catalog::open(data_dir)?;
+        let chosen = snapshots::choose(&catalog, prepared.first_lsn)?;
+        let mut store = chosen.store;
+        let base =
+            chosen.snapshot.as_ref().map_or(Base::NONE, |s| Base { lsn: s.lsn, term: s.term });
+        // 3. Replay the WAL after it.
+        let (wal, mut recovery) =
+            Wal::open_with(data_dir, options.wal, base, |record| store.apply(record))?;
+        recovery.upgraded = recovery.upgraded.or(prepared.upgraded);
         let last_lsn = recovery.last_lsn;
+        let poke_at = poke_step(&options);
         let db = Db {
             data_dir: data_dir.to_path_buf(),
             wal,
@@ -210,13 +284,23 @@ impl Db {
             committed: Condvar::new(),
             epoch: AtomicU64::new(0),
             durable_lsn: AtomicU64::new(last_lsn),
-            commit_lsn: AtomicU64::new(0),
+            // Everything in a snapshot is committed.
+            commit_lsn: AtomicU64::new(base.lsn),
             subscribers: Mutex::new(Vec::new()),
             cluster_id: Mutex::new(cluster_id),
             digests: Mutex::new(VecDeque::new()),
             stages: Arc::new(Stages::new()),
+            options,
+            catalog,
+            snapshot: Mutex::new(chosen.snapshot.clone()),
+            pins: Mutex::new(FollowerPins::default()),
+            pokes: crossbeam_channel::bounded(1),
+            poke_at: AtomicU64::new(poke_at),
+            resync: Mutex::new(None),
             _lock: lock,
         };
+        let recovery =
+            Recovery { wal: recovery, snapshot: chosen.snapshot, snapshot_load_ms: chosen.load_ms };
         Ok((db, recovery))
     }
 
@@ -287,6 +371,128 @@ impl Db {
 
     pub fn fsync_policy(&self) -> FsyncPolicy {
         self.fsync
+    }
+
+    /// How this node keeps its disk (segments, snapshots, compaction).
+    pub fn storage_options(&self) -> &StorageOptions {
+        &self.options
+    }
+
+    /// The `snapshots/` directory.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The newest snapshot on disk.
+    pub fn latest_snapshot(&self) -> Option<SnapshotMeta> {
+        self.snapshot.lock().clone()
+    }
+
+    /// A new snapshot is in place (written here, or installed).
+    pub fn snapshot_written(&self, meta: SnapshotMeta) {
+        *self.snapshot.lock() = Some(meta);
+    }
+
+    /// Freeze the map for a snapshot (see `crate::store`); returns it and
+    /// how long writers were held off meanwhile.
+    pub fn freeze(&self) -> (Frozen, Duration) {
+        let started = Instant::now();
+        let mut store = self.store.write();
+        let frozen = store.freeze();
+        drop(store);
+        (frozen, started.elapsed())
+    }
+
+    /// Shard copies writers made since the last freeze.
+    pub fn copy_stats(&self) -> CopyStats {
+        self.store.read().copy_stats()
+    }
+
+    /// The channel on which the committer wakes the snapshot thread.
+    pub fn snapshot_pokes(&self) -> Receiver<()> {
+        self.pokes.1.clone()
+    }
+
+    /// `Some(why)` if the WAL after the newest snapshot has grown past the
+    /// threshold (`crate::snapshot::policy`).
+    pub fn snapshot_due(&self) -> Option<String> {
+        let after = self.latest_snapshot().map_or(0, |s| s.lsn);
+        let since = self.wal.bytes_after(after);
+        let threshold = self.options.snapshot_threshold(self.store.read().live_bytes());
+        (since > threshold && self.last_lsn() > after).then(|| {
+            format!(
+                "{} of WAL after LSN {}, threshold {}",
+                bytes(since),
+                count(after),
+                bytes(threshold)
+            )
+        })
+    }
+
+    /// A follower acknowledged `acked_lsn` (or is being sent the snapshot
+    /// that ends there): compaction keeps what comes after it for a while.
+    pub fn note_follower(&self, follower: SocketAddr, acked_lsn: Lsn) {
+        self.pins.lock().note(follower, acked_lsn, Instant::now());
+    }
+
+    /// Bytes of WAL the follower at `follower` holds back, if it does.
+    pub fn pinned_bytes(&self, follower: SocketAddr) -> Option<u64> {
+        let needs = self.pins.lock().needs(follower)?;
+        Some(policy::pinned_bytes(&self.wal.segments(), needs, &self.options))
+    }
+
+    /// Compaction after the newest snapshot (`crate::snapshot::policy`):
+    /// delete the segments nobody needs any more. Returns how many
+    /// segments and bytes went.
+    pub fn compact(&self) -> Result<(usize, u64)> {
+        let Some(snapshot) = self.latest_snapshot() else { return Ok((0, 0)) };
+        let segments = self.wal.segments();
+        let live = self.pins.lock().live(Instant::now(), self.options.follower_retain);
+        let needs: Vec<Lsn> = live.iter().map(|(_, needs)| *needs).collect();
+        let through = policy::compaction_through(snapshot.lsn, &segments, &needs, &self.options);
+        if segments.first().is_none_or(|s| s.last_lsn > through) {
+            return Ok((0, 0));
+        }
+        let (removed, freed) = self.wal.remove_through(through)?;
+        if removed > 0 {
+            let kept: Vec<String> =
+                live.iter().map(|(a, n)| format!("{a} needs LSN {} on", count(*n))).collect();
+            log::info!(
+                "[wal] compaction after the snapshot at LSN {}: deleted {removed} segment(s), {}; \
+                 the log now starts at LSN {}{}",
+                count(snapshot.lsn),
+                bytes(freed),
+                count(self.wal.first_lsn()),
+                if kept.is_empty() { String::new() } else { format!(" ({})", kept.join(", ")) }
+            );
+        }
+        Ok((removed, freed))
+    }
+
+    /// The disk side of `status`.
+    pub fn storage_report(&self) -> StorageReport {
+        let snapshot = self.latest_snapshot();
+        let segments = self.wal.segments();
+        let since = self.wal.bytes_after(snapshot.as_ref().map_or(0, |s| s.lsn));
+        StorageReport {
+            wal_bytes: segments.iter().map(|s| s.bytes).sum(),
+            wal_segments: segments.len() as u64,
+            wal_first_lsn: segments.first().map_or(1, |s| s.first_lsn),
+            wal_bytes_since_snapshot: since,
+            snapshot_threshold_bytes: self
+                .options
+                .snapshot_threshold(self.store.read().live_bytes()),
+            snapshot,
+        }
+    }
+
+    /// A follower's snapshot transfer: its progress, or `None` when done.
+    pub fn set_resync(&self, resync: Option<Resync>) {
+        *self.resync.lock() = resync;
+    }
+
+    pub fn resync(&self) -> Option<Resync> {
+        self.resync.lock().clone()
     }
 
     /// The node's write-stage histograms.
@@ -461,9 +667,9 @@ impl Db {
             return Ok(0);
         }
         // Rebuild the map from what the WAL still holds.
-        let mut store = Store::new();
-        self.wal.replay(0, lsn, |record| store.apply(record))?;
+        let mut store = self.rebuild_through(lsn)?;
         assert_eq!(store.applied_lsn(), lsn, "the map is rebuilt exactly to the truncation point");
+        store.freeze(); // start its copy counts afresh
         *self.store.write() = store;
         q.next_lsn = lsn + 1;
         c.durable_lsn = lsn;
@@ -473,6 +679,52 @@ impl Db {
             ring.pop_back();
         }
         Ok(removed)
+    }
+
+    /// The map as of `lsn`: the newest snapshot at or before it, then the
+    /// WAL after the snapshot.
+    fn rebuild_through(&self, lsn: Lsn) -> Result<Store> {
+        let mut store = match self.latest_snapshot() {
+            Some(s) if s.lsn <= lsn => snapshots::load(&s.path, |_| {})?.0,
+            Some(s) => {
+                return Err(Error::WouldLoseCommitted { truncate_after: lsn, commit_lsn: s.lsn })
+            }
+            None => Store::new(),
+        };
+        let from = store.applied_lsn();
+        self.wal.replay(from, lsn, |record| store.apply(record))?;
+        Ok(store)
+    }
+
+    /// Switch to a snapshot received from the leader (snapshot install):
+    /// `store` is its map, already verified, and the file is in place as
+    /// `meta.path`. The WAL is replaced by an empty one after it, and the
+    /// map by `store`; nothing else may be written meanwhile. (A crash
+    /// during the switch is finished by start-up: a snapshot beyond the
+    /// log supersedes it, see `crate::wal::log`.)
+    pub fn install_snapshot(&self, store: Store, meta: SnapshotMeta) -> Result<()> {
+        assert_eq!(store.applied_lsn(), meta.lsn, "the map is the snapshot's");
+        let mut c = self.commit.lock();
+        while c.committer_busy {
+            self.committed.wait(&mut c);
+        }
+        if let Some(why) = &c.fatal {
+            return Err(Error::WalFailed(why.clone()));
+        }
+        let mut q = self.queue.lock();
+        if !q.pending.is_empty() || q.leader_term.is_some() {
+            return Err(Error::Unexpected("writes queued during a snapshot install".into()));
+        }
+        self.wal.reset_after(meta.lsn, meta.term)?;
+        *self.store.write() = store;
+        q.next_lsn = meta.lsn + 1;
+        c.durable_lsn = meta.lsn;
+        self.durable_lsn.store(meta.lsn, Ordering::Release);
+        self.commit_lsn.fetch_max(meta.lsn, Ordering::AcqRel);
+        self.digests.lock().clear();
+        *self.snapshot.lock() = Some(meta);
+        self.committed.notify_all();
+        Ok(())
     }
 
     /// Subscribe to written batches (a follower's sender thread, lesson 3).
@@ -559,6 +811,7 @@ impl Db {
         }
         let written = Instant::now();
         self.stages.record(Stage::Write, written - started);
+        self.poke_snapshotter();
         // Hand the batch to the followers' senders now, while our own fsync
         // runs: see "Sending before the leader's fsync" in the module docs.
         let batch = Arc::new(batch);
@@ -591,6 +844,17 @@ impl Db {
         Ok(last)
     }
 
+    /// Wake the snapshot thread once in a while as the WAL grows (every
+    /// eighth of the threshold), so a due snapshot starts promptly.
+    fn poke_snapshotter(&self) {
+        let appended = self.wal.appended_bytes();
+        let at = self.poke_at.load(Ordering::Acquire);
+        if appended >= at {
+            self.poke_at.store(appended + poke_step(&self.options), Ordering::Release);
+            let _ = self.pokes.0.try_send(());
+        }
+    }
+
     fn publish(&self, batch: Batch) {
         let mut subscribers = self.subscribers.lock();
         subscribers.retain(|tx| match tx.try_send(Arc::clone(&batch)) {
@@ -599,6 +863,12 @@ impl Db {
             Err(TrySendError::Disconnected(_)) => false,
         });
     }
+}
+
+/// Bytes of WAL between two wake-ups of the snapshot thread.
+fn poke_step(options: &StorageOptions) -> u64 {
+    let threshold = options.snapshot_after_bytes.unwrap_or(SNAPSHOT_AFTER_BYTES_FLOOR);
+    (threshold / 8).clamp(4096, 8 * 1024 * 1024)
 }
 
 enum CommitFailure {
@@ -662,7 +932,7 @@ mod tests {
         assert_eq!(db.key_count(), 400);
         drop(db);
         let (db, recovery) = Db::open(dir.path(), FsyncPolicy::Always).unwrap();
-        assert_eq!(recovery.last_lsn, 400);
+        assert_eq!(recovery.wal.last_lsn, 400);
         assert_eq!(db.get(b"7-49"), Some(b"v".to_vec()));
     }
 
@@ -747,7 +1017,7 @@ mod tests {
         db.append_replicated(vec![Record { lsn: 4, term: 2, op: put("k", "new") }]).unwrap();
         drop(db);
         let (db, recovery) = Db::open(dir.path(), FsyncPolicy::Never).unwrap();
-        assert_eq!((recovery.last_lsn, recovery.last_term), (4, 2));
+        assert_eq!((recovery.wal.last_lsn, recovery.wal.last_term), (4, 2));
         assert_eq!(db.get(b"k"), Some(b"new".to_vec()));
     }
 

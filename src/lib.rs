@@ -24,7 +24,8 @@
 //! | [`datadir`]     | the data directory's permissions: created private, refused if others may write | — |
 //! | [`protocol`]    | length-prefixed frames and every message's byte layout       | week 2, lesson 3  |
 //! | [`wal`]         | the log file, crash recovery, the LSN index, the term history | week 9, lesson 5 |
-//! | [`store`]       | the hash map; no I/O                                         | week 1            |
+//! | [`store`]       | the hash map (copy-on-write shards); no I/O                  | week 1            |
+//! | [`snapshot`]    | snapshots, compaction, start-up's choice, install from the leader | —            |
 //! | [`db`]          | the one write path: WAL append → fsync → apply → notify      | week 9, lesson 3  |
 //! | [`server`]      | accept loop, one thread per connection, request dispatch     | week 2            |
 //! | [`sched`]       | the short scheduler slice request threads ask for            | —                 |
@@ -53,6 +54,9 @@
 //!   change of leader stops it and starts another.
 //! - `announce-tN`: on the leader of term N; tells members that are not
 //!   following it that it leads, so a deposed leader learns it was.
+//! - `snapshot`: takes a snapshot when the WAL since the last one has grown
+//!   enough or `kv_client snapshot` asks, then compacts the WAL
+//!   ([`snapshot::snapshotter`]).
 //!
 //! - `refusals`: logs the refusals of [`admission`] and [`auth`], summed,
 //!   once a second at most.
@@ -81,6 +85,7 @@ pub mod protocol;
 pub mod replication;
 pub mod sched;
 pub mod server;
+pub mod snapshot;
 pub mod stages;
 pub mod status;
 pub mod store;

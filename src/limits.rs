@@ -225,3 +225,59 @@ pub const PEER_REQUEST_TIMEOUT_MS: u64 = 1_000;
 /// term of the follower's log, so this bounds the work a confused or
 /// hostile follower can cause.
 pub const PROBE_ROUNDS_MAX: u32 = 64;
+
+/// Bytes of pairs in one chunk of a snapshot file (1 MiB): the writer and
+/// the reader each hold one chunk in memory, never the whole file, and a
+/// chunk is what one checksum covers.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Largest chunk body a snapshot reader accepts: [`SNAPSHOT_CHUNK_BYTES`]
+/// plus one largest pair (a chunk holds at least one pair, and is closed
+/// once it passes the target) and the pair count. A damaged length above
+/// it is refused before anything is allocated for it.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: u32 =
+    SNAPSHOT_CHUNK_BYTES as u32 + 4 + 8 + KEY_BYTES_MAX + VALUE_BYTES_MAX;
+
+/// The least WAL since the last snapshot that calls for the next one when
+/// `--snapshot-after-bytes` is not given (64 MiB): below it, replaying the
+/// log at start-up costs well under a second anyway. Above it, the
+/// threshold is twice the live data.
+pub const SNAPSHOT_AFTER_BYTES_FLOOR: u64 = 64 * 1024 * 1024;
+
+/// Default `--wal-retain-bytes` (256 MiB): the WAL kept after a snapshot
+/// however little it is needed, so that a follower that falls a little
+/// behind catches up from the log instead of receiving a whole snapshot
+/// (PostgreSQL's `wal_keep_size`, Redis's `repl-backlog-size`).
+pub const WAL_RETAIN_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// Default `--wal-retain-max-bytes` (1 GiB): the most WAL a follower that
+/// is away may hold back, so one that died for good cannot fill the disk
+/// (PostgreSQL's `max_slot_wal_keep_size`). Beyond it, it gets a snapshot.
+pub const WAL_RETAIN_MAX_BYTES_DEFAULT: u64 = 1024 * 1024 * 1024;
+
+/// Default `--follower-retain-secs` (300): a follower not heard from for
+/// this long stops holding back WAL (a restart or a short outage is far
+/// shorter; a machine being replaced is far longer).
+pub const FOLLOWER_RETAIN_SECS_DEFAULT: u64 = 300;
+
+/// How often the snapshot thread looks, unprompted, whether a snapshot is
+/// due and what compaction may delete (1 s): followers come and go between
+/// writes.
+pub const SNAPSHOT_CHECK_INTERVAL_MS: u64 = 1_000;
+
+/// How long a snapshot waits for the commit LSN to reach the map's LSN
+/// (5 s): a snapshot holds only committed records. Followers ACK within
+/// milliseconds; if a majority is away, it gives up and tries again later.
+pub const SNAPSHOT_COMMIT_WAIT_MS: u64 = 5_000;
+
+/// Most snapshot bytes in one INSTALL_SNAPSHOT message (1 MiB): the leader
+/// reads and the follower writes one piece at a time, so a transfer of any
+/// size costs each side about this much memory; it is far under
+/// [`FRAME_BYTES_MAX`], and large enough that a piece's round trip is a
+/// small part of its time on the wire.
+pub const INSTALL_SNAPSHOT_DATA_BYTES_MAX: u32 = 1024 * 1024;
+
+/// How long a leader waits for the follower's answer to the last piece of
+/// a snapshot (120 s): the follower then verifies the whole file and loads
+/// it into a new map before it answers, a few seconds per million keys.
+pub const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 120_000;

@@ -48,9 +48,49 @@ pub fn key(bytes: &[u8]) -> String {
     text
 }
 
+/// A count with thousands separators, as log lines print LSNs and key
+/// counts: `5,000,001`.
+pub fn count(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A size in decimal units, one decimal: `812 B`, `1.2 MB`, `3.4 GB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1000.0;
+    let mut unit = 0;
+    while value >= 999.95 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_and_sizes_read_like_the_issue_says() {
+        assert_eq!(count(5_000_001), "5,000,001");
+        assert_eq!((count(0), count(999), count(1000)), ("0".into(), "999".into(), "1,000".into()));
+        assert_eq!(bytes(1_200_000), "1.2 MB");
+        assert_eq!(
+            (bytes(812), bytes(1000), bytes(3_400_000_000)),
+            ("812 B".into(), "1.0 kB".into(), "3.4 GB".into())
+        );
+    }
 
     #[test]
     fn a_peer_cannot_forge_a_log_line_or_move_the_cursor() {

@@ -10,7 +10,9 @@
 //! kv_client --port 9002 promote [--force]   make 9002 the leader of a new term
 //! kv_client --port 9003 follow 127.0.0.1:9002   make 9003 follow 9002
 //! kv_client --port 9001 transfer-leadership [127.0.0.1:9002]   planned handover
+//! kv_client --port 9001 snapshot       take a snapshot now (like BGSAVE), compact the WAL
 //! kv_client wal-dump ./node1           one record a line, like pg_waldump
+//! kv_client snapshot-dump ./node1/snapshots/00000000000000001000.snap   its pairs, checked
 //! kv_client --cluster 9001,9002,9003 put k v   on whichever member leads
 //! kv_client --auth-file ./kvstore.secret --port 9001 put k v   (or KVSTORE_AUTH_FILE=...)
 //! kv_client --tls-ca ca.pem --tls-cert client.pem --tls-key client.key --port 9001 get k
@@ -32,6 +34,8 @@ use kvstore::cluster_client::{ClusterClient, RETRY_BUDGET_MS_DEFAULT};
 use kvstore::dial::Dialer;
 use kvstore::error::Error;
 use kvstore::protocol::Consistency;
+use kvstore::snapshot::format::{SnapshotReader, SNAPSHOT_FORMAT_VERSION};
+use kvstore::store::pair_hash;
 use kvstore::tls::TlsFiles;
 use kvstore::wal::upgrade::{scan_legacy, LEGACY_LOG_FILE_NAME};
 use kvstore::wal::{scan_dir, Op, Record, ScanEnd, Visit, WAL_DIR_NAME, WAL_FORMAT_VERSION};
@@ -115,14 +119,23 @@ enum Command {
     /// Hand leadership to TARGET (default: the most up-to-date follower)
     /// at once, without waiting for an election timeout (etcd's move-leader).
     TransferLeadership { target: Option<String> },
+    /// Take a snapshot now and compact the WAL (like Redis's BGSAVE:
+    /// writes go on); prints what was done once it is written.
+    Snapshot,
     /// Print every record of DATA_DIR's WAL, and where a torn tail starts.
     WalDump { data_dir: PathBuf },
+    /// Print a snapshot file's header and every pair, checking it as a
+    /// node does before loading it.
+    SnapshotDump { file: PathBuf },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Command::WalDump { data_dir } = &args.command {
         return wal_dump(data_dir);
+    }
+    if let Command::SnapshotDump { file } = &args.command {
+        return snapshot_dump(file);
     }
     let tls = TlsFiles {
         cert: args.tls_cert.clone(),
@@ -196,7 +209,10 @@ fn run(address: &str, dialer: &Dialer, command: Command) -> Result<ExitCode, Err
         Command::Status { json: false } => {
             print(&mut stdout, client.status()?.render().trim_end().as_bytes())
         }
-        Command::WalDump { .. } => unreachable!("handled before connecting"),
+        Command::Snapshot => print(&mut stdout, client.snapshot()?.as_bytes()),
+        Command::WalDump { .. } | Command::SnapshotDump { .. } => {
+            unreachable!("handled before connecting")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -322,6 +338,67 @@ fn wal_dump(data_dir: &std::path::Path) -> ExitCode {
                 ),
             };
             let _ = writeln!(out, "-- {count} record(s), last LSN {last_lsn}, {end}; {format}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = out.flush();
+            eprintln!("kv_client: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Print a snapshot: its header, one pair a line, then what was checked.
+fn snapshot_dump(path: &std::path::Path) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let reader = match SnapshotReader::open(path) {
+        Ok(reader) => reader,
+        Err(e) => {
+            eprintln!("kv_client: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let header = reader.header();
+    let file_bytes = reader.file_bytes();
+    let _ = writeln!(
+        out,
+        "-- snapshot {}: LSN {} (term {}), {} key(s), digest {:016x}, taken at unix ms {}; \
+         format {SNAPSHOT_FORMAT_VERSION}",
+        path.display(),
+        header.lsn,
+        header.term,
+        header.key_count,
+        header.digest,
+        header.created_unix_ms
+    );
+    let mut digest = 0u64;
+    let mut chunks = 0u64;
+    let result = reader.for_each(
+        |key, value| {
+            digest = digest.wrapping_add(pair_hash(&key, &value));
+            let _ = writeln!(out, "key={} value={}", escape(&key), escape(&value));
+            Ok(())
+        },
+        |_| chunks += 1,
+    );
+    match result {
+        Ok(_) if digest != header.digest => {
+            let _ = out.flush();
+            eprintln!(
+                "kv_client: corrupt snapshot {}: the pairs' digest is {digest:016x}, the header \
+                 says {:016x}",
+                path.display(),
+                header.digest
+            );
+            ExitCode::from(2)
+        }
+        Ok(_) => {
+            let _ = writeln!(
+                out,
+                "-- {} pair(s) in {chunks} chunk(s), {file_bytes} bytes; header, chunk checksums, \
+                 end marker, key count and digest all check",
+                header.key_count
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

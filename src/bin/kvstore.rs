@@ -20,14 +20,16 @@ use kvstore::auth::{Secret, ServerKeys};
 use kvstore::db::FsyncPolicy;
 use kvstore::limits::{
     CATCH_UPS_MAX_DEFAULT, CONNECTIONS_MAX_DEFAULT, ELECTION_TIMEOUT_MS_DEFAULT,
-    FRAME_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS, PARTIAL_FRAME_BYTES_MAX_DEFAULT,
-    UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT, WAL_SEGMENT_BYTES_DEFAULT, WAL_SEGMENT_BYTES_MIN,
-    WRITE_TIMEOUT_MS_DEFAULT,
+    FOLLOWER_RETAIN_SECS_DEFAULT, FRAME_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS,
+    PARTIAL_FRAME_BYTES_MAX_DEFAULT, UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT,
+    WAL_RETAIN_BYTES_DEFAULT, WAL_RETAIN_MAX_BYTES_DEFAULT, WAL_SEGMENT_BYTES_DEFAULT,
+    WAL_SEGMENT_BYTES_MIN, WRITE_TIMEOUT_MS_DEFAULT,
 };
 use kvstore::replication::election::{ElectionConfig, Failover, Timing};
 use kvstore::replication::hub::WriteConcern;
 use kvstore::replication::parse_peer;
 use kvstore::server::{self, Config, Role};
+use kvstore::snapshot::policy::StorageOptions;
 use kvstore::tls::TlsFiles;
 use kvstore::wal::WalOptions;
 
@@ -163,6 +165,21 @@ struct Args {
     /// begun; compaction deletes whole segments.
     #[arg(long, default_value_t = WAL_SEGMENT_BYTES_DEFAULT)]
     wal_segment_bytes: u64,
+    /// Take a snapshot when the WAL written since the last one exceeds
+    /// this. Default: the larger of 64 MiB and twice the live data.
+    #[arg(long)]
+    snapshot_after_bytes: Option<u64>,
+    /// After a snapshot, keep at least this much of the newest WAL, so a
+    /// follower a little behind catches up from the log.
+    #[arg(long, default_value_t = WAL_RETAIN_BYTES_DEFAULT)]
+    wal_retain_bytes: u64,
+    /// The most WAL one away follower may hold back.
+    #[arg(long, default_value_t = WAL_RETAIN_MAX_BYTES_DEFAULT)]
+    wal_retain_max_bytes: u64,
+    /// A follower connected, or seen within this many seconds, keeps the
+    /// WAL after its acknowledged LSN (up to --wal-retain-max-bytes).
+    #[arg(long, default_value_t = FOLLOWER_RETAIN_SECS_DEFAULT)]
+    follower_retain_secs: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -280,6 +297,32 @@ fn admission_limits(args: &Args) -> Result<AdmissionLimits, String> {
     })
 }
 
+/// `--wal-segment-bytes` and the snapshot and compaction flags.
+fn storage_options(args: &Args) -> Result<StorageOptions, String> {
+    if args.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN {
+        return Err(format!(
+            "--wal-segment-bytes must be at least {WAL_SEGMENT_BYTES_MIN}, not {}",
+            args.wal_segment_bytes
+        ));
+    }
+    if args.snapshot_after_bytes == Some(0) {
+        return Err("--snapshot-after-bytes must be at least 1".into());
+    }
+    if args.wal_retain_max_bytes < args.wal_retain_bytes {
+        return Err(format!(
+            "--wal-retain-max-bytes ({}) must be at least --wal-retain-bytes ({})",
+            args.wal_retain_max_bytes, args.wal_retain_bytes
+        ));
+    }
+    Ok(StorageOptions {
+        wal: WalOptions { segment_bytes: args.wal_segment_bytes },
+        snapshot_after_bytes: args.snapshot_after_bytes,
+        wal_retain_bytes: args.wal_retain_bytes,
+        wal_retain_max_bytes: args.wal_retain_max_bytes,
+        follower_retain: Duration::from_secs(args.follower_retain_secs),
+    })
+}
+
 fn load_secret(path: &Path) -> Result<Arc<Secret>, String> {
     Secret::load(path).map(Arc::new).map_err(|e| e.to_string())
 }
@@ -349,12 +392,7 @@ fn config(args: Args) -> Result<Config, String> {
             args.heartbeat_interval_ms, args.election_timeout_ms
         ));
     }
-    if args.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN {
-        return Err(format!(
-            "--wal-segment-bytes must be at least {WAL_SEGMENT_BYTES_MIN}, not {}",
-            args.wal_segment_bytes
-        ));
-    }
+    let storage = storage_options(&args)?;
     let advertise = match &args.advertise {
         Some(a) => Some(parse_peer(a).map_err(|e| e.to_string())?),
         None => None,
@@ -363,7 +401,7 @@ fn config(args: Args) -> Result<Config, String> {
         host: args.host,
         port: args.port,
         data_dir: args.data_dir,
-        wal: WalOptions { segment_bytes: args.wal_segment_bytes },
+        storage,
         role,
         fsync: match args.fsync {
             FsyncArg::Always => FsyncPolicy::Always,

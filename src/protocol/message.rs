@@ -15,6 +15,7 @@
 //! | 0x06 | FOLLOW             | `[leader address]`                                      |
 //! | 0x07 | READ               | `[consistency u8][min_lsn u64][key_len u32][key]` — GET with a chosen consistency |
 //! | 0x08 | TRANSFER_LEADERSHIP | `[target address]` — empty: the most up-to-date follower |
+//! | 0x09 | SNAPSHOT           | (none) — take a snapshot now; answered by DONE         |
 //! | 0x10 | OK                 | `[lsn u64]` — the LSN the write was logged at           |
 //! | 0x11 | VALUE              | `[value_len u32][value]`                                |
 //! | 0x12 | NOT_FOUND          | (none)                                                  |
@@ -31,6 +32,8 @@
 //! | 0x27 | LEADER_ANNOUNCE    | `[cluster_id 16 bytes][term u64][leader address]`       |
 //! | 0x28 | PRE_VOTE           | `[cluster_id 16 bytes][term u64][last_lsn u64][last_term u64][candidate address]` |
 //! | 0x29 | TIMEOUT_NOW        | `[cluster_id 16 bytes][term u64]`                       |
+//! | 0x2a | INSTALL_SNAPSHOT   | `[term u64][snapshot_lsn u64][snapshot_term u64][total_bytes u64][offset u64][data_len u32][data][crc32 u32]` |
+//! | 0x2b | INSTALL_SNAPSHOT_ACK | `[term u64][snapshot_lsn u64][received_bytes u64]`    |
 //! | 0x30 | AUTH_HELLO         | `[scope u8][client_nonce 32 bytes]` — opens an authenticated connection |
 //! | 0x31 | AUTH_CHALLENGE     | `[server_nonce 32 bytes]`                               |
 //! | 0x32 | AUTH_PROOF         | `[client_proof 32 bytes]`                               |
@@ -50,8 +53,8 @@ use crate::cluster::{ClusterId, CLUSTER_ID_BYTES};
 use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::limits::{
-    ADDRESS_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX, KEY_BYTES_MAX, MEMBERS_MAX,
-    VALUE_BYTES_MAX,
+    ADDRESS_BYTES_MAX, APPEND_ENTRIES_RECORDS_MAX, FRAME_BYTES_MAX,
+    INSTALL_SNAPSHOT_DATA_BYTES_MAX, KEY_BYTES_MAX, MEMBERS_MAX, VALUE_BYTES_MAX,
 };
 use crate::protocol::frame::{begin_frame, end_frame};
 use crate::wal::record::{Record, RECORD_FIXED_BYTES};
@@ -65,6 +68,7 @@ pub const TYPE_PROMOTE: u8 = 0x05;
 pub const TYPE_FOLLOW: u8 = 0x06;
 pub const TYPE_READ: u8 = 0x07;
 pub const TYPE_TRANSFER_LEADERSHIP: u8 = 0x08;
+pub const TYPE_SNAPSHOT: u8 = 0x09;
 pub const TYPE_OK: u8 = 0x10;
 pub const TYPE_VALUE: u8 = 0x11;
 pub const TYPE_NOT_FOUND: u8 = 0x12;
@@ -81,6 +85,8 @@ pub const TYPE_VOTE: u8 = 0x26;
 pub const TYPE_LEADER_ANNOUNCE: u8 = 0x27;
 pub const TYPE_PRE_VOTE: u8 = 0x28;
 pub const TYPE_TIMEOUT_NOW: u8 = 0x29;
+pub const TYPE_INSTALL_SNAPSHOT: u8 = 0x2a;
+pub const TYPE_INSTALL_SNAPSHOT_ACK: u8 = 0x2b;
 pub const TYPE_AUTH_HELLO: u8 = 0x30;
 pub const TYPE_AUTH_CHALLENGE: u8 = 0x31;
 pub const TYPE_AUTH_PROOF: u8 = 0x32;
@@ -112,6 +118,23 @@ pub struct AppendEntries {
     /// Contiguous records (each LSN one more than the one before, the first
     /// `prev_lsn + 1`); may be empty, which makes the message a heartbeat.
     pub records: Vec<Record>,
+}
+
+/// The body of an INSTALL_SNAPSHOT message: `data` is the piece of the
+/// leader's snapshot file from byte `offset` (the file is sent as it is on
+/// disk, with its own header and chunk checksums, so the follower stores
+/// exactly what the leader verified). `crc32` covers `data`, so a piece
+/// damaged on the way is refused before it is written. The first message
+/// of a transfer carries no data (`offset` 0): it offers the snapshot, and
+/// the follower's ACK says how much of it it already has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallSnapshot {
+    pub term: Term,
+    pub snapshot_lsn: Lsn,
+    pub snapshot_term: Term,
+    pub total_bytes: u64,
+    pub offset: u64,
+    pub data: Vec<u8>,
 }
 
 /// How fresh a READ's answer must be (`kv_client get --consistency`).
@@ -197,6 +220,10 @@ pub enum Message {
     TransferLeadership {
         target: String,
     },
+    /// `kv_client snapshot` (Redis's `BGSAVE`): take a snapshot now and
+    /// compact the WAL; writes go on meanwhile. Answered by DONE, once the
+    /// snapshot is written, saying what was done.
+    Snapshot,
     Ok {
         lsn: Lsn,
     },
@@ -293,6 +320,19 @@ pub enum Message {
         cluster_id: Option<ClusterId>,
         term: Term,
     },
+    /// Snapshot install: a piece of the leader's snapshot file, for a
+    /// follower whose next record the leader's log no longer holds (Raft's
+    /// InstallSnapshot). See [`InstallSnapshot`].
+    InstallSnapshot(InstallSnapshot),
+    /// The follower holds the first `received_bytes` of the snapshot at
+    /// `snapshot_lsn` (in its `.part` file); once it equals the total, the
+    /// follower has verified and installed it. Answers every
+    /// INSTALL_SNAPSHOT; the first answer says where to resume.
+    InstallSnapshotAck {
+        term: Term,
+        snapshot_lsn: Lsn,
+        received_bytes: u64,
+    },
     /// "I am the leader of `term`, at `leader`": a leader tells members
     /// that are not following it, so a deposed leader learns it was. The
     /// answer is a LEADER_ANNOUNCE too: the term and leader the member knows.
@@ -335,6 +375,7 @@ impl Message {
             Message::Follow { .. } => "FOLLOW",
             Message::Read { .. } => "READ",
             Message::TransferLeadership { .. } => "TRANSFER_LEADERSHIP",
+            Message::Snapshot => "SNAPSHOT",
             Message::Ok { .. } => "OK",
             Message::Value { .. } => "VALUE",
             Message::NotFound => "NOT_FOUND",
@@ -351,6 +392,8 @@ impl Message {
             Message::Vote { .. } => "VOTE",
             Message::LeaderAnnounce { .. } => "LEADER_ANNOUNCE",
             Message::TimeoutNow { .. } => "TIMEOUT_NOW",
+            Message::InstallSnapshot(_) => "INSTALL_SNAPSHOT",
+            Message::InstallSnapshotAck { .. } => "INSTALL_SNAPSHOT_ACK",
             Message::AuthHello { .. } => "AUTH_HELLO",
             Message::AuthChallenge { .. } => "AUTH_CHALLENGE",
             Message::AuthProof { .. } => "AUTH_PROOF",
@@ -405,6 +448,7 @@ impl Message {
                 out.push(TYPE_TRANSFER_LEADERSHIP);
                 put_address(out, target);
             }
+            Message::Snapshot => out.push(TYPE_SNAPSHOT),
             Message::Ok { lsn } => {
                 out.push(TYPE_OK);
                 put_u64s(out, &[*lsn]);
@@ -489,6 +533,20 @@ impl Message {
                 put_cluster_id(out, *cluster_id);
                 put_u64s(out, &[*term]);
             }
+            Message::InstallSnapshot(is) => {
+                out.push(TYPE_INSTALL_SNAPSHOT);
+                put_u64s(
+                    out,
+                    &[is.term, is.snapshot_lsn, is.snapshot_term, is.total_bytes, is.offset],
+                );
+                out.extend_from_slice(&(is.data.len() as u32).to_be_bytes());
+                out.extend_from_slice(&is.data);
+                out.extend_from_slice(&crc32fast::hash(&is.data).to_be_bytes());
+            }
+            Message::InstallSnapshotAck { term, snapshot_lsn, received_bytes } => {
+                out.push(TYPE_INSTALL_SNAPSHOT_ACK);
+                put_u64s(out, &[*term, *snapshot_lsn, *received_bytes]);
+            }
             Message::AuthHello { scope, client_nonce } => {
                 out.push(TYPE_AUTH_HELLO);
                 out.push(scope.byte());
@@ -530,6 +588,7 @@ impl Message {
             TYPE_TRANSFER_LEADERSHIP => Message::TransferLeadership {
                 target: decode_address(&mut d, "transfer-leadership target")?,
             },
+            TYPE_SNAPSHOT => Message::Snapshot,
             TYPE_OK => Message::Ok { lsn: d.u64("OK lsn")? },
             TYPE_VALUE => Message::Value { value: d.bytes_u32("value", VALUE_BYTES_MAX)? },
             TYPE_NOT_FOUND => Message::NotFound,
@@ -617,6 +676,12 @@ impl Message {
             TYPE_TIMEOUT_NOW => Message::TimeoutNow {
                 cluster_id: decode_cluster_id(&mut d, "timeout-now cluster_id")?,
                 term: d.u64("timeout-now term")?,
+            },
+            TYPE_INSTALL_SNAPSHOT => Message::InstallSnapshot(decode_install_snapshot(&mut d)?),
+            TYPE_INSTALL_SNAPSHOT_ACK => Message::InstallSnapshotAck {
+                term: d.u64("term")?,
+                snapshot_lsn: d.u64("snapshot_lsn")?,
+                received_bytes: d.u64("received_bytes")?,
             },
             TYPE_AUTH_HELLO => Message::AuthHello {
                 scope: Scope::from_byte(d.u8("auth hello scope")?)?,
@@ -760,6 +825,30 @@ fn decode_append_entries(d: &mut Decoder<'_>) -> Result<AppendEntries> {
     Ok(AppendEntries { term, prev_lsn, prev_term, commit_lsn, leader_last_lsn, records })
 }
 
+fn decode_install_snapshot(d: &mut Decoder<'_>) -> Result<InstallSnapshot> {
+    let term = d.u64("term")?;
+    let snapshot_lsn = d.u64("snapshot_lsn")?;
+    let snapshot_term = d.u64("snapshot_term")?;
+    let total_bytes = d.u64("total_bytes")?;
+    let offset = d.u64("offset")?;
+    let data = d.bytes_u32("snapshot data", INSTALL_SNAPSHOT_DATA_BYTES_MAX)?;
+    let crc = d.u32("crc32")?;
+    let computed = crc32fast::hash(&data);
+    if crc != computed {
+        return Err(Error::Malformed(format!(
+            "INSTALL_SNAPSHOT data checksum mismatch (sent {crc:08x}, computed {computed:08x})"
+        )));
+    }
+    let end = offset.checked_add(data.len() as u64);
+    if end.is_none_or(|end| end > total_bytes) {
+        return Err(Error::Malformed(format!(
+            "INSTALL_SNAPSHOT piece at offset {offset} of {} bytes runs past the snapshot's {total_bytes}",
+            data.len()
+        )));
+    }
+    Ok(InstallSnapshot { term, snapshot_lsn, snapshot_term, total_bytes, offset, data })
+}
+
 /// Read 16 id bytes; all zeros means "none".
 fn decode_cluster_id(d: &mut Decoder<'_>, what: &str) -> Result<Option<ClusterId>> {
     let mut id = [0u8; CLUSTER_ID_BYTES];
@@ -870,6 +959,22 @@ mod tests {
                 key
             }),
             address().prop_map(|target| Message::TransferLeadership { target }),
+            Just(Message::Snapshot),
+            (any::<[u64; 4]>(), 0..1000u64, bytes(64)).prop_map(|(f, offset, data)| {
+                Message::InstallSnapshot(InstallSnapshot {
+                    term: f[0],
+                    snapshot_lsn: f[1],
+                    snapshot_term: f[2],
+                    total_bytes: offset + data.len() as u64 + f[3] % 1000,
+                    offset,
+                    data,
+                })
+            }),
+            any::<[u64; 3]>().prop_map(|f| Message::InstallSnapshotAck {
+                term: f[0],
+                snapshot_lsn: f[1],
+                received_bytes: f[2]
+            }),
             (proptest::option::of(arb_cluster_id()), any::<u64>())
                 .prop_map(|(cluster_id, term)| Message::TimeoutNow { cluster_id, term }),
             ".{0,40}".prop_map(|message| Message::Done { message }),

@@ -14,4 +14,4 @@ pub mod frame;
 pub mod message;
 
 pub use frame::{read_frame, write_message};
-pub use message::{AppendEntries, AppendEntriesHeader, Consistency, Message};
+pub use message::{AppendEntries, AppendEntriesHeader, Consistency, InstallSnapshot, Message};

@@ -203,6 +203,7 @@ impl Link<'_> {
         // 4. Probe.
         let matched = self.probe(&mut stream, &mut reader, hello)?;
         self.hub.record_ack(self.session, matched, hello.term);
+        self.db.note_follower(address, matched);
         if matched < hello.last_lsn {
             log::warn!(
                 "[catch-up] follower {address}'s log diverges from ours after LSN {matched}: it \
@@ -408,6 +409,7 @@ impl AckReader {
                 );
             }
             self.hub.record_ack(self.session, last_lsn, term);
+            self.db.note_follower(self.address, last_lsn);
             measured = self.db.stages().reached(Stage::Ack, measured, last_lsn);
             if digest_lsn != 0 && digest_lsn <= last_lsn {
                 self.check_digest(digest_lsn, digest);

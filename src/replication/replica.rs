@@ -829,6 +829,16 @@ impl Replica {
     }
 
     /// A message from the leader we follow arrived: its clock starts again.
+    /// The commit LSN now: a leader computes it from its followers' ACKs
+    /// (which also records it in the database); a follower has it from
+    /// its leader. The snapshot thread snapshots only up to it.
+    pub fn commit_lsn(&self) -> Lsn {
+        match self.view() {
+            RoleView::Leader { hub, .. } => hub.commit_lsn(&self.db),
+            RoleView::Follower { .. } => self.db.commit_lsn(),
+        }
+    }
+
     pub fn heard_from_leader(&self, leader: SocketAddr) {
         let now = self.now_ms();
         self.clock.lock().heard_from_leader(now);

@@ -311,6 +311,7 @@ fn handle_request(node: &Node, request: Message) -> Result<Message> {
             heard_from(node, &leader);
             node.replica.handle_announce(term, &leader)
         }
+        Message::Snapshot => Ok(Message::Done { message: node.snapshotter.request()?.describe() }),
         Message::Status => {
             let json = serde_json::to_string(&status(node))
                 .map_err(|e| Error::Unexpected(format!("encoding status: {e}")))?;

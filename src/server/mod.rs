@@ -29,15 +29,17 @@ use std::time::Duration;
 
 use crate::admission::{Admission, AdmissionLimits, Refusal};
 use crate::auth::{Credentials, ServerKeys};
-use crate::db::{Db, FsyncPolicy};
+use crate::db::{Db, FsyncPolicy, Recovery};
 use crate::dial::Dialer;
 use crate::error::{Error, Result};
 use crate::limits::{CONNECTION_STACK_BYTES, LISTEN_BACKLOG, REFUSING_THREADS_MAX};
+use crate::logline::{bytes, count};
 use crate::protocol::{write_message, Message};
 use crate::replication::election::ElectionConfig;
 use crate::replication::hub::WriteConcern;
 use crate::replication::replica::{Replica, RoleView, Startup};
-use crate::wal::WalOptions;
+use crate::snapshot::policy::StorageOptions;
+use crate::snapshot::snapshotter::Snapshotter;
 
 /// Everything `kvstore` is started with.
 #[derive(Debug, Clone)]
@@ -46,8 +48,9 @@ pub struct Config {
     /// 0 picks a free port; the chosen address is logged.
     pub port: u16,
     pub data_dir: PathBuf,
-    /// `--wal-segment-bytes`.
-    pub wal: WalOptions,
+    /// `--wal-segment-bytes`, `--snapshot-after-bytes`, `--wal-retain-bytes`,
+    /// `--wal-retain-max-bytes`, `--follower-retain-secs`.
+    pub storage: StorageOptions,
     pub role: Role,
     pub fsync: FsyncPolicy,
     pub write_concern: WriteConcern,
@@ -100,6 +103,8 @@ pub struct Node {
     pub admission: Arc<Admission>,
     /// Serve TLS with this (`None`: plain TCP).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The snapshot thread, for `kv_client snapshot`.
+    pub snapshotter: Snapshotter,
 }
 
 /// Run a kvstore node until the process is killed.
@@ -114,33 +119,9 @@ pub fn run(config: Config) -> Result<()> {
 /// Open the data directory, bind, and start replication; return the node
 /// and its listener (split from [`run`] so the steps read in order).
 fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
-    // 1. Recover the WAL into the map (week 9).
-    let (db, recovery) = Db::open_with(&config.data_dir, config.fsync, config.wal)?;
-    let wal_path = db.wal().dir().display().to_string();
-    if let Some((path, offset, bytes)) = &recovery.torn_tail {
-        log::warn!(
-            "[wal] torn tail in {}: {bytes} byte(s) from offset {offset} truncated \
-             (a write cut short by a crash; it was never acknowledged)",
-            path.display()
-        );
-    }
-    if recovery.index_slots_rebuilt > 0 {
-        log::info!(
-            "[wal] index rebuilt from the WAL: {} slot(s) written",
-            recovery.index_slots_rebuilt
-        );
-    }
-    log::info!(
-        "[wal] opened {wal_path}: {} record(s) in {} segment(s), LSN {}..{}, last LSN {} (term \
-         {}), {} key(s)",
-        recovery.records,
-        recovery.segments,
-        recovery.first_lsn,
-        recovery.last_lsn,
-        recovery.last_lsn,
-        recovery.last_term,
-        db.key_count()
-    );
+    // 1. Load the newest snapshot, recover the WAL after it (week 9).
+    let (db, recovery) = Db::open_with(&config.data_dir, config.fsync, config.storage)?;
+    log_recovery(&db, &recovery);
     let db = Arc::new(db);
 
     // 2. Bind. Port 0 asks the kernel for a free port; log the real one.
@@ -184,6 +165,8 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
         config.auth.as_ref().map_or_else(Credentials::none, |keys| keys.member_credentials());
     let dialer = Dialer::new(credentials, config.tls_client.clone());
     let replica = Replica::start(Arc::clone(&db), identity, startup, config.election, dialer)?;
+    let commit = Arc::clone(&replica);
+    let snapshotter = Snapshotter::spawn(Arc::clone(&db), Box::new(move || commit.commit_lsn()))?;
     let members = replica.members();
     let term = replica.term();
     match replica.view() {
@@ -219,8 +202,60 @@ fn start(config: &Config) -> Result<(Arc<Node>, TcpListener)> {
         auth: config.auth.clone(),
         admission: Admission::new(config.limits),
         tls: config.tls_server.clone(),
+        snapshotter,
     };
     Ok((Arc::new(node), listener))
+}
+
+/// Start-up's log lines: the snapshot loaded, the WAL replayed after it,
+/// and anything recovery had to repair.
+fn log_recovery(db: &Db, recovery: &Recovery) {
+    let wal = &recovery.wal;
+    if let Some((path, offset, bytes)) = &wal.torn_tail {
+        log::warn!(
+            "[wal] torn tail in {}: {bytes} byte(s) from offset {offset} truncated (a write cut \
+             short by a crash; it was never acknowledged)",
+            path.display()
+        );
+    }
+    if wal.index_slots_rebuilt > 0 {
+        log::info!("[wal] index rebuilt from the WAL: {} slot(s) written", wal.index_slots_rebuilt);
+    }
+    if let Some(why) = &wal.superseded {
+        log::warn!(
+            "[wal] the snapshot supersedes the old log ({why}): it was installed from the leader \
+             and the node stopped before removing the old segments; they are removed now"
+        );
+    }
+    match &recovery.snapshot {
+        Some(s) => log::info!(
+            "[snapshot] loaded {}: LSN {} (term {}), {} keys, {} in {} ms",
+            s.path.display(),
+            count(s.lsn),
+            s.term,
+            count(s.keys),
+            bytes(s.bytes),
+            recovery.snapshot_load_ms
+        ),
+        None => log::info!("[snapshot] no snapshot: the map is rebuilt from the whole WAL"),
+    }
+    let range = if wal.replayed == 0 {
+        "none".to_string()
+    } else {
+        format!("LSN {}..{}", count(wal.last_lsn + 1 - wal.replayed), count(wal.last_lsn))
+    };
+    log::info!(
+        "[wal] opened {}: replayed {} record(s) after the snapshot ({range}) from {} segment(s) \
+         holding LSN {}..{}; last LSN {} (term {}), {} key(s)",
+        db.wal().dir().display(),
+        wal.replayed,
+        wal.segments,
+        count(wal.first_lsn),
+        count(wal.last_lsn),
+        count(wal.last_lsn),
+        wal.last_term,
+        count(db.key_count() as u64)
+    );
 }
 
 pub fn fsync_name(fsync: FsyncPolicy) -> &'static str {

@@ -304,6 +304,9 @@ pub struct Wal {
     segments: RwLock<Vec<Arc<Segment>>>,
     /// Last LSN whose bytes are written and indexed.
     last_lsn: AtomicU64,
+    /// Bytes appended since the log was opened (the snapshot thread is
+    /// woken as it grows).
+    appended: AtomicU64,
     /// Term → first LSN, for every record in the log.
     terms: RwLock<TermHistory>,
 }
@@ -359,10 +362,7 @@ impl Wal {
         apply: impl FnMut(&Record),
     ) -> Result<(Wal, WalRecovery)> {
         let dir = data_dir.join(WAL_DIR_NAME);
-        create_private_dir(&dir)?;
-        // 0. A `wal.log` of formats 1 and 2 becomes the first segment.
-        let upgraded = upgrade::upgrade_if_needed(data_dir, &dir)?;
-        remove_leftovers(&dir)?;
+        let upgraded = prepare_dir(data_dir)?.upgraded;
         let mut headers = list_segments(&dir)?;
         if headers.is_empty() {
             let header = SegmentHeader { first_lsn: base.lsn + 1, prev_term: base.term };
@@ -443,6 +443,7 @@ impl Wal {
             }),
             segments: RwLock::new(segments),
             last_lsn: AtomicU64::new(last_lsn),
+            appended: AtomicU64::new(0),
             terms: RwLock::new(terms),
         };
         Ok((wal, recovery))
@@ -567,11 +568,17 @@ impl Wal {
         }
         w.end_offset += buf.len() as u64;
         w.last_lsn = records[records.len() - 1].lsn;
+        self.appended.fetch_add(buf.len() as u64, Ordering::AcqRel);
         w.buf = buf;
         w.active.end_offset.store(w.end_offset, Ordering::Release);
         w.active.last_lsn.store(w.last_lsn, Ordering::Release);
         self.last_lsn.store(w.last_lsn, Ordering::Release);
         Ok(())
+    }
+
+    /// Bytes appended since the log was opened.
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended.load(Ordering::Acquire)
     }
 
     /// Close the full active segment and start the next one. Its records
@@ -773,6 +780,28 @@ impl Wal {
         self.last_lsn.store(lsn, Ordering::Release);
         Ok(())
     }
+}
+
+/// What [`prepare_dir`] did and found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreparedDir {
+    /// `Some((version, records))` if a `wal.log` of that format was upgraded.
+    pub upgraded: Option<(u32, u64)>,
+    /// The first LSN of the oldest segment; `None` if there is none yet.
+    pub first_lsn: Option<Lsn>,
+}
+
+/// Step 0 of opening the log, also run alone by start-up before it picks
+/// the snapshot to load (which depends on where the log starts): create
+/// `wal/`, upgrade a `wal.log` into it, delete what a crash left behind,
+/// and say where the log starts. Running it twice does nothing more.
+pub fn prepare_dir(data_dir: &Path) -> Result<PreparedDir> {
+    let dir = data_dir.join(WAL_DIR_NAME);
+    create_private_dir(&dir)?;
+    let upgraded = upgrade::upgrade_if_needed(data_dir, &dir)?;
+    remove_leftovers(&dir)?;
+    let first_lsn = files_of(&dir, "seg")?.first().map(|(lsn, _)| *lsn);
+    Ok(PreparedDir { upgraded, first_lsn })
 }
 
 /// The replay of recovery: which records go to the map, and whether the

@@ -23,7 +23,10 @@ pub mod segment;
 pub mod terms;
 pub mod upgrade;
 
-pub use log::{scan_dir, Base, SegmentInfo, Visit, Wal, WalOptions, WalRecovery, WAL_DIR_NAME};
+pub use log::{
+    prepare_dir, scan_dir, Base, PreparedDir, SegmentInfo, Visit, Wal, WalOptions, WalRecovery,
+    WAL_DIR_NAME,
+};
 pub use record::{Op, Record};
 pub use segment::{ScanEnd, WAL_FORMAT_VERSION};
 pub use terms::TermHistory;
