@@ -151,6 +151,8 @@ pub struct Db {
     catalog: Catalog,
     /// The newest snapshot on disk: the one start-up would load.
     snapshot: Mutex<Option<SnapshotMeta>>,
+    /// Held while a snapshot is written or installed.
+    snapshotting: Mutex<()>,
     /// Followers that still need the log (compaction keeps it for them).
     pins: Mutex<FollowerPins>,
     /// Wakes the snapshot thread as the WAL grows; the committer sends on
@@ -293,6 +295,7 @@ impl Db {
             options,
             catalog,
             snapshot: Mutex::new(chosen.snapshot.clone()),
+            snapshotting: Mutex::new(()),
             pins: Mutex::new(FollowerPins::default()),
             pokes: crossbeam_channel::bounded(1),
             poke_at: AtomicU64::new(poke_at),
@@ -484,6 +487,11 @@ impl Db {
                 .snapshot_threshold(self.store.read().live_bytes()),
             snapshot,
         }
+    }
+
+    /// Held while a snapshot is written or installed: one at a time.
+    pub fn snapshot_guard(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.snapshotting.lock()
     }
 
     /// A follower's snapshot transfer: its progress, or `None` when done.

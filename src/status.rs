@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::logline::{bytes, count};
 use crate::replication::lag::LagSummary;
 use crate::stages::StageSummary;
 use crate::{Lsn, Term};
@@ -77,6 +78,48 @@ pub struct StatusReport {
     /// How much of each admission budget is in use ([`crate::admission`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<ConnectionsReport>,
+    /// The disk: the newest snapshot and the WAL (`docs/STORAGE.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageStatus>,
+    /// On a follower receiving a snapshot from its leader: how far it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncStatus>,
+}
+
+/// The newest snapshot and the WAL on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageStatus {
+    /// `None` until the first snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotStatus>,
+    /// Bytes of every WAL segment, and how many there are.
+    pub wal_bytes: u64,
+    pub wal_segments: u64,
+    /// The first LSN the WAL holds; older records are only in the snapshot.
+    pub wal_first_lsn: Lsn,
+    /// WAL written after the snapshot, and how much calls for the next one.
+    pub wal_bytes_since_snapshot: u64,
+    pub snapshot_after_bytes: u64,
+}
+
+/// A snapshot on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStatus {
+    pub lsn: Lsn,
+    pub term: Term,
+    pub keys: u64,
+    pub bytes: u64,
+    /// Milliseconds since it was taken.
+    pub age_ms: u64,
+}
+
+/// A follower's snapshot transfer from its leader (full resync).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncStatus {
+    pub snapshot_lsn: Lsn,
+    pub received_bytes: u64,
+    pub total_bytes: u64,
+    pub bytes_per_sec: u64,
 }
 
 /// The admission budgets in use right now, and their limits.
@@ -142,6 +185,19 @@ pub struct FollowerRow {
     /// True if the corruption check found its digest differs from ours.
     #[serde(default)]
     pub digest_mismatch: bool,
+    /// Bytes of WAL compaction keeps for this follower (from its acked
+    /// LSN on, at most `--wal-retain-max-bytes`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pinned_bytes: u64,
+    /// While it is sent a snapshot: bytes sent so far, of the total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_sent_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_total_bytes: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl StatusReport {
@@ -220,6 +276,19 @@ impl StatusReport {
                 change.what
             ));
         }
+        if let Some(storage) = &self.storage {
+            out.push_str(&render_storage(storage));
+        }
+        if let Some(r) = &self.resync {
+            let percent = (r.received_bytes * 100).checked_div(r.total_bytes).unwrap_or(100);
+            out.push_str(&format!(
+                "resync:      receiving the snapshot at LSN {}: {} of {} ({percent}%), {}/s\n",
+                count(r.snapshot_lsn),
+                bytes(r.received_bytes),
+                bytes(r.total_bytes),
+                bytes(r.bytes_per_sec)
+            ));
+        }
         if let Some(lag) = &self.replication_lag {
             out.push_str(&format!(
                 "repl lag:    p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} writes\n",
@@ -239,6 +308,30 @@ impl StatusReport {
     }
 }
 
+/// `snapshot:` and `wal:` lines.
+fn render_storage(s: &StorageStatus) -> String {
+    let snapshot = match &s.snapshot {
+        Some(snap) => format!(
+            "LSN {} (term {}), {} keys, {}, taken {:.1}s ago",
+            count(snap.lsn),
+            snap.term,
+            count(snap.keys),
+            bytes(snap.bytes),
+            snap.age_ms as f64 / 1000.0
+        ),
+        None => "none yet".into(),
+    };
+    format!(
+        "snapshot:    {snapshot}\nwal:         {} segment(s), {}, from LSN {}; {} since the \
+         snapshot (the next one at {})\n",
+        s.wal_segments,
+        bytes(s.wal_bytes),
+        count(s.wal_first_lsn),
+        bytes(s.wal_bytes_since_snapshot),
+        bytes(s.snapshot_after_bytes)
+    )
+}
+
 /// `write stages (µs):  queue p50 12 p99 80 | write ...`, one stage a line.
 fn render_stages(stages: &[StageSummary]) -> String {
     let mut out = String::from("write stages (p50 / p99 / max, µs, count):\n");
@@ -255,8 +348,8 @@ fn render_followers(rows: &[FollowerRow]) -> String {
     if rows.is_empty() {
         return "followers:   none\n".to_string();
     }
-    let header = ["FOLLOWER", "STATE", "TERM", "ACKED_LSN", "LAG", "LAST_ACK", "DIGEST"];
-    let cells: Vec<[String; 7]> = rows
+    let header = ["FOLLOWER", "STATE", "TERM", "ACKED_LSN", "LAG", "LAST_ACK", "DIGEST", "PINNED"];
+    let cells: Vec<[String; 8]> = rows
         .iter()
         .map(|r| {
             let name =
@@ -266,14 +359,22 @@ fn render_followers(rows: &[FollowerRow]) -> String {
                 None => "never".to_string(),
             };
             let digest = if r.digest_mismatch { "MISMATCH" } else { "ok" };
+            let state = match (r.snapshot_sent_bytes, r.snapshot_total_bytes) {
+                (Some(sent), Some(total)) => {
+                    let percent = (sent * 100).checked_div(total).unwrap_or(100);
+                    format!("{} {percent}% of {}", r.state, bytes(total))
+                }
+                _ => r.state.clone(),
+            };
             [
                 name,
-                r.state.clone(),
+                state,
                 r.term.to_string(),
                 r.acked_lsn.to_string(),
                 r.lag_records.to_string(),
                 ack,
                 digest.to_string(),
+                if r.pinned_bytes > 0 { bytes(r.pinned_bytes) } else { "-".into() },
             ]
         })
         .collect();
@@ -283,7 +384,7 @@ fn render_followers(rows: &[FollowerRow]) -> String {
             *w = (*w).max(cell.len());
         }
     }
-    let line = |cols: [&str; 7]| {
+    let line = |cols: [&str; 8]| {
         let mut s = String::new();
         for (i, (c, w)) in cols.iter().zip(widths).enumerate() {
             if i > 0 {

@@ -339,18 +339,30 @@ fn a_secret_file_others_can_read_stops_the_node_with_the_fix() {
 
 #[test]
 fn data_dirs_are_private_and_one_others_can_write_is_refused() {
-    // Goal: a new data dir is 0700 and its files 0600; an existing dir
-    // others may write to stops the node with the chmod that fixes it.
+    // Goal: a new data dir and its subdirectories (wal/, snapshots/) are
+    // 0700 and every file in them 0600; an existing dir others may write
+    // to stops the node with the chmod that fixes it.
     let dirs = tempfile::tempdir().unwrap();
     let path = dirs.path().join("node");
     let mut node = Node::start("node", &path, &[]);
     node.client().put(b"k", b"v").unwrap();
+    node.client().snapshot().unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&path), 0o700);
-    for entry in std::fs::read_dir(&path).unwrap() {
-        let entry = entry.unwrap().path();
-        assert_eq!(mode(&entry), 0o600, "{}", entry.display());
+    let mut pending = vec![path.clone()];
+    let mut files = 0;
+    while let Some(dir) = pending.pop() {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap().path();
+            if entry.is_dir() {
+                pending.push(entry);
+            } else {
+                assert_eq!(mode(&entry), 0o600, "{}", entry.display());
+                files += 1;
+            }
+        }
     }
+    assert!(files >= 5, "a segment, its index, a snapshot, STATE, CLUSTER_ID, LOCK");
     node.kill();
 
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();

@@ -45,16 +45,19 @@ use crate::limits::{
     APPEND_ENTRIES_RECORDS_MAX, DIGEST_REPORT_INTERVAL_MS, FRAME_BYTES_MAX,
     RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS, REPLICATION_TIMEOUT_MS,
 };
+use crate::logline::count;
 use crate::protocol::frame::{is_timeout, read_frame};
-use crate::protocol::{AppendEntries, Message};
+use crate::protocol::message::TYPE_APPEND_ENTRIES;
+use crate::protocol::{AppendEntries, InstallSnapshot, Message};
 use crate::replication::hub::LinkState;
+use crate::replication::install::{self, Received};
 use crate::replication::log_match::{self, Verdict};
 use crate::replication::replica::Replica;
 use crate::replication::RateLimitedLine;
 use crate::status::LeaderLink;
 use crate::tls::Conn;
 use crate::wal::Record;
-use crate::Lsn;
+use crate::{Lsn, Term};
 
 /// What the follower knows of its leader, for `status`, and the switch
 /// that stops its thread.
@@ -213,10 +216,14 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         catch_up: Some(CatchUp { received: 0, started: Instant::now() }),
         applied_log: RateLimitedLine::new(),
         digest_due: Instant::now(),
+        snapshot: install::Receiver::new(db),
     };
     loop {
-        let (ae, messages) = inbox.read_append_entries(replica, leader)?;
-        let reply = match follower.handle(ae, messages, link) {
+        let handled = match inbox.read_next(replica, leader)? {
+            Incoming::Entries(ae, messages) => follower.handle(ae, messages, link),
+            Incoming::Snapshot(piece) => follower.install(piece, link),
+        };
+        let reply = match handled {
             Ok(reply) => reply,
             Err(e) => {
                 // Tell the leader why we drop the link (a stale term, a
@@ -237,9 +244,56 @@ struct Follower<'a> {
     catch_up: Option<CatchUp>,
     applied_log: RateLimitedLine,
     digest_due: Instant,
+    /// A snapshot being received (snapshot install).
+    snapshot: install::Receiver,
 }
 
 impl Follower<'_> {
+    /// Fencing, for every message from the leader: refuse an older term,
+    /// store a newer one; our leader is alive. Returns the message's term.
+    fn check_term(&self, theirs: Term, what: &str) -> Result<Term> {
+        let leader = self.leader;
+        let ours = self.replica.term();
+        if theirs < ours {
+            let err = Error::StaleTerm { theirs, ours, leader: None };
+            log::error!("[replication] refusing {what} from {leader}: {err}");
+            return Err(err);
+        }
+        if theirs > ours {
+            self.replica.observe_term(theirs, Some(leader), &format!("leader {leader}"))?;
+        }
+        // Our leader is alive: its followers' election clocks start again.
+        self.replica.heard_from_leader(leader);
+        Ok(theirs)
+    }
+
+    /// Snapshot install: one INSTALL_SNAPSHOT (see [`install`]). When the
+    /// whole snapshot is in and verified, switch to it; the ACK says so.
+    fn install(&mut self, piece: InstallSnapshot, link: &FollowerLink) -> Result<Message> {
+        self.check_term(piece.term, "INSTALL_SNAPSHOT")?;
+        link.set(LinkState::CatchingUp, None);
+        let (leader, replica) = (self.leader, self.replica);
+        let received =
+            self.snapshot.receive(piece, self.db, leader, |_| replica.heard_from_leader(leader))?;
+        let (store, meta, ack) = match received {
+            Received::Piece(ack) => return Ok(ack),
+            Received::Whole { store, meta, ack } => (store, meta, ack),
+        };
+        // The switch: no snapshot of our own is written meanwhile.
+        let _one_at_a_time = self.db.snapshot_guard();
+        let (lsn, keys) = (meta.lsn, meta.keys);
+        self.db.install_snapshot(store, meta)?;
+        self.db.catalog().keep_only(lsn, None)?;
+        self.db.set_resync(None);
+        log::info!(
+            "[catch-up] installed the snapshot at LSN {}: {} keys; the log continues at LSN {}",
+            count(lsn),
+            count(keys),
+            count(lsn + 1)
+        );
+        Ok(ack)
+    }
+
     /// Step 4 of the module doc for one (merged) AppendEntries: check it,
     /// repair our log if it diverges, append, and build the reply.
     fn handle(
@@ -250,18 +304,7 @@ impl Follower<'_> {
     ) -> Result<Message> {
         let leader = self.leader;
         // Fencing: a leader of an older term was deposed.
-        let term = self.replica.term();
-        if ae.term < term {
-            let err = Error::StaleTerm { theirs: ae.term, ours: term, leader: None };
-            log::error!("[replication] refusing AppendEntries from {leader}: {err}");
-            return Err(err);
-        }
-        if ae.term > term {
-            self.replica.observe_term(ae.term, Some(leader), &format!("leader {leader}"))?;
-        }
-        let term = ae.term;
-        // Our leader is alive: its followers' election clocks start again.
-        self.replica.heard_from_leader(leader);
+        let term = self.check_term(ae.term, "AppendEntries")?;
 
         let history = self.db.term_history();
         let verdict = log_match::check_append(
@@ -403,23 +446,35 @@ struct Inbox {
     pending: Option<AppendEntries>,
 }
 
+/// What the leader sent next.
+enum Incoming {
+    /// AppendEntries, merged (see [`Inbox::read_next`]), and how many.
+    Entries(AppendEntries, u64),
+    /// A piece of a snapshot (snapshot install).
+    Snapshot(InstallSnapshot),
+}
+
 impl Inbox {
-    /// Read the next APPEND_ENTRIES, merged with any more that have already
-    /// arrived whole in the read buffer and continue it in the same term:
-    /// under load, one WAL append, one fsync and one ACK then serve several
-    /// messages. Returns the merged message and how many were merged.
-    fn read_append_entries(
-        &mut self,
-        replica: &Replica,
-        leader: SocketAddr,
-    ) -> Result<(AppendEntries, u64)> {
+    /// Read the leader's next message. APPEND_ENTRIES are merged with any
+    /// more that have already arrived whole in the read buffer and continue
+    /// them in the same term: under load, one WAL append, one fsync and one
+    /// ACK then serve several messages.
+    fn read_next(&mut self, replica: &Replica, leader: SocketAddr) -> Result<Incoming> {
         let mut merged = match self.pending.take() {
             Some(ae) => ae,
-            None => expect_append_entries(self.read_message(replica, leader)?)?,
+            None => match self.read_message(replica, leader)? {
+                Message::AppendEntries(ae) => ae,
+                Message::InstallSnapshot(piece) => return Ok(Incoming::Snapshot(piece)),
+                other => {
+                    return Err(Error::Unexpected(format!("{} from the leader", other.name())))
+                }
+            },
         };
         let mut messages = 1;
-        while self.frame_is_buffered() && merged.records.len() < MERGED_RECORDS_MAX {
-            let next = expect_append_entries(self.read_message(replica, leader)?)?;
+        while self.append_entries_is_buffered() && merged.records.len() < MERGED_RECORDS_MAX {
+            let Message::AppendEntries(next) = self.read_message(replica, leader)? else {
+                unreachable!("the buffered frame is an APPEND_ENTRIES");
+            };
             let end = merged.prev_lsn + merged.records.len() as Lsn;
             let end_term = merged.records.last().map_or(merged.prev_term, |r| r.term);
             if next.term != merged.term || next.prev_lsn != end || next.prev_term != end_term {
@@ -431,7 +486,12 @@ impl Inbox {
             merged.records.extend(next.records);
             messages += 1;
         }
-        Ok((merged, messages))
+        Ok(Incoming::Entries(merged, messages))
+    }
+
+    /// True if a whole APPEND_ENTRIES frame is already in the read buffer.
+    fn append_entries_is_buffered(&self) -> bool {
+        self.frame_is_buffered() && self.reader.buffer().get(4) == Some(&TYPE_APPEND_ENTRIES)
     }
 
     /// True if a whole frame is already in the read buffer (no syscall needed).
@@ -473,13 +533,6 @@ impl Inbox {
 
 /// Most records merged into one append (4 full messages).
 const MERGED_RECORDS_MAX: usize = 4 * APPEND_ENTRIES_RECORDS_MAX as usize;
-
-fn expect_append_entries(message: Message) -> Result<AppendEntries> {
-    match message {
-        Message::AppendEntries(ae) => Ok(ae),
-        other => Err(Error::Unexpected(format!("{} from the leader", other.name()))),
-    }
-}
 
 /// The leader's LEADER_HELLO must name our cluster (a fresh follower joins
 /// it) and a term no older than ours (fencing); a newer term is stored.

@@ -79,6 +79,8 @@ pub enum LinkState {
     Connecting,
     /// Connected; receiving the records it missed.
     CatchingUp,
+    /// Connected; receiving a snapshot, its log being behind ours.
+    Snapshot,
     /// Connected and receiving new records as they are written.
     Streaming,
     /// Was connected; the link is gone.
@@ -90,6 +92,7 @@ impl LinkState {
         match self {
             LinkState::Connecting => "connecting",
             LinkState::CatchingUp => "catching-up",
+            LinkState::Snapshot => "snapshot",
             LinkState::Streaming => "streaming",
             LinkState::Disconnected => "disconnected",
         }
@@ -118,6 +121,8 @@ struct Peer {
     digest_mismatch: Option<Lsn>,
     /// A handle on the current session's socket, to close it on deposition.
     stream: Option<TcpStream>,
+    /// `(sent, total)` bytes of a snapshot being sent to it.
+    snapshot: Option<(u64, u64)>,
 }
 
 impl Peer {
@@ -132,6 +137,7 @@ impl Peer {
             term: 0,
             digest_mismatch: None,
             stream: None,
+            snapshot: None,
         }
     }
 }
@@ -277,7 +283,12 @@ impl Hub {
         let st = self.state.lock();
         st.peers
             .iter()
-            .filter(|p| matches!(p.state, LinkState::CatchingUp | LinkState::Streaming))
+            .filter(|p| {
+                matches!(
+                    p.state,
+                    LinkState::CatchingUp | LinkState::Snapshot | LinkState::Streaming
+                )
+            })
             .map(|p| p.address)
             .collect()
     }
@@ -345,6 +356,18 @@ impl Hub {
         let peer = &mut st.peers[session.peer];
         if peer.session_id == session.id {
             peer.state = state;
+            peer.snapshot = None;
+        }
+    }
+
+    /// The session's follower is being sent a snapshot: `sent` of `total`
+    /// bytes are through (`status` shows it).
+    pub fn set_snapshot_progress(&self, session: Session, sent: u64, total: u64) {
+        let mut st = self.state.lock();
+        let peer = &mut st.peers[session.peer];
+        if peer.session_id == session.id {
+            peer.state = LinkState::Snapshot;
+            peer.snapshot = Some((sent, total));
         }
     }
 
@@ -425,6 +448,7 @@ impl Hub {
         if peer.session_id == session.id {
             peer.state = LinkState::Disconnected;
             peer.stream = None;
+            peer.snapshot = None;
         }
     }
 
@@ -599,6 +623,9 @@ impl Hub {
                 last_ack_ms_ago: p.last_ack.map(|t| t.elapsed().as_millis() as u64),
                 term: p.term,
                 digest_mismatch: p.digest_mismatch.is_some(),
+                pinned_bytes: 0,
+                snapshot_sent_bytes: p.snapshot.map(|(sent, _)| sent),
+                snapshot_total_bytes: p.snapshot.map(|(_, total)| total),
             })
             .collect()
     }

@@ -70,6 +70,7 @@ use crate::protocol::frame::{is_timeout, read_frame, write_message};
 use crate::protocol::message::{AppendEntriesEncoder, AppendEntriesHeader};
 use crate::protocol::Message;
 use crate::replication::hub::{Hub, LinkState, Session};
+use crate::replication::install::{self, SnapshotLink};
 use crate::replication::log_match::{self, Refusal};
 use crate::replication::replica::{Replica, RoleView};
 use crate::replication::RateLimitedLine;
@@ -200,30 +201,33 @@ impl Link<'_> {
         let reader = stream.try_clone().map_err(|e| Error::io("cloning follower socket", e))?;
         let mut reader = BufReader::new(reader);
 
-        // 4. Probe.
-        let matched = self.probe(&mut stream, &mut reader, hello)?;
+        // 4. Probe; a follower behind our compacted log gets the snapshot.
+        let matched = match self.probe(&mut stream, &mut reader, hello)? {
+            Probe::Matched(matched) => {
+                self.log_catch_up(hello, matched, target);
+                matched
+            }
+            Probe::Compacted => {
+                let link = SnapshotLink {
+                    address,
+                    db: self.db,
+                    hub: self.hub,
+                    session: self.session,
+                    term,
+                };
+                let asked = (hello.last_lsn, target);
+                match install::send_snapshot(&link, &mut stream, &mut reader, asked) {
+                    Ok(snapshot) => snapshot.lsn,
+                    Err(e @ Error::SteppedDown { newer, .. }) => {
+                        self.deposed_by(newer)?;
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
         self.hub.record_ack(self.session, matched, hello.term);
         self.db.note_follower(address, matched);
-        if matched < hello.last_lsn {
-            log::warn!(
-                "[catch-up] follower {address}'s log diverges from ours after LSN {matched}: it \
-                 holds LSN {}..{} (up to term {}) that we do not; it will truncate them",
-                matched + 1,
-                hello.last_lsn,
-                hello.last_term
-            );
-        }
-        let agreed = if matched == hello.last_lsn {
-            String::new()
-        } else {
-            format!("our logs agree up to LSN {matched}, so ")
-        };
-        log::info!(
-            "[catch-up] follower {address} requests records after LSN {}; {agreed}sending {} \
-             record(s) (leader last LSN {target}, term {term})",
-            hello.last_lsn,
-            target.saturating_sub(matched)
-        );
 
         // 5. Stream, with ACKs read on their own thread.
         let sent_through = Arc::new(AtomicU64::new(matched));
@@ -243,15 +247,52 @@ impl Link<'_> {
         outcome
     }
 
+    /// Lesson 5's line: what the follower asked for and what it gets.
+    fn log_catch_up(&self, hello: &Hello, matched: Lsn, target: Lsn) {
+        let address = self.address;
+        if matched < hello.last_lsn {
+            log::warn!(
+                "[catch-up] follower {address}'s log diverges from ours after LSN {matched}: it \
+                 holds LSN {}..{} (up to term {}) that we do not; it will truncate them",
+                matched + 1,
+                hello.last_lsn,
+                hello.last_term
+            );
+        }
+        let agreed = if matched == hello.last_lsn {
+            String::new()
+        } else {
+            format!("our logs agree up to LSN {matched}, so ")
+        };
+        log::info!(
+            "[catch-up] follower {address} requests records after LSN {}; {agreed}sending {} \
+             record(s) (leader last LSN {target}, term {})",
+            hello.last_lsn,
+            target.saturating_sub(matched),
+            self.term
+        );
+    }
+
     /// Step 4: find the last LSN both logs share. Each probe is an empty
-    /// AppendEntries; the follower ACKs it or refuses with a hint.
-    fn probe(&self, stream: &mut Conn, reader: &mut BufReader<Conn>, hello: &Hello) -> Result<Lsn> {
+    /// AppendEntries; the follower ACKs it or refuses with a hint. If the
+    /// point to probe is older than our log (compacted into our snapshot),
+    /// the follower needs the snapshot.
+    fn probe(
+        &self,
+        stream: &mut Conn,
+        reader: &mut BufReader<Conn>,
+        hello: &Hello,
+    ) -> Result<Probe> {
         let history = self.db.term_history();
         let mut prev = log_match::first_probe(&history, hello.last_lsn, hello.last_term);
         for _ in 0..PROBE_ROUNDS_MAX {
-            let prev_term = history
-                .term_at(prev)
-                .ok_or_else(|| Error::Unexpected(format!("probe at LSN {prev} beyond our log")))?;
+            let prev_term = match history.term_at(prev) {
+                Some(term) => term,
+                None if prev < history.known_from() => return Ok(Probe::Compacted),
+                None => {
+                    return Err(Error::Unexpected(format!("probe at LSN {prev} beyond our log")))
+                }
+            };
             let header = AppendEntriesHeader {
                 term: self.term,
                 prev_lsn: prev,
@@ -274,7 +315,7 @@ impl Link<'_> {
                 Message::AppendEntriesAck { last_lsn, term, .. }
                     if last_lsn == prev && term == self.term =>
                 {
-                    return Ok(prev)
+                    return Ok(Probe::Matched(prev))
                 }
                 Message::AppendEntriesAck { last_lsn, term, .. } => {
                     return Err(Error::Link(format!(
@@ -344,8 +385,18 @@ impl Link<'_> {
     }
 }
 
-/// Read one reply during the probe, turning silence and EOF into errors.
-fn read_reply(reader: &mut BufReader<Conn>) -> Result<Message> {
+/// What the probe found.
+enum Probe {
+    /// Both logs hold this LSN with the same term: catch up from the WAL.
+    Matched(Lsn),
+    /// The follower's log is behind our oldest record (what it holds, we
+    /// compacted into our snapshot): it needs the snapshot.
+    Compacted,
+}
+
+/// Read one reply during the probe (or a snapshot install), turning
+/// silence and EOF into errors.
+pub(super) fn read_reply(reader: &mut BufReader<Conn>) -> Result<Message> {
     match read_frame(reader, FOLLOWER_FRAME_BYTES_MAX) {
         Ok(Some(frame)) => Message::decode(&frame),
         Ok(None) => Err(Error::Link("connection closed during the probe".into())),

@@ -34,6 +34,18 @@
 //!
 //! What truncation never does — remove a record at or below the commit
 //! LSN — is enforced where the removal happens ([`crate::db::Db::truncate_after`]).
+//!
+//! ## Below a snapshot
+//!
+//! A log whose oldest records were compacted into a snapshot knows terms
+//! only from its base on ([`TermHistory::known_from`]). Every record at or
+//! below the base is in the snapshot, hence committed, hence the same in
+//! every log that holds it (Raft's Leader Completeness). So a follower
+//! asked to match below its base accepts the part of the message it
+//! already holds and checks the rest from its base (etcd answers such a
+//! message with its commit index the same way). A leader whose own log no
+//! longer reaches the point it must probe cannot name that record's term:
+//! it sends its snapshot instead (`crate::replication::install`).
 
 use crate::wal::TermHistory;
 use crate::{Lsn, Term};
@@ -47,6 +59,8 @@ pub trait LogView {
     fn first_lsn_of(&self, term: Term) -> Option<Lsn>;
     /// Last LSN whose term is `term` or older (0 if none).
     fn last_lsn_at_or_below(&self, term: Term) -> Lsn;
+    /// The first LSN whose term is known: 0, or the base of a compacted log.
+    fn known_from(&self) -> Lsn;
 }
 
 impl LogView for TermHistory {
@@ -61,6 +75,9 @@ impl LogView for TermHistory {
     }
     fn last_lsn_at_or_below(&self, term: Term) -> Lsn {
         TermHistory::last_lsn_at_or_below(self, term)
+    }
+    fn known_from(&self) -> Lsn {
+        TermHistory::known_from(self)
     }
 }
 
@@ -96,6 +113,10 @@ pub fn check_append(
     prev_term: Term,
     record_terms: impl ExactSizeIterator<Item = Term>,
 ) -> Verdict {
+    let known_from = log.known_from();
+    if prev_lsn < known_from {
+        return check_below_base(log, prev_lsn, record_terms.collect());
+    }
     let last_lsn = log.last_lsn();
     let Some(ours) = log.term_at(prev_lsn) else {
         return Verdict::Refuse(Refusal { last_lsn, conflict_lsn: 0, conflict_term: 0 });
@@ -117,6 +138,24 @@ pub fn check_append(
         truncate_after: None,
         skip: matched.saturating_sub(prev_lsn) as usize,
         matched,
+    }
+}
+
+/// [`check_append`] for a message that starts below the log's base (see
+/// "Below a snapshot"): skip the records up to the base, which this node
+/// holds in its snapshot, and check the rest from the base on.
+fn check_below_base(log: &impl LogView, prev_lsn: Lsn, terms: Vec<Term>) -> Verdict {
+    let below = usize::try_from(log.known_from() - prev_lsn).unwrap_or(usize::MAX);
+    if below >= terms.len() {
+        let matched = prev_lsn + terms.len() as Lsn;
+        return Verdict::Accept { truncate_after: None, skip: terms.len(), matched };
+    }
+    let base = log.known_from();
+    match check_append(log, base, terms[below - 1], terms[below..].iter().copied()) {
+        Verdict::Accept { truncate_after, skip, matched } => {
+            Verdict::Accept { truncate_after, skip: skip + below, matched }
+        }
+        refused => refused,
     }
 }
 
@@ -225,6 +264,23 @@ mod tests {
         // A heartbeat matching in the middle truncates nothing.
         let verdict = check_append(&follower, 2, 1, std::iter::empty());
         assert_eq!(verdict, Verdict::Accept { truncate_after: None, skip: 0, matched: 2 });
+    }
+
+    #[test]
+    fn a_follower_with_a_compacted_log_accepts_what_its_snapshot_holds() {
+        // Goal: a follower whose log starts after a snapshot at LSN 10
+        // (term 1) takes a message from LSN 6 on: LSN 7..10 are skipped
+        // (committed, in its snapshot), 11 and 12 checked and appended.
+        let mut follower = TermHistory::starting_after(10, 1);
+        follower.note(11, 1);
+        let verdict = check_append(&follower, 6, 1, [1, 1, 1, 1, 1, 2].into_iter());
+        assert_eq!(verdict, Verdict::Accept { truncate_after: None, skip: 5, matched: 12 });
+        // A probe below the base matches: those records are committed.
+        let probe = check_append(&follower, 3, 1, std::iter::empty());
+        assert_eq!(probe, Verdict::Accept { truncate_after: None, skip: 0, matched: 3 });
+        // A message whose record at the base has another term is refused.
+        let other = check_append(&follower, 9, 1, [2, 2].into_iter());
+        assert!(matches!(other, Verdict::Refuse(_)), "{other:?}");
     }
 
     #[test]

@@ -53,6 +53,8 @@
 //! - [`lag`]: how long an acknowledged write takes to reach every follower.
 //! - [`leader`]: one follower's session on the leader — probe, catch-up, then
 //!   the live stream from its channel, with the WAL as the overflow buffer.
+//! - [`install`]: snapshot install, both sides — for a follower whose next
+//!   record the leader's log no longer holds.
 //! - [`follower`]: the follower's side — dial, hello, check, repair, apply,
 //!   ack, redial.
 //!
@@ -65,6 +67,7 @@
 pub mod election;
 pub mod follower;
 pub mod hub;
+pub mod install;
 pub mod lag;
 pub mod leader;
 pub mod log_match;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::admission::{Refusal, Ticket};
 use crate::auth::{self, Scope, ServerHandshake, ServerKeys};
+use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::limits::{
     AUTH_FRAME_BYTES_MAX, AUTH_TIMEOUT_MS, CLIENT_READ_TIMEOUT_MS, FRAME_BYTES_MAX,
@@ -36,7 +37,9 @@ use crate::replication::replica::RoleView;
 use crate::server::inbound::Inbound;
 use crate::server::{fsync_name, Node};
 use crate::stages::Stage;
-use crate::status::{LeaderLink, MemberContact, StatusReport};
+use crate::status::{
+    LeaderLink, MemberContact, ResyncStatus, SnapshotStatus, StatusReport, StorageStatus,
+};
 use crate::tls::Conn;
 use crate::wal::Op;
 
@@ -392,6 +395,13 @@ pub fn status(node: &Node) -> StatusReport {
         voted_for: node.replica.voted_for(),
         last_role_change: node.replica.last_role_change(),
         connections: Some(node.admission.report()),
+        storage: Some(storage_status(db)),
+        resync: db.resync().map(|r| ResyncStatus {
+            snapshot_lsn: r.snapshot_lsn,
+            received_bytes: r.received_bytes,
+            total_bytes: r.total_bytes,
+            bytes_per_sec: r.bytes_per_sec,
+        }),
     };
     match node.replica.view() {
         RoleView::Leader { hub, term } => {
@@ -400,6 +410,10 @@ pub fn status(node: &Node) -> StatusReport {
             report.commit_lsn = hub.commit_lsn(db);
             report.write_concern = Some(node.write_concern.name().into());
             report.followers = hub.rows(last_lsn);
+            for row in &mut report.followers {
+                let pinned = row.address.parse().ok().and_then(|a| db.pinned_bytes(a));
+                row.pinned_bytes = pinned.unwrap_or(0);
+            }
             // A follower's last ACK is contact too.
             for row in &report.followers {
                 let member = report.member_contacts.iter_mut().find(|m| m.address == row.address);
@@ -421,4 +435,23 @@ pub fn status(node: &Node) -> StatusReport {
         }
     }
     report
+}
+
+/// The disk side of the STATUS report.
+fn storage_status(db: &Db) -> StorageStatus {
+    let storage = db.storage_report();
+    StorageStatus {
+        snapshot: storage.snapshot.map(|s| SnapshotStatus {
+            lsn: s.lsn,
+            term: s.term,
+            keys: s.keys,
+            bytes: s.bytes,
+            age_ms: s.age_ms(),
+        }),
+        wal_bytes: storage.wal_bytes,
+        wal_segments: storage.wal_segments,
+        wal_first_lsn: storage.wal_first_lsn,
+        wal_bytes_since_snapshot: storage.wal_bytes_since_snapshot,
+        snapshot_after_bytes: storage.snapshot_threshold_bytes,
+    }
 }

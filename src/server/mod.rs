@@ -244,14 +244,18 @@ fn log_recovery(db: &Db, recovery: &Recovery) {
     } else {
         format!("LSN {}..{}", count(wal.last_lsn + 1 - wal.replayed), count(wal.last_lsn))
     };
+    let held = if wal.last_lsn >= wal.first_lsn {
+        format!("holding LSN {}..{}", count(wal.first_lsn), count(wal.last_lsn))
+    } else {
+        "holding no record yet".into()
+    };
     log::info!(
-        "[wal] opened {}: replayed {} record(s) after the snapshot ({range}) from {} segment(s) \
-         holding LSN {}..{}; last LSN {} (term {}), {} key(s)",
+        "[wal] opened {}: replayed {} record(s){} ({range}) from {} segment(s) {held}; last LSN \
+         {} (term {}), {} key(s)",
         db.wal().dir().display(),
         wal.replayed,
+        if recovery.snapshot.is_some() { " after the snapshot" } else { "" },
         wal.segments,
-        count(wal.first_lsn),
-        count(wal.last_lsn),
         count(wal.last_lsn),
         wal.last_term,
         count(db.key_count() as u64)

@@ -30,6 +30,7 @@
 
 pub mod catalog;
 pub mod format;
+pub mod incoming;
 pub mod policy;
 pub mod progress;
 pub mod snapshotter;

@@ -110,6 +110,7 @@ fn run(db: &Db, commit_lsn: &CommitLsn, asked: &Receiver<Sender<Result<Outcome>>
 
 /// Take one snapshot (steps 1 to 4 of the module doc).
 pub fn take(db: &Db, commit_lsn: &CommitLsn) -> Result<Outcome> {
+    let _one_at_a_time = db.snapshot_guard();
     let started = Instant::now();
     let target = db.last_lsn();
     if target == 0 {
