@@ -5,7 +5,8 @@
 #   make lint       rustfmt check + clippy with warnings as errors
 #   make demo       lesson 5's late-joiner scenario, end to end (PORT=9001 to move it)
 #   make demo-failover   a manual failover: promote, follow, the old leader's repair (PORT too)
-#   make soak       the fault tests at full counts (100 leader crashes, 1M writes, ...)
+#   make soak       the fault and snapshot tests at full counts (100 leader crashes, 1M writes,
+#                   1M overwrites of 1,000 keys, 60 crashes in snapshots, ...)
 #   make model      the cluster model of tests/model.rs, 100000 random histories (KVSTORE_SEED to replay)
 #   make jepsen     tests/jepsen.rs for 300 s: puts and linearizable reads under a seeded nemesis,
 #                   checked for linearizability (JEPSEN_SECS=600 for longer, KVSTORE_SEED to replay)
@@ -89,7 +90,7 @@ jepsen-netns:
 		$(CARGO) test --release --test jepsen -- --nocapture
 
 soak:
-	KVSTORE_SOAK=1 $(CARGO) test --release --test faults -- --nocapture --test-threads=1 2>&1 \
+	KVSTORE_SOAK=1 $(CARGO) test --release --test faults --test snapshots -- --nocapture --test-threads=1 2>&1 \
 		| grep -E '^(test |[a-z ]+: )|KVSTORE_SEED|test result'
 
 clean:

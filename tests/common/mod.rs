@@ -391,6 +391,42 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).trim().to_string()
 }
 
+// ---- counts and randomness ----------------------------------------------------
+
+/// `ci` normally, `soak` when KVSTORE_SOAK is set.
+pub fn scale(ci: u64, soak: u64) -> u64 {
+    if std::env::var_os("KVSTORE_SOAK").is_some() {
+        soak
+    } else {
+        ci
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*): fault timing must be random
+/// but reproducible from the printed seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(name: &str) -> Rng {
+        let seed =
+            std::env::var("KVSTORE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            }) | 1;
+        eprintln!("{name}: KVSTORE_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
 // ---- clusters --------------------------------------------------------------
 
 /// A leader expecting followers on `follower_ports`, plus its temp dir.
