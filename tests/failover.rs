@@ -427,19 +427,6 @@ fn a_crash_at_any_point_of_a_repair_restarts_consistent() {
     }
 }
 
-/// Copy a data dir (its subdirectories too), leaving out its `LOCK`.
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else if entry.file_name() != "LOCK" {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
 /// A fake follower: HELLO from `listen_port` with an empty log, then
 /// whatever the test sends.
 fn fake_follower(

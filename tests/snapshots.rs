@@ -520,3 +520,56 @@ fn a_snapshot_transfer_cut_half_way_resumes_and_ends_with_the_leaders_digest() {
     wait_converged(&[&leader, &f2, &f3]);
     assert_values(&f3, &last);
 }
+
+#[test]
+fn a_follower_that_crashes_during_an_install_recovers_and_installs() {
+    // Goal: a crash at any step of the follower's install — mid-transfer,
+    // after verifying but before the rename, after the rename while the old
+    // log is removed — leaves a node that restarts consistent and ends with
+    // the leader's digest. Method: leave follower3 behind a compacted log
+    // once, keep a copy of its data dir, and for each failpoint restart a
+    // fresh copy with it armed (it aborts), then without (it recovers).
+    let dirs = tempfile::tempdir().unwrap();
+    let (p2, p3) = (free_port(), free_port());
+    let leader = compacting_leader(&dirs, (p2, p3), SNAPSHOT_AFTER_BYTES);
+    let f2 = follower("follower2", &dirs, p2, &leader);
+    // Small segments, so that removing the old log takes several steps.
+    let leader_arg = format!("--leader={}", leader.port());
+    let args = ["--role=follower", leader_arg.as_str(), "--wal-segment-bytes=16384"];
+    let f3 = Node::start_on("follower3", p3, &dirs.path().join("follower3"), &args);
+    let mut last = HashMap::new();
+    overwrite(&mut leader.client(), 1000, 0..1000, |s| format!("v{s}"), &mut last);
+    f3.wait_for_lsn(1000);
+    let behind = dirs.path().join("follower3-behind");
+    drop(f3);
+    copy_dir(&dirs.path().join("follower3"), &behind);
+    compact_past(&leader, 1000, 1000, 100, &mut last);
+    for failpoint in
+        ["install-piece", "install-before-rename", "install-after-rename", "reset-between-deletes"]
+    {
+        let dir = dirs.path().join(format!("f3-{failpoint}"));
+        copy_dir(&behind, &dir);
+        let dying = Node::launch_with_env(
+            "follower3",
+            p3,
+            &dir,
+            &args,
+            &[("KVSTORE_FAILPOINT", failpoint)],
+        );
+        let status = dying.wait_exit();
+        assert!(status.contains("signal"), "{failpoint}: it aborted: {status}");
+        drop(dying);
+        let back = Node::start_on("follower3", p3, &dir, &args);
+        // Before the rename the transfer is finished on return; after it,
+        // start-up finds the snapshot already there, superseding the log.
+        let committed = matches!(failpoint, "install-after-rename" | "reset-between-deletes");
+        back.wait_for_log(if committed {
+            "the snapshot supersedes the old log"
+        } else {
+            "installed the snapshot at LSN"
+        });
+        wait_converged(&[&leader, &f2, &back]);
+        assert_values(&back, &last);
+        eprintln!("{failpoint}: recovered and converged");
+    }
+}

@@ -284,15 +284,17 @@ impl Receiver {
             );
             self.progress = Some(Progress::new(what, is.total_bytes, held));
             self.started = Instant::now();
-            self.report(db, held);
-            return Ok(Received::Piece(ack(held)));
-        }
-        let held = self.incoming.piece(is.snapshot_lsn, is.offset, &is.data)?;
-        self.report(db, held);
-        if !self.incoming.is_whole() {
+        } else {
+            let held = self.incoming.piece(is.snapshot_lsn, is.offset, &is.data)?;
             if let Some(p) = &mut self.progress {
                 p.note(held);
             }
+        }
+        let held = self.incoming.progress().map_or(0, |(_, held, _)| held);
+        self.report(db, held);
+        // Not whole yet: ACK what is here. (A .part left whole by a crash
+        // before its rename is finished at once, on the offer.)
+        if !self.incoming.is_whole() {
             return Ok(Received::Piece(ack(held)));
         }
         let (store, meta) = match self.incoming.finish(still_alive) {
