@@ -39,7 +39,7 @@ use kvstore::wal::{Record, Wal, WAL_DIR_NAME};
 const FRAME_EXAMPLES_MIN: usize = 12;
 
 /// Every message type, as `Message::name` spells it: each needs an example.
-const MESSAGE_NAMES: [&str; 28] = [
+const MESSAGE_NAMES: [&str; 31] = [
     "PUT",
     "GET",
     "DELETE",
@@ -68,6 +68,9 @@ const MESSAGE_NAMES: [&str; 28] = [
     "AUTH_CHALLENGE",
     "AUTH_PROOF",
     "AUTH_OK",
+    "SNAPSHOT",
+    "INSTALL_SNAPSHOT",
+    "INSTALL_SNAPSHOT_ACK",
 ];
 
 /// The secret of the handshake examples of section 11.
@@ -316,6 +319,29 @@ fn wal_files_written_for_the_example_records_match_the_doc() {
 }
 
 #[test]
+fn the_install_snapshot_example_carries_a_whole_valid_snapshot_file() {
+    // Goal: the snapshot bytes section 8 shows are a file a node would
+    // load: header CRC, end marker, key count and digest all check.
+    // Method: take the INSTALL_SNAPSHOT example with data, write its data
+    // to a file, and load it as start-up does.
+    let doc = doc();
+    let blocks = blocks(&doc);
+    let piece = blocks_with_info(&blocks, "hex")
+        .filter_map(|b| match Message::decode(&hex_bytes(b)[4..]).unwrap() {
+            Message::InstallSnapshot(piece) if !piece.data.is_empty() => Some(piece),
+            _ => None,
+        })
+        .next()
+        .expect("an INSTALL_SNAPSHOT example with data");
+    assert_eq!((piece.offset, piece.data.len() as u64), (0, piece.total_bytes), "the whole file");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("00000000000000000002.snap");
+    std::fs::write(&path, &piece.data).unwrap();
+    let (store, meta) = kvstore::snapshot::load(&path, |_| {}).expect("a valid snapshot");
+    assert_eq!((meta.lsn, meta.term, store.len()), (piece.snapshot_lsn, piece.snapshot_term, 0));
+}
+
+#[test]
 fn status_json_examples_are_status_reports_as_serialised() {
     // Goal: each ```json block is a status report with exactly the field
     // names and layout the server produces (a misspelt, missing or extra
@@ -356,7 +382,7 @@ fn error_code_and_limit_tables_match_the_code() {
     for code in 1..=19u16 {
         assert!(known_codes.contains(&code), "ErrorCode::from_u16({code}) is not code {code}");
     }
-    let limits: [(&str, u64); 29] = [
+    let limits: [(&str, u64); 39] = [
         ("FRAME_BYTES_MAX", limits::FRAME_BYTES_MAX.into()),
         ("KEY_BYTES_MAX", limits::KEY_BYTES_MAX.into()),
         ("VALUE_BYTES_MAX", limits::VALUE_BYTES_MAX.into()),
@@ -389,6 +415,16 @@ fn error_code_and_limit_tables_match_the_code() {
         ("AUTH_SECRET_BYTES_MIN", limits::AUTH_SECRET_BYTES_MIN as u64),
         ("AUTH_SECRET_BYTES_MAX", limits::AUTH_SECRET_BYTES_MAX as u64),
         ("FOLLOWER_FRAME_BYTES_MAX", limits::FOLLOWER_FRAME_BYTES_MAX.into()),
+        ("INSTALL_SNAPSHOT_DATA_BYTES_MAX", limits::INSTALL_SNAPSHOT_DATA_BYTES_MAX.into()),
+        ("SNAPSHOT_INSTALL_TIMEOUT_MS", limits::SNAPSHOT_INSTALL_TIMEOUT_MS),
+        ("SNAPSHOT_CHUNK_BYTES", limits::SNAPSHOT_CHUNK_BYTES as u64),
+        ("SNAPSHOT_CHUNK_BYTES_MAX", limits::SNAPSHOT_CHUNK_BYTES_MAX.into()),
+        ("WAL_SEGMENT_BYTES_DEFAULT", limits::WAL_SEGMENT_BYTES_DEFAULT),
+        ("WAL_RETAIN_BYTES_DEFAULT", limits::WAL_RETAIN_BYTES_DEFAULT),
+        ("WAL_RETAIN_MAX_BYTES_DEFAULT", limits::WAL_RETAIN_MAX_BYTES_DEFAULT),
+        ("FOLLOWER_RETAIN_SECS_DEFAULT", limits::FOLLOWER_RETAIN_SECS_DEFAULT),
+        ("SNAPSHOT_AFTER_BYTES_FLOOR", limits::SNAPSHOT_AFTER_BYTES_FLOOR),
+        ("INDEX_GROW_SLOTS", limits::INDEX_GROW_SLOTS),
     ];
     for (name, value) in limits {
         let tag = format!("`{name}`");
