@@ -2,7 +2,7 @@
 //! write to it.
 //!
 //! The WAL holds every value ever written, in clear. Authentication on the
-//! port is worth little if any user of the machine can read `wal.log`, and
+//! port is worth little if any user of the machine can read the WAL, and
 //! nothing at all if one can replace it (or the `STATE` file that holds the
 //! node's term and vote, or `CLUSTER_ID`). So, as PostgreSQL does with its
 //! data directory:
