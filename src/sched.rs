@@ -66,6 +66,25 @@ pub fn request_thread() {
     }
 }
 
+/// The nice value of background threads (the snapshot writer): under
+/// load, request threads get about ten times their share of a core.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Lower the calling thread's priority to [`BACKGROUND_NICE`]: it is
+/// background work (writing a snapshot) that should give way to requests
+/// on a busy machine, and it still runs at full speed on an idle one.
+/// A refusal is ignored: the thread only keeps the default priority.
+pub fn background_thread() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain integers; on Linux the nice value is a per-thread
+        // attribute, and `gettid` names the calling thread.
+        let _ = unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, BACKGROUND_NICE)
+        };
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod linux {
     /// `struct sched_attr` of `sched_setattr(2)`, version 1 (56 bytes).

@@ -60,7 +60,10 @@ impl Snapshotter {
         let (requests, asked) = crossbeam_channel::bounded(16);
         std::thread::Builder::new()
             .name("snapshot".into())
-            .spawn(move || run(&db, &commit_lsn, &asked))
+            .spawn(move || {
+                crate::sched::background_thread();
+                run(&db, &commit_lsn, &asked)
+            })
             .map_err(|e| Error::io("spawning the snapshot thread", e))?;
         Ok(Snapshotter { requests })
     }
