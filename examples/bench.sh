@@ -7,17 +7,19 @@
 # be free. Needs `make` and `cargo build --release --examples` first (the
 # Makefile target does both).
 #
-#   SCENARIOS="1 2 3 4 5 6 7 8" which scenarios to run (default: all)
+#   SCENARIOS="1 2 3 4 5 6 7 8 9" which scenarios to run (default: all)
 #   RUNS=3                    runs per figure
 #   CATCHUP_RECORDS=1000,1000000,10000000   scenario 5's log sizes (10M: about
 #                             3 minutes and 3 GB of disk while it runs)
 #   FAILOVER_RUNS=20          scenario 7: leaders SIGKILLed
 #   HANDOVER_RUNS=10          scenario 7: SIGTERMs and transfers of leadership
+#   SNAP_WRITES=10000000 SNAP_KEYS=1000000   scenario 9's run (10M: about 8 minutes
+#                             on 2 cores, 1.5 GB of disk while it runs)
 set -euo pipefail
 
 RUNS=${RUNS:-3}
 BASE=${BASE_PORT:-9500}
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7 8"}
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7 8 9"}
 BIN=${BIN:-./build}
 EX=${EX:-./target/release/examples}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-bench.XXXXXX")
@@ -307,5 +309,83 @@ if [[ " $SCENARIOS " == *" 8 "* ]]; then
         row "8.   PUT p99, $mode (us)" "$(stats "${put99[@]}")"
         row "8. GET, $mode (ops/s)" "$(stats "${get[@]}")"
         row "8.   GET p99, $mode (us)" "$(stats "${get99[@]}")"
+    done
+fi
+
+# 9. Snapshots (docs/STORAGE.md): SNAP_WRITES PUTs (c=16, 100-byte values)
+#    to SNAP_KEYS keys, twice: once without automatic snapshots, once with
+#    the defaults. Prints the data dir's size along both runs; the restart
+#    time (start to answering STATUS) and records replayed, without a
+#    snapshot, with the snapshots the run left, and right after
+#    `kv_client snapshot`; then PUT throughput and p99 on the 1M-key node
+#    without a snapshot running and while snapshots are written back to back.
+if [[ " $SCENARIOS " == *" 9 "* ]]; then
+    WRITES=${SNAP_WRITES:-10000000} KEYS=${SNAP_KEYS:-1000000}
+    P=$((BASE + 20))
+    # stop_node: stop the node started last (SIGTERM, as an operator would).
+    stop_node() { kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; }
+    # load NAME FLAGS...: WRITES PUTs in ten steps; SIZES gets the dir's size after each.
+    load() {
+        local name=$1; shift
+        start "$name" "$P" --fsync=never "$@"
+        SIZES=()
+        for step in $(seq 1 10); do
+            "$EX/kv_bench" --quiet --port "$P" -c 16 -n $((WRITES / 10)) -d 100 -r "$KEYS" -t put >/dev/null
+            SIZES+=("$(du -s -B1 "$WORK/$name" | cut -f1)")
+        done
+    }
+    # restarts NAME FLAGS...: RUNS restarts; RESTART gets the times (s), REPLAYED the last count.
+    restarts() {
+        local name=$1; shift
+        stop_node
+        RESTART=()
+        for run in $(seq 1 "$RUNS"); do
+            local from t0
+            from=$(wc -l <"$WORK/$name.log")
+            t0=$(now_ns)
+            start "$name" "$P" --fsync=never "$@"
+            RESTART+=("$(awk -v t="$(( $(now_ns) - t0 ))" 'BEGIN {print t / 1e9}')")
+            REPLAYED=$(tail -n +"$((from + 1))" "$WORK/$name.log" | grep -o 'replayed [0-9]*' | grep -o '[0-9]*')
+            if [ "$run" -lt "$RUNS" ]; then stop_node; fi
+        done
+    }
+    never=(--snapshot-after-bytes=1000000000000000)
+    load snap-none "${never[@]}"
+    sizes_none=("${SIZES[@]}")
+    restarts snap-none "${never[@]}"
+    row "9a. restart, $KEYS keys after $WRITES writes, no snapshot (s)" "$(stats_f "${RESTART[@]}") - replayed $(thousands "$REPLAYED")"
+    "$BIN/kv_client" --port "$P" snapshot >/dev/null
+    restarts snap-none "${never[@]}"
+    row "9a. restart, the same right after kv_client snapshot (s)" "$(stats_f "${RESTART[@]}") - replayed $(thousands "$REPLAYED")"
+    stop_node
+    load snap-auto
+    sizes_auto=("${SIZES[@]}")
+    restarts snap-auto
+    row "9a. restart, default flags, snapshots as the run left them (s)" "$(stats_f "${RESTART[@]}") - replayed $(thousands "$REPLAYED")"
+    # (c) on the node of the default run.
+    quiet=() quiet99=() busy=() busy99=()
+    for run in $(seq 1 "$RUNS"); do
+        read -r ops p99 <<<"$(kvbench_p99 --port "$P" -c 16 -n 300000 -d 100 -r "$KEYS" -t put)"
+        quiet+=("$ops") quiet99+=("$p99")
+        rm -f "$WORK/stop-snapshots"
+        ( until [ -e "$WORK/stop-snapshots" ]; do "$BIN/kv_client" --port "$P" snapshot >/dev/null; done ) &
+        looper=$!
+        read -r ops p99 <<<"$(kvbench_p99 --port "$P" -c 16 -n 300000 -d 100 -r "$KEYS" -t put)"
+        touch "$WORK/stop-snapshots"
+        wait "$looper"
+        busy+=("$ops") busy99+=("$p99")
+    done
+    row "9c. PUT c=16, $KEYS keys, no snapshot running (ops/s)" "$(stats "${quiet[@]}")"
+    row "9c. PUT c=16, while snapshots are written back to back (ops/s)" "$(stats "${busy[@]}")"
+    row "9c.   PUT p99, no snapshot running (us)" "$(stats "${quiet99[@]}")"
+    row "9c.   PUT p99, while snapshots are written back to back (us)" "$(stats "${busy99[@]}")"
+    row "9c. snapshots written during those runs" "$(grep -c '\[snapshot\] wrote' "$WORK/snap-auto.log") - last: $(grep '\[snapshot\] wrote' "$WORK/snap-auto.log" | tail -1 | sed 's/.*\[snapshot\] //')"
+    echo
+    echo "9d. data dir size on disk (bytes, du) after each tenth of the $WRITES writes:"
+    echo
+    echo "| writes | no automatic snapshot | default flags |"
+    echo "|---|---|---|"
+    for step in $(seq 1 10); do
+        echo "| $(thousands $((WRITES / 10 * step))) | $(thousands "${sizes_none[$((step - 1))]}") | $(thousands "${sizes_auto[$((step - 1))]}") |"
     done
 fi

@@ -17,7 +17,9 @@
 #     vs kvstore with write concern majority and fsync always on every node;
 #   - GET against the master / leader of the first setup;
 #   - a late joiner catching up on 1,000,000 keys (16-byte keys, 100-byte
-#     values): Redis full sync (diskless, no delay) vs kvstore catch-up.
+#     values): Redis full sync (diskless, no delay) vs kvstore catch-up from
+#     the WAL, and vs kvstore when the leader's log is compacted (after
+#     `kv_client snapshot`, --wal-retain-bytes=0): snapshot install.
 # Then it prints each pair's median, min-max and the ratio.
 #
 # Part "single": one Redis without persistence vs one kvstore node with
@@ -234,6 +236,18 @@ if [[ " $SCENARIOS " == *" redis "* ]]; then
         poll 600 grep -q "caught up to LSN $RECORDS" "$WORK/late-$run-f.log"
         add kv_late "$(awk -v t="$(( $(now_ns) - t0 ))" 'BEGIN {print t / 1e9}')"
         stop_all
+
+        # The same, the leader's log compacted: the follower gets the snapshot.
+        # (A standalone leader, the follower an extra one: a leader expecting
+        # it could not commit, and so not snapshot, while it is away.)
+        kv_start "late-$run-cl" "$KP" --role=leader --fsync=never --wal-retain-bytes=0
+        "$EX/kv_bench" --quiet --port "$KP" --preload -r "$RECORDS" -n 0 -d 100 >/dev/null
+        "$BIN/kv_client" --port "$KP" snapshot >/dev/null
+        t0=$(now_ns)
+        kv_start "late-$run-cf" $((KP + 1)) --role=follower --leader="$KP"
+        poll 600 grep -q "caught up to LSN $RECORDS" "$WORK/late-$run-cf.log"
+        add kv_late_snapshot "$(awk -v t="$(( $(now_ns) - t0 ))" 'BEGIN {print t / 1e9}')"
+        stop_all
     done
 
     echo
@@ -245,6 +259,7 @@ if [[ " $SCENARIOS " == *" redis "* ]]; then
     line "replicated PUT/SET, fsync always (ops/s)" redis_set_durable_ops kv_put_durable_ops ops ">= 1.0x"
     line "GET (ops/s)" redis_get_ops kv_get_ops ops ">= 1.0x"
     line "late joiner, $RECORDS keys (seconds)" redis_late kv_late s "<= 0.5x"
+    line "late joiner, $RECORDS keys, log compacted: snapshot install (seconds)" redis_late kv_late_snapshot s "<= 0.5x"
 fi
 
 # ---- kvstore vs Redis, single node: both client modes, pipelining ------------
