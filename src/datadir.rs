@@ -70,6 +70,16 @@ fn check_mode(data_dir: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Create (or empty) the file at `path` for writing, mode 0600.
+pub fn create_file(path: &Path) -> Result<std::fs::File> {
+    file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
+}
+
 /// Options for a file in a data directory: created with mode 0600.
 pub fn file_options() -> OpenOptions {
     let mut options = OpenOptions::new();

@@ -93,7 +93,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::cluster::ClusterId;
 use crate::error::{Error, Result};
@@ -490,7 +490,7 @@ impl Db {
     }
 
     /// Held while a snapshot is written or installed: one at a time.
-    pub fn snapshot_guard(&self) -> parking_lot::MutexGuard<'_, ()> {
+    pub fn snapshot_guard(&self) -> MutexGuard<'_, ()> {
         self.snapshotting.lock()
     }
 
@@ -655,21 +655,7 @@ impl Db {
         if lsn < commit_lsn && lsn < self.last_lsn() {
             return Err(Error::WouldLoseCommitted { truncate_after: lsn, commit_lsn });
         }
-        // Exclude the committer: wait until none is busy, and hold its lock.
-        let mut c = self.commit.lock();
-        while c.committer_busy {
-            self.committed.wait(&mut c);
-        }
-        if let Some(why) = &c.fatal {
-            return Err(Error::WalFailed(why.clone()));
-        }
-        let mut q = self.queue.lock();
-        if !q.pending.is_empty() {
-            return Err(Error::Unexpected(format!(
-                "{} write(s) still queued during a truncation",
-                q.pending.len()
-            )));
-        }
+        let (mut c, mut q) = self.exclusive("a truncation")?;
         let removed = self.wal.truncate_after(lsn)?;
         if removed == 0 {
             return Ok(0);
@@ -687,6 +673,30 @@ impl Db {
             ring.pop_back();
         }
         Ok(removed)
+    }
+
+    /// Exclude the committer for `what` (a truncation, an install): wait
+    /// until none is busy and hold its lock and the queue's; nothing may be
+    /// queued (a follower's only writer is the caller itself).
+    fn exclusive(
+        &self,
+        what: &str,
+    ) -> Result<(MutexGuard<'_, CommitState>, MutexGuard<'_, Queue>)> {
+        let mut c = self.commit.lock();
+        while c.committer_busy {
+            self.committed.wait(&mut c);
+        }
+        if let Some(why) = &c.fatal {
+            return Err(Error::WalFailed(why.clone()));
+        }
+        let q = self.queue.lock();
+        if !q.pending.is_empty() {
+            return Err(Error::Unexpected(format!(
+                "{} write(s) still queued during {what}",
+                q.pending.len()
+            )));
+        }
+        Ok((c, q))
     }
 
     /// The map as of `lsn`: the newest snapshot at or before it, then the
@@ -712,16 +722,9 @@ impl Db {
     /// log supersedes it, see `crate::wal::log`.)
     pub fn install_snapshot(&self, store: Store, meta: SnapshotMeta) -> Result<()> {
         assert_eq!(store.applied_lsn(), meta.lsn, "the map is the snapshot's");
-        let mut c = self.commit.lock();
-        while c.committer_busy {
-            self.committed.wait(&mut c);
-        }
-        if let Some(why) = &c.fatal {
-            return Err(Error::WalFailed(why.clone()));
-        }
-        let mut q = self.queue.lock();
-        if !q.pending.is_empty() || q.leader_term.is_some() {
-            return Err(Error::Unexpected("writes queued during a snapshot install".into()));
+        let (mut c, mut q) = self.exclusive("a snapshot install")?;
+        if q.leader_term.is_some() {
+            return Err(Error::Unexpected("a snapshot install on a leader".into()));
         }
         self.wal.reset_after(meta.lsn, meta.term)?;
         *self.store.write() = store;

@@ -406,19 +406,7 @@ fn a_crash_at_any_point_of_a_repair_restarts_consistent() {
         let port = free_port();
         let leader_arg = format!("--leader={}", leader.port());
         let args = ["--role=follower", leader_arg.as_str()];
-        let dying = Node::launch_with_env(
-            "follower2",
-            port,
-            &dir,
-            &args,
-            &[("KVSTORE_FAILPOINT", failpoint)],
-        );
-        let status = dying.wait_exit();
-        assert!(status.contains("signal"), "{failpoint}: it aborted: {status}");
-        eventually("the failpoint's log line", DEADLINE, || {
-            dying.log_text().contains(&format!("[failpoint] {failpoint}")).then_some(())
-        });
-        drop(dying);
+        Node::crash_at_failpoint("follower2", port, &dir, &args, failpoint);
         let back = Node::start_on("follower2", port, &dir, &args);
         let (last, _) = wait_converged(&[&leader, &back]);
         assert_eq!(last, 26, "{failpoint}");

@@ -432,6 +432,33 @@ fn compact_past(
     });
 }
 
+/// The leader of [`compacting_leader`] and follower2, and the port
+/// follower3 is to use (each test starts follower3 its own way).
+fn trio(dirs: &tempfile::TempDir, snapshot_after: u64) -> (Node, Node, u16) {
+    let (p2, p3) = (free_port(), free_port());
+    let leader = compacting_leader(dirs, (p2, p3), snapshot_after);
+    let f2 = follower("follower2", dirs, p2, &leader);
+    (leader, f2, p3)
+}
+
+/// Write `keys` keys of `value_bytes`, wait until `f3` has them, stop it,
+/// then overwrite until the leader's log starts after them. Returns the
+/// digest `f3` had when it stopped.
+fn leave_behind(
+    leader: &Node,
+    f3: &mut Node,
+    (keys, value_bytes): (u64, usize),
+    last: &mut HashMap<String, String>,
+) -> String {
+    let value = |s: u64| format!("{s:08}{}", "v".repeat(value_bytes));
+    overwrite(&mut leader.client(), keys, 0..keys, value, last);
+    f3.wait_for_lsn(keys);
+    let digest = f3.status().digest;
+    f3.kill();
+    compact_past(leader, keys, keys, value_bytes, last);
+    digest
+}
+
 #[test]
 fn a_follower_left_behind_by_compaction_gets_the_snapshot_then_the_tail() {
     // Goal: lesson 5 when the leader no longer has the records: the
@@ -440,15 +467,10 @@ fn a_follower_left_behind_by_compaction_gets_the_snapshot_then_the_tail() {
     // overwrite until the leader's log starts after follower3's last LSN;
     // restart follower3; check both sides' log lines, then convergence.
     let dirs = tempfile::tempdir().unwrap();
-    let (p2, p3) = (free_port(), free_port());
-    let leader = compacting_leader(&dirs, (p2, p3), SNAPSHOT_AFTER_BYTES);
-    let f2 = follower("follower2", &dirs, p2, &leader);
+    let (leader, f2, p3) = trio(&dirs, SNAPSHOT_AFTER_BYTES);
     let mut f3 = follower("follower3", &dirs, p3, &leader);
     let mut last = HashMap::new();
-    overwrite(&mut leader.client(), 1000, 0..1000, |s| format!("v{s}"), &mut last);
-    f3.wait_for_lsn(1000);
-    f3.kill();
-    compact_past(&leader, 1000, 1000, 100, &mut last);
+    leave_behind(&leader, &mut f3, (1000, 100), &mut last);
 
     let from = leader.log_len();
     f3.restart();
@@ -478,10 +500,8 @@ fn a_snapshot_transfer_cut_half_way_resumes_and_ends_with_the_leaders_digest() {
     // MB/s; once 2 MB are through, the proxy cuts the link half-way through
     // a read; the follower redials and must resume, not start over.
     let dirs = tempfile::tempdir().unwrap();
-    let (p2, p3) = (free_port(), free_port());
-    let leader = compacting_leader(&dirs, (p2, p3), 4 * 1024 * 1024);
+    let (leader, f2, p3) = trio(&dirs, 4 * 1024 * 1024);
     let proxy = Proxy::start(leader.addr);
-    let f2 = follower("follower2", &dirs, p2, &leader);
     let leader_arg = format!("--leader={}", proxy.port());
     let mut f3 = Node::start_on(
         "follower3",
@@ -490,17 +510,7 @@ fn a_snapshot_transfer_cut_half_way_resumes_and_ends_with_the_leaders_digest() {
         &["--role=follower", &leader_arg],
     );
     let mut last = HashMap::new();
-    overwrite(
-        &mut leader.client(),
-        20_000,
-        0..20_000,
-        |s| format!("{s:08}{}", "y".repeat(500)),
-        &mut last,
-    );
-    f3.wait_for_lsn(20_000);
-    let before = f3.status().digest;
-    f3.kill();
-    compact_past(&leader, 20_000, 20_000, 500, &mut last);
+    let before = leave_behind(&leader, &mut f3, (20_000, 500), &mut last);
 
     proxy.set(Fault::Delay(Duration::from_millis(15)));
     f3.restart();
@@ -530,35 +540,21 @@ fn a_follower_that_crashes_during_an_install_recovers_and_installs() {
     // once, keep a copy of its data dir, and for each failpoint restart a
     // fresh copy with it armed (it aborts), then without (it recovers).
     let dirs = tempfile::tempdir().unwrap();
-    let (p2, p3) = (free_port(), free_port());
-    let leader = compacting_leader(&dirs, (p2, p3), SNAPSHOT_AFTER_BYTES);
-    let f2 = follower("follower2", &dirs, p2, &leader);
+    let (leader, f2, p3) = trio(&dirs, SNAPSHOT_AFTER_BYTES);
     // Small segments, so that removing the old log takes several steps.
     let leader_arg = format!("--leader={}", leader.port());
     let args = ["--role=follower", leader_arg.as_str(), "--wal-segment-bytes=16384"];
-    let f3 = Node::start_on("follower3", p3, &dirs.path().join("follower3"), &args);
+    let mut f3 = Node::start_on("follower3", p3, &dirs.path().join("follower3"), &args);
     let mut last = HashMap::new();
-    overwrite(&mut leader.client(), 1000, 0..1000, |s| format!("v{s}"), &mut last);
-    f3.wait_for_lsn(1000);
+    leave_behind(&leader, &mut f3, (1000, 100), &mut last);
     let behind = dirs.path().join("follower3-behind");
-    drop(f3);
     copy_dir(&dirs.path().join("follower3"), &behind);
-    compact_past(&leader, 1000, 1000, 100, &mut last);
     for failpoint in
         ["install-piece", "install-before-rename", "install-after-rename", "reset-between-deletes"]
     {
         let dir = dirs.path().join(format!("f3-{failpoint}"));
         copy_dir(&behind, &dir);
-        let dying = Node::launch_with_env(
-            "follower3",
-            p3,
-            &dir,
-            &args,
-            &[("KVSTORE_FAILPOINT", failpoint)],
-        );
-        let status = dying.wait_exit();
-        assert!(status.contains("signal"), "{failpoint}: it aborted: {status}");
-        drop(dying);
+        Node::crash_at_failpoint("follower3", p3, &dir, &args, failpoint);
         let back = Node::start_on("follower3", p3, &dir, &args);
         // Before the rename the transfer is finished on return; after it,
         // start-up finds the snapshot already there, superseding the log.

@@ -54,6 +54,7 @@ use std::io::{BufReader, ErrorKind, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::failpoint;
 use crate::limits::RECORD_BYTES_MAX;
@@ -157,12 +158,7 @@ pub fn create(dir: &Path, header: &SegmentHeader) -> Result<PathBuf> {
     let path = dir.join(segment_file_name(header.first_lsn));
     let tmp = dir.join(format!("{}.tmp", segment_file_name(header.first_lsn)));
     let ctx = |what: &str| format!("{what} {}", path.display());
-    let file = crate::datadir::file_options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(ctx("creating"), e))?;
+    let file = crate::datadir::create_file(&tmp)?;
     file.write_all_at(&header.encode(), 0).map_err(|e| Error::io(ctx("writing"), e))?;
     file.sync_all().map_err(|e| Error::io(ctx("syncing"), e))?;
     failpoint::hit("segment-create-before-rename");
@@ -198,13 +194,25 @@ pub fn entry_body_len(bytes: &[u8]) -> Option<u32> {
 
 /// Check and decode one complete entry. The error is the reason it is bad.
 pub fn decode_entry(entry: &[u8]) -> std::result::Result<Record, String> {
+    decode_entry_with(entry, Record::decode)
+}
+
+/// [`decode_entry`] with another record decoder (format 1's, for the
+/// upgrade).
+pub fn decode_entry_with(
+    entry: &[u8],
+    decode: fn(&mut Decoder<'_>) -> Result<Record>,
+) -> std::result::Result<Record, String> {
     check_crc(entry)?;
-    decode_body(&entry[ENTRY_HEADER_BYTES..])
+    let mut d = Decoder::new(&entry[ENTRY_HEADER_BYTES..]);
+    let record = decode(&mut d).map_err(|e| e.to_string())?;
+    d.finish("WAL record").map_err(|e| e.to_string())?;
+    Ok(record)
 }
 
 /// Decode an entry's body whose checksum is already checked.
 pub fn decode_body(body: &[u8]) -> std::result::Result<Record, String> {
-    let mut d = crate::codec::Decoder::new(body);
+    let mut d = Decoder::new(body);
     let record = Record::decode(&mut d).map_err(|e| e.to_string())?;
     d.finish("WAL record").map_err(|e| e.to_string())?;
     Ok(record)
@@ -269,35 +277,15 @@ pub fn scan(
     let mut expected_lsn = first_lsn;
     let mut entry = Vec::new();
     loop {
-        let remaining = file_len - offset;
-        let torn = ScanEnd::TornTail { offset, bytes: remaining };
-        if remaining == 0 {
-            return Ok(ScanEnd::Clean { end_offset: offset });
-        }
-        if remaining < ENTRY_HEADER_BYTES as u64 {
-            return Ok(torn);
-        }
-        entry.resize(ENTRY_HEADER_BYTES, 0);
-        reader.read_exact(&mut entry).map_err(|e| Error::io(ctx(), e))?;
-        let body_len = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]);
-        let entry_len = ENTRY_HEADER_BYTES as u64 + u64::from(body_len);
-        if !(RECORD_FIXED_BYTES as u32..=RECORD_BYTES_MAX).contains(&body_len) {
-            // A length no writer produces. Zeros to the end of the file are a
-            // tail the file system extended but never filled: torn.
-            if entry.iter().all(|b| *b == 0) && rest_is_zero(&mut reader)? {
-                return Ok(torn);
-            }
-            return Err(corrupt(offset, format!("impossible entry length {body_len}")));
-        }
-        if entry_len > remaining {
-            return Ok(torn);
-        }
-        entry.resize(entry_len as usize, 0);
-        reader.read_exact(&mut entry[ENTRY_HEADER_BYTES..]).map_err(|e| Error::io(ctx(), e))?;
-        let is_last = entry_len == remaining;
+        let bounds = (offset, file_len);
+        let (entry_len, is_last) =
+            match read_entry(&mut reader, &mut entry, bounds, RECORD_FIXED_BYTES as u32, path)? {
+                Next::End(end) => return Ok(end),
+                Next::Entry { len, is_last } => (len, is_last),
+            };
         match check_crc(&entry) {
             Ok(()) => {}
-            Err(_) if is_last => return Ok(torn),
+            Err(_) if is_last => return Ok(ScanEnd::TornTail { offset, bytes: entry_len }),
             Err(reason) => return Err(corrupt(offset, reason)),
         }
         let body = &entry[ENTRY_HEADER_BYTES..];
@@ -312,6 +300,56 @@ pub fn scan(
         offset += entry_len;
         expected_lsn += 1;
     }
+}
+
+/// What [`read_entry`] found.
+pub(crate) enum Next {
+    /// A whole entry of `len` bytes (header and body) is in the buffer;
+    /// `is_last` if the file ends right after it.
+    Entry { len: u64, is_last: bool },
+    /// The file ends at the offset: cleanly, or with a torn tail.
+    End(ScanEnd),
+}
+
+/// Read the entry at `offset` of a file of `file_len` bytes into `entry`,
+/// telling by its length alone whether it is whole, torn or impossible
+/// (the checksum is the caller's): a body shorter than `body_min` or longer
+/// than any record is impossible, and is a torn tail only if zeros run from
+/// it to the end of the file (space the file system extended but never
+/// filled); otherwise it is corruption.
+pub(crate) fn read_entry(
+    reader: &mut impl Read,
+    entry: &mut Vec<u8>,
+    (offset, file_len): (u64, u64),
+    body_min: u32,
+    path: &Path,
+) -> Result<Next> {
+    let ctx = || format!("reading {}", path.display());
+    let remaining = file_len - offset;
+    let torn = Next::End(ScanEnd::TornTail { offset, bytes: remaining });
+    if remaining == 0 {
+        return Ok(Next::End(ScanEnd::Clean { end_offset: offset }));
+    }
+    if remaining < ENTRY_HEADER_BYTES as u64 {
+        return Ok(torn);
+    }
+    entry.resize(ENTRY_HEADER_BYTES, 0);
+    reader.read_exact(entry).map_err(|e| Error::io(ctx(), e))?;
+    let body_len = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]);
+    let entry_len = ENTRY_HEADER_BYTES as u64 + u64::from(body_len);
+    if !(body_min..=RECORD_BYTES_MAX).contains(&body_len) {
+        if entry.iter().all(|b| *b == 0) && rest_is_zero(reader)? {
+            return Ok(torn);
+        }
+        let reason = format!("impossible entry length {body_len}");
+        return Err(Error::CorruptWal { path: path.to_path_buf(), offset, reason });
+    }
+    if entry_len > remaining {
+        return Ok(torn);
+    }
+    entry.resize(entry_len as usize, 0);
+    reader.read_exact(&mut entry[ENTRY_HEADER_BYTES..]).map_err(|e| Error::io(ctx(), e))?;
+    Ok(Next::Entry { len: entry_len, is_last: entry_len == remaining })
 }
 
 fn rest_is_zero(reader: &mut impl Read) -> Result<bool> {

@@ -39,12 +39,10 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 use std::path::Path;
 
-use crate::codec::Decoder;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::limits::RECORD_BYTES_MAX;
 use crate::wal::record::{Record, RECORD_FIXED_BYTES, RECORD_V1_FIXED_BYTES};
-use crate::wal::segment::{self, encode_entry, ScanEnd, SegmentHeader, ENTRY_HEADER_BYTES};
+use crate::wal::segment::{self, encode_entry, Next, ScanEnd, SegmentHeader};
 use crate::Lsn;
 
 /// Name of the single-file log of formats 1 and 2.
@@ -88,12 +86,7 @@ pub fn upgrade_if_needed(data_dir: &Path, wal_dir: &Path) -> Result<Option<(u32,
     let header = SegmentHeader { first_lsn: 1, prev_term: 0 };
     let tmp = wal_dir.join(format!("{}.tmp", segment::segment_file_name(1)));
     let ctx = |what: &str| format!("{what} {}", tmp.display());
-    let file = crate::datadir::file_options()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| Error::io(ctx("creating"), e))?;
+    let file = crate::datadir::create_file(&tmp)?;
     let mut out = BufWriter::with_capacity(SCAN_BUFFER_BYTES, file);
     out.write_all(&header.encode()).map_err(|e| Error::io(ctx("writing"), e))?;
     let mut count = 0u64;
@@ -212,47 +205,27 @@ pub fn scan_legacy(path: &Path, mut visit: impl FnMut(u64, &Record)) -> Result<L
     let file_len = file.metadata().map_err(|e| Error::io(ctx(), e))?.len();
     let mut reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, file);
     let corrupt = |offset, reason| Error::CorruptWal { path: path.to_path_buf(), offset, reason };
-    let (mut offset, fixed_bytes) = match version {
-        1 => (0u64, RECORD_V1_FIXED_BYTES as u32),
+    let (mut offset, fixed_bytes, decode): (u64, u32, Decode) = match version {
+        1 => (0u64, RECORD_V1_FIXED_BYTES as u32, Record::decode_v1),
         _ => {
             let mut header = [0u8; LEGACY_HEADER_BYTES as usize];
             reader.read_exact(&mut header).map_err(|e| Error::io(ctx(), e))?;
-            (LEGACY_HEADER_BYTES, RECORD_FIXED_BYTES as u32)
+            (LEGACY_HEADER_BYTES, RECORD_FIXED_BYTES as u32, Record::decode)
         }
     };
     let done = |end| Ok(LegacyScan { version, end });
     let mut expected_lsn: Lsn = 1;
     let mut entry = Vec::new();
     loop {
-        let remaining = file_len - offset;
-        let torn = ScanEnd::TornTail { offset, bytes: remaining };
-        if remaining == 0 {
-            return done(ScanEnd::Clean { end_offset: offset });
-        }
-        if remaining < ENTRY_HEADER_BYTES as u64 {
-            return done(torn);
-        }
-        entry.resize(ENTRY_HEADER_BYTES, 0);
-        reader.read_exact(&mut entry).map_err(|e| Error::io(ctx(), e))?;
-        let body_len = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]);
-        let entry_len = ENTRY_HEADER_BYTES as u64 + u64::from(body_len);
-        if !(fixed_bytes..=RECORD_BYTES_MAX).contains(&body_len) {
-            let mut rest = Vec::new();
-            reader.read_to_end(&mut rest).map_err(|e| Error::io(ctx(), e))?;
-            if entry.iter().chain(&rest).all(|b| *b == 0) {
-                return done(torn);
-            }
-            return Err(corrupt(offset, format!("impossible entry length {body_len}")));
-        }
-        if entry_len > remaining {
-            return done(torn);
-        }
-        entry.resize(entry_len as usize, 0);
-        reader.read_exact(&mut entry[ENTRY_HEADER_BYTES..]).map_err(|e| Error::io(ctx(), e))?;
-        let is_last = entry_len == remaining;
-        let record = match decode_legacy_entry(&entry, version) {
+        let bounds = (offset, file_len);
+        let (entry_len, is_last) =
+            match segment::read_entry(&mut reader, &mut entry, bounds, fixed_bytes, path)? {
+                Next::End(end) => return done(end),
+                Next::Entry { len, is_last } => (len, is_last),
+            };
+        let record = match segment::decode_entry_with(&entry, decode) {
             Ok(record) => record,
-            Err(_) if is_last => return done(torn),
+            Err(_) if is_last => return done(ScanEnd::TornTail { offset, bytes: entry_len }),
             Err(reason) => return Err(corrupt(offset, reason)),
         };
         if record.lsn != expected_lsn {
@@ -265,20 +238,8 @@ pub fn scan_legacy(path: &Path, mut visit: impl FnMut(u64, &Record)) -> Result<L
     }
 }
 
-fn decode_legacy_entry(entry: &[u8], version: u32) -> std::result::Result<Record, String> {
-    if version != 1 {
-        return segment::decode_entry(entry);
-    }
-    let crc = u32::from_be_bytes([entry[4], entry[5], entry[6], entry[7]]);
-    let actual = crc32fast::hash(&entry[ENTRY_HEADER_BYTES..]);
-    if crc != actual {
-        return Err(format!("checksum mismatch (stored {crc:08x}, computed {actual:08x})"));
-    }
-    let mut d = Decoder::new(&entry[ENTRY_HEADER_BYTES..]);
-    let record = Record::decode_v1(&mut d).map_err(|e| e.to_string())?;
-    d.finish("WAL record").map_err(|e| e.to_string())?;
-    Ok(record)
-}
+/// A record decoder: format 1's or format 2's.
+type Decode = fn(&mut crate::codec::Decoder<'_>) -> Result<Record>;
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -159,6 +159,23 @@ impl Node {
         }
     }
 
+    /// Start with `KVSTORE_FAILPOINT=failpoint` and wait until the process
+    /// aborts there (it must, and log the failpoint's line).
+    pub fn crash_at_failpoint(
+        name: &str,
+        port: u16,
+        data_dir: &Path,
+        args: &[&str],
+        failpoint: &str,
+    ) {
+        let dying =
+            Node::launch_with_env(name, port, data_dir, args, &[("KVSTORE_FAILPOINT", failpoint)]);
+        let status = dying.wait_exit();
+        assert!(status.contains("signal"), "{failpoint}: it aborted: {status}");
+        let place = failpoint.split('@').next().unwrap_or(failpoint);
+        dying.wait_for_log_text(&format!("[failpoint] {place}"));
+    }
+
     /// Wait until the process exits; return its status text.
     pub fn wait_exit(&self) -> String {
         eventually(&format!("{} exits", self.name), DEADLINE, || self.exit_status())
