@@ -392,10 +392,10 @@ fn a_damaged_snapshot_whose_wal_is_gone_stops_start_up_with_a_clear_error() {
     );
 }
 
-/// A leader expecting `p2` and `p3` whose log compacts quickly (a
-/// snapshot every `snapshot_after` bytes of WAL) and which forgets a
+/// A leader expecting the followers on `peers` whose log compacts quickly
+/// (a snapshot every `snapshot_after` bytes of WAL) and which forgets a
 /// silent follower after a second.
-fn compacting_leader(dirs: &tempfile::TempDir, (p2, p3): (u16, u16), snapshot_after: u64) -> Node {
+fn compacting_leader(dirs: &tempfile::TempDir, peers: &[u16], snapshot_after: u64) -> Node {
     let snapshot_after = format!("--snapshot-after-bytes={snapshot_after}");
     let flags = [
         "--wal-segment-bytes=65536",
@@ -405,7 +405,7 @@ fn compacting_leader(dirs: &tempfile::TempDir, (p2, p3): (u16, u16), snapshot_af
         "--follower-retain-secs=1",
         "--fsync=never",
     ];
-    leader(dirs, &[p2, p3], &flags)
+    leader(dirs, peers, &flags)
 }
 
 /// Overwrite until the leader's log starts after LSN `lsn`.
@@ -433,10 +433,14 @@ fn compact_past(
 }
 
 /// The leader of [`compacting_leader`] and follower2, and the port
-/// follower3 is to use (each test starts follower3 its own way).
-fn trio(dirs: &tempfile::TempDir, snapshot_after: u64) -> (Node, Node, u16) {
+/// follower3 is to use (each test starts follower3 its own way). With
+/// `member3` false, follower3 is an extra follower, not in `--peers`: the
+/// leader then never announces itself to it, which would lead it straight
+/// to the leader's own address, around a fault proxy.
+fn trio(dirs: &tempfile::TempDir, snapshot_after: u64, member3: bool) -> (Node, Node, u16) {
     let (p2, p3) = (free_port(), free_port());
-    let leader = compacting_leader(dirs, (p2, p3), snapshot_after);
+    let peers = if member3 { vec![p2, p3] } else { vec![p2] };
+    let leader = compacting_leader(dirs, &peers, snapshot_after);
     let f2 = follower("follower2", dirs, p2, &leader);
     (leader, f2, p3)
 }
@@ -467,7 +471,7 @@ fn a_follower_left_behind_by_compaction_gets_the_snapshot_then_the_tail() {
     // overwrite until the leader's log starts after follower3's last LSN;
     // restart follower3; check both sides' log lines, then convergence.
     let dirs = tempfile::tempdir().unwrap();
-    let (leader, f2, p3) = trio(&dirs, SNAPSHOT_AFTER_BYTES);
+    let (leader, f2, p3) = trio(&dirs, SNAPSHOT_AFTER_BYTES, true);
     let mut f3 = follower("follower3", &dirs, p3, &leader);
     let mut last = HashMap::new();
     leave_behind(&leader, &mut f3, (1000, 100), &mut last);
@@ -495,12 +499,13 @@ fn a_follower_left_behind_by_compaction_gets_the_snapshot_then_the_tail() {
 fn a_snapshot_transfer_cut_half_way_resumes_and_ends_with_the_leaders_digest() {
     // Goal: a transfer cut mid-message leaves the follower's old state
     // intact, and on reconnect it resumes from the bytes it kept. Method:
-    // follower3 reaches the leader through the fault proxy; a snapshot of
+    // follower3 (an extra follower) reaches the leader through the fault
+    // proxy; a snapshot of
     // 20,000 keys of 500 bytes (about 10 MB) crosses a link slowed to a few
     // MB/s; once 2 MB are through, the proxy cuts the link half-way through
     // a read; the follower redials and must resume, not start over.
     let dirs = tempfile::tempdir().unwrap();
-    let (leader, f2, p3) = trio(&dirs, 4 * 1024 * 1024);
+    let (leader, f2, p3) = trio(&dirs, 4 * 1024 * 1024, false);
     let proxy = Proxy::start(leader.addr);
     let leader_arg = format!("--leader={}", proxy.port());
     let mut f3 = Node::start_on(
@@ -540,7 +545,7 @@ fn a_follower_that_crashes_during_an_install_recovers_and_installs() {
     // once, keep a copy of its data dir, and for each failpoint restart a
     // fresh copy with it armed (it aborts), then without (it recovers).
     let dirs = tempfile::tempdir().unwrap();
-    let (leader, f2, p3) = trio(&dirs, SNAPSHOT_AFTER_BYTES);
+    let (leader, f2, p3) = trio(&dirs, SNAPSHOT_AFTER_BYTES, true);
     // Small segments, so that removing the old log takes several steps.
     let leader_arg = format!("--leader={}", leader.port());
     let args = ["--role=follower", leader_arg.as_str(), "--wal-segment-bytes=16384"];
