@@ -51,12 +51,7 @@ impl Client {
         dialer: &Dialer,
     ) -> Result<Client> {
         let ctx = format!("connecting to {address}");
-        let addr = address
-            .to_socket_addrs()
-            .map_err(|e| Error::io(&ctx, e))?
-            .next()
-            .ok_or_else(|| Error::io(&ctx, std::io::Error::other("no address")))?;
-        let stream = dialer.dial(addr, Duration::from_millis(CONNECT_TIMEOUT_MS))?;
+        let stream = dialer.dial_address(address, Duration::from_millis(CONNECT_TIMEOUT_MS))?;
         stream.socket().set_read_timeout(None).map_err(|e| Error::io(&ctx, e))?;
         stream.socket().set_write_timeout(None).map_err(|e| Error::io(&ctx, e))?;
         let reader = BufReader::new(stream.try_clone().map_err(|e| Error::io(&ctx, e))?);

@@ -4,7 +4,7 @@
 //! leader and members asking each other questions all dial through here,
 //! so each layer is added in one place and in one order.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +51,21 @@ impl Dialer {
     /// (with `--tls-cert`/`--tls-key` for a client certificate).
     pub fn for_client(auth_file: Option<&Path>, tls: &TlsFiles) -> Result<Dialer> {
         Ok(Dialer::new(Credentials::client_from_file(auth_file)?, tls.client_config()?))
+    }
+
+    /// Resolve `address` (`host:port`) and [`Dialer::dial`] its first address.
+    pub fn dial_address(
+        &self,
+        address: impl ToSocketAddrs + std::fmt::Display,
+        timeout: Duration,
+    ) -> Result<Conn> {
+        let ctx = format!("connecting to {address}");
+        let addr = address
+            .to_socket_addrs()
+            .map_err(|e| Error::io(&ctx, e))?
+            .next()
+            .ok_or_else(|| Error::io(&ctx, std::io::Error::other("no address")))?;
+        self.dial(addr, timeout)
     }
 
     /// Connect to `address`; each step (connect, every handshake read and

@@ -24,7 +24,6 @@
 //! JSON object a line for tools.
 
 use std::io::{BufReader, Write};
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use crate::dial::Dialer;
@@ -75,13 +74,7 @@ impl Observer {
     /// leader's LEADER_HELLO, or its refusal as an error. With auth or TLS
     /// on, `dialer` opens the connection as for any client.
     pub fn connect(address: &str, dialer: &Dialer, from_lsn: Lsn) -> Result<(Observer, Received)> {
-        let ctx = format!("connecting to {address}");
-        let addr = address
-            .to_socket_addrs()
-            .map_err(|e| Error::io(&ctx, e))?
-            .next()
-            .ok_or_else(|| Error::io(&ctx, std::io::Error::other("no address")))?;
-        let stream = dialer.dial(addr, Duration::from_millis(CONNECT_TIMEOUT_MS))?;
+        let stream = dialer.dial_address(address, Duration::from_millis(CONNECT_TIMEOUT_MS))?;
         let setup = |e| Error::io("configuring the observer's socket", e);
         // The leader sends a heartbeat every 100 ms: silence means it is gone.
         let silence = Some(Duration::from_millis(REPLICATION_TIMEOUT_MS));
