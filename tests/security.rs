@@ -272,16 +272,7 @@ fn an_election_works_with_auth_on() {
             Node::start_on(&name, *port, &dirs.path().join(&name), &args)
         })
         .collect();
-    let first = leader_among(&nodes, &[0, 1, 2], 0);
-    let term = nodes[first].status().term;
-    nodes[first].client().put(b"before", b"1").unwrap();
-    nodes[first].kill();
-    let alive: Vec<usize> = (0..3).filter(|i| *i != first).collect();
-    let second = leader_among(&nodes, &alive, term);
-    assert_ne!(first, second);
-    nodes[second].client().put(b"after", b"2").unwrap();
-    let others: Vec<&Node> = (0..3).filter(|i| *i != first).map(|i| &nodes[i]).collect();
-    wait_converged(&others);
+    elect_and_replace_leader(&mut nodes);
     for node in &nodes {
         assert!(!node.log_text().contains("[auth] refused"), "{}: a member was refused", node.name);
     }

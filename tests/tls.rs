@@ -158,15 +158,7 @@ fn an_election_works_over_mutual_tls() {
             Node::start_on(&name, ports[i], &dirs.path().join(&name), &args(&base, &flags))
         })
         .collect();
-    let first = leader_among(&nodes, &[0, 1, 2], 0);
-    let term = nodes[first].status().term;
-    nodes[first].client().put(b"before", b"1").unwrap();
-    nodes[first].kill();
-    let alive: Vec<usize> = (0..3).filter(|i| *i != first).collect();
-    let second = leader_among(&nodes, &alive, term);
-    nodes[second].client().put(b"after", b"2").unwrap();
-    let others: Vec<&Node> = alive.iter().map(|i| &nodes[*i]).collect();
-    wait_converged(&others);
+    elect_and_replace_leader(&mut nodes);
 }
 
 #[test]

@@ -570,6 +570,23 @@ pub fn secret_file(dir: &Path, name: &str, secret: &str) -> PathBuf {
     path
 }
 
+/// Three members elect a leader; it takes a write (`before`) and is
+/// killed; the other two elect another, which takes a write (`after`) and
+/// which both then hold. Returns (first leader, second leader).
+pub fn elect_and_replace_leader(nodes: &mut [Node]) -> (usize, usize) {
+    let first = leader_among(nodes, &[0, 1, 2], 0);
+    let term = nodes[first].status().term;
+    nodes[first].client().put(b"before", b"1").unwrap();
+    nodes[first].kill();
+    let alive: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+    let second = leader_among(nodes, &alive, term);
+    assert_ne!(first, second);
+    nodes[second].client().put(b"after", b"2").unwrap();
+    let others: Vec<&Node> = alive.iter().map(|i| &nodes[*i]).collect();
+    wait_converged(&others);
+    (first, second)
+}
+
 /// The index of the one node among `nodes[alive]` that leads, in a term
 /// after `after` (polls until exactly one does).
 pub fn leader_among(nodes: &[Node], alive: &[usize], after: u64) -> usize {
