@@ -373,9 +373,7 @@ impl Metrics {
             }
         }
     }
-}
 
-impl Metrics {
     /// The WAL and snapshot gauges, and any snapshot transfer, from `report`.
     fn refresh_storage(&self, report: &StatusReport) {
         let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
