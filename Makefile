@@ -21,7 +21,8 @@
 #   make certs      a throw-away CA and certificates for a local cluster in ./certs (TLS; docs/SECURITY.md)
 #   make bench      the benchmark scenarios of docs/BENCHMARKS.md
 #   make bench-compare   kvstore beside Redis (throughput, late joiner; single node in both
-#                   client modes, with and without pipelining) and etcd (durable writes,
+#                   client modes, with and without pipelining; 1 to 1,000 connections with
+#                   the server's memory) and etcd (durable writes,
 #                   failover time), same machine, same run (installs redis-server, etcd-server
 #                   and the Go client's sources if missing)
 

@@ -27,6 +27,12 @@
 # its match, without and with pipelining (-P 16 / --pipeline 16):
 # throughput, p50, p99 and p99.9 of both.
 #
+# Part "connections": one Redis without persistence vs one kvstore node
+# with fsync never, SET/PUT at 1, 16, 256 and 1,000 connections (CONN_COUNTS),
+# 100,000 requests each, plain redis-benchmark vs kv_bench --threads 1 (one
+# event loop each), a fresh server per count; throughput, p50, p99, p99.9
+# and the server's peak resident memory (VmHWM), RUNS interleaved rounds.
+#
 # Part "etcd": durable replicated PUT, a 3-member etcd cluster (its own Go
 # client, examples/etcd_put_bench, built offline from Debian's
 # golang-etcd-server-dev) vs kvstore leader + 2 followers with write concern
@@ -38,7 +44,7 @@
 # SIGTERMed and asked to hand over HANDOVER_RUNS times each (default 10).
 # It prints the medians, min-max and the ratio kvstore/etcd.
 #
-#   SCENARIOS="redis single etcd failover"   which parts to run (default: all)
+#   SCENARIOS="redis single connections etcd failover"   which parts to run (default: all)
 #
 # Redis and etcd come from the system's packages; they are installed if
 # missing.
@@ -51,7 +57,8 @@ EX=${EX:-./target/release/examples}
 RP=${REDIS_PORT:-9600}
 KP=${KVSTORE_PORT:-9610}
 EP=${ETCD_PORT:-9620}   # etcd: clients on EP..EP+2, peers on EP+3..EP+5
-SCENARIOS=${SCENARIOS:-"redis single etcd failover"}
+SCENARIOS=${SCENARIOS:-"redis single connections etcd failover"}
+CONN_COUNTS=${CONN_COUNTS:-"1 16 256 1000"}
 FAILOVER_RUNS=${FAILOVER_RUNS:-20}
 HANDOVER_RUNS=${HANDOVER_RUNS:-10}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kvstore-compare.XXXXXX")
@@ -61,7 +68,8 @@ REDIS_PORTS=()
 fail() { echo "bench-compare: $*" >&2; exit 1; }
 
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-if [[ " $SCENARIOS " == *" redis "* || " $SCENARIOS " == *" single "* ]] \
+if [[ " $SCENARIOS " == *" redis "* || " $SCENARIOS " == *" single "* \
+    || " $SCENARIOS " == *" connections "* ]] \
     && { ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; }; then
     echo "bench-compare: installing redis-server and redis-tools from the system's packages"
     $SUDO apt-get update -qq
@@ -126,7 +134,7 @@ redis_cluster() { # NAME EXTRA-CONFIG...: master on RP, replicas on RP+1, RP+2
 # distribution at or above 99.9% (it prints no exact p99.9).
 redis_bench() {
     local test=$1; shift
-    redis-benchmark -p "$RP" -t "$test" -c 16 -n 200000 -d 100 -r 100000 "$@" 2>/dev/null \
+    redis-benchmark -p "$RP" -t "$test" -c "${CONNS:-16}" -n "${OPS:-200000}" -d 100 -r 100000 "$@" 2>/dev/null \
         | tr '\r' '\n' | awk '
             /^Latency by percentile distribution/ { dist = 1; next }
             /^Cumulative distribution/ { dist = 0 }
@@ -161,7 +169,7 @@ kv_cluster() { # NAME LEADER-ARGS...: leader on KP, followers on KP+1, KP+2
 # kv_bench's PUT or GET; ARGS add e.g. --threads 1 or --pipeline 16.
 kv_bench() {
     local test=$1 json="$WORK/kv_bench.json"; shift
-    "$EX/kv_bench" --quiet --port "$KP" -c 16 -n 200000 -d 100 -r 100000 -t "$test" \
+    "$EX/kv_bench" --quiet --port "$KP" -c "${CONNS:-16}" -n "${OPS:-200000}" -d 100 -r 100000 -t "$test" \
         --json "$json" "$@" >/dev/null || return 1
     awk -F '[:,]' '/"throughput_ops_per_s"/ {ops = $2} /"p50_us"/ {p50 = $2}
         /"p99_us"/ {p99 = $2} /"p999_us"/ {p999 = $2}
@@ -195,6 +203,14 @@ line() { # LABEL PEER-KEY KVSTORE-KEY UNIT TARGET
     r=$(median "${R[$2]}") k=$(median "${R[$3]}")
     printf '| %-44s | %12s (%s) | %12s (%s) | %5.2fx | %s |\n' "$1" "$r" "$(range "${R[$2]}")" \
         "$k" "$(range "${R[$3]}")" "$(awk -v a="$k" -v b="$r" 'BEGIN {print (b > 0) ? a / b : 0}')" "$5"
+}
+
+# latency_lines PEER-KEY KVSTORE-KEY P99-TARGET: the p50, p99 and p99.9 rows
+# under a throughput row.
+latency_lines() {
+    line "  p50 (us)" "$1_p50" "$2_p50" us ""
+    line "  p99 (us)" "$1_p99" "$2_p99" us "$3"
+    line "  p99.9 (us)" "$1_p999" "$2_p999" us ""
 }
 
 # ---- kvstore vs Redis -------------------------------------------------------
@@ -256,21 +272,16 @@ if [[ " $SCENARIOS " == *" redis "* ]]; then
     echo "| scenario | Redis | kvstore | kvstore/Redis | target |"
     echo "|---|---|---|---|---|"
     line "replicated PUT/SET, async, no fsync (ops/s)" redis_set_async_ops kv_put_async_ops ops ">= 1.0x"
+    latency_lines redis_set_async kv_put_async ""
     line "replicated PUT/SET, fsync always (ops/s)" redis_set_durable_ops kv_put_durable_ops ops ">= 1.0x"
+    latency_lines redis_set_durable kv_put_durable ""
     line "GET (ops/s)" redis_get_ops kv_get_ops ops ">= 1.0x"
+    latency_lines redis_get kv_get ""
     line "late joiner, $RECORDS keys (seconds)" redis_late kv_late s "<= 0.5x"
     line "late joiner, $RECORDS keys, log compacted: snapshot install (seconds)" redis_late kv_late_snapshot s "<= 0.5x"
 fi
 
 # ---- kvstore vs Redis, single node: both client modes, pipelining ------------
-
-# latency_lines PEER-KEY KVSTORE-KEY P99-TARGET: the p50, p99 and p99.9 rows
-# under a throughput row.
-latency_lines() {
-    line "  p50 (us)" "$1_p50" "$2_p50" us ""
-    line "  p99 (us)" "$1_p99" "$2_p99" us "$3"
-    line "  p99.9 (us)" "$1_p999" "$2_p999" us ""
-}
 
 if [[ " $SCENARIOS " == *" single "* ]]; then
     for run in $(seq 1 "$RUNS"); do
@@ -303,6 +314,47 @@ if [[ " $SCENARIOS " == *" single "* ]]; then
     latency_lines redis_one_p16 kv_one_p16 ""
     line "pipelined, 16 client threads: -P 16 --threads 16 vs --pipeline 16 (ops/s)" redis_threads_p16_ops kv_threads_p16_ops ops ""
     latency_lines redis_threads_p16 kv_threads_p16 ""
+fi
+
+# ---- kvstore vs Redis, single node: 1 to 1,000 connections -----------------
+
+# peak_rss_mib PID: the process's peak resident memory (VmHWM) in MiB.
+peak_rss_mib() { awk '/^VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+
+if [[ " $SCENARIOS " == *" connections "* ]]; then
+    # 1,000 connections need 1,000 descriptors in the client and two per
+    # connection in kvstore (reader and writer).
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    for run in $(seq 1 "$RUNS"); do
+        for c in $CONN_COUNTS; do
+            echo "bench-compare: connections $c, round $run of $RUNS" >&2
+            redis_start "$RP" "$WORK/conns-$run-$c/m" --maxclients 20000
+            CONNS=$c OPS=100000 record "redis_c$c" redis_bench set
+            add "redis_c${c}_rss" "$(peak_rss_mib "$(redis-cli -p "$RP" info server \
+                | tr -d '\r' | awk -F: '$1 == "process_id" {print $2}')")"
+            stop_all
+            kv_start "conns-$run-$c" "$KP" --role=leader --fsync=never
+            CONNS=$c OPS=100000 record "kv_c$c" kv_bench put --threads 1
+            add "kv_c${c}_rss" "$(peak_rss_mib "${PIDS[-1]}")"
+            stop_all
+        done
+    done
+
+    echo
+    echo "kvstore vs Redis $(redis-server --version | grep -o 'v=[0-9.]*' | cut -c3-), single node without persistence / fsync never, PUT/SET, redis-benchmark vs kv_bench --threads 1, on $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ); median (min-max) of $RUNS interleaved rounds"
+    echo
+    echo "| scenario | Redis | kvstore | kvstore/Redis | target |"
+    echo "|---|---|---|---|---|"
+    for c in $CONN_COUNTS; do
+        target=""
+        [ "$c" = 256 ] && target=">= 0.9x"
+        [ "$c" = 1000 ] && target=">= 0.8x"
+        line "$c connections (ops/s)" "redis_c${c}_ops" "kv_c${c}_ops" ops "$target"
+        target=""
+        [ "$c" = 256 ] && target="<= 3.0x"
+        latency_lines "redis_c$c" "kv_c$c" "$target"
+        line "  server peak RSS (MiB)" "redis_c${c}_rss" "kv_c${c}_rss" MiB ""
+    done
 fi
 
 # ---- kvstore vs etcd: durable replicated writes ----------------------------

@@ -5,18 +5,23 @@
 //!
 //! 1. **Queue**: the change gets the next LSN and joins the queue of records
 //!    waiting to be written (a short lock; no I/O).
-//! 2. **Group commit**: the first waiting thread becomes the *committer*: it
-//!    takes the whole queue and writes it with one `write`. Threads that
-//!    queued meanwhile wait on a condition variable; with 16 concurrent
-//!    writers one write and one fsync serve them all instead of each
-//!    queueing for its own (PostgreSQL's `commit_delay`, etcd's batched WAL).
-//! 3. **Notify**: as soon as the batch is written the committer hands it to
+//! 2. **Group commit**: the waiting threads share the committer's work
+//!    instead of each writing and fsyncing its own record. Whoever finds
+//!    the *writer* role free takes the whole queue and writes it with one
+//!    `write`; threads that queued meanwhile wait on a condition variable.
+//!    With 16 concurrent writers one write and one fsync serve them all
+//!    (PostgreSQL's group commit, etcd's batched WAL).
+//! 3. **Notify**: as soon as the batch is written the writer hands it to
 //!    every replication subscriber (one crossbeam channel per follower
-//!    sender, lesson 3), and only then fsyncs it.
-//! 4. **Apply**: once the fsync is done the committer applies the records
-//!    to the map, in LSN order, and wakes the writers — a reader never sees
-//!    a write that a crash of this node could take back, and no client hears
-//!    OK for it before then.
+//!    sender, lesson 3).
+//! 4. **Fsync and apply**: whoever finds the *syncer* role free fsyncs
+//!    everything written so far, then applies it to the map in LSN order
+//!    and wakes the writers — a reader never sees a write that a crash of
+//!    this node could take back, and no client hears OK for it before then.
+//!    With `--fsync always` the two roles overlap: the next batch is
+//!    written, and sent to the followers, while the one before it is being
+//!    fsynced, so a batch does not wait for the previous fsync to end
+//!    before it leaves for the followers (see [`Db::wait_durable`]).
 //!
 //! ## Sending before the leader's fsync (Raft section 10.2.1, etcd)
 //!
@@ -131,7 +136,10 @@ pub struct Db {
     fsync: FsyncPolicy,
     queue: Mutex<Queue>,
     commit: Mutex<CommitState>,
+    /// Woken when `durable_lsn` moves (and when a write fails).
     committed: Condvar,
+    /// Woken when the writer's role is free and the queue holds records.
+    to_write: Condvar,
     /// Bumped (under the queue lock) each time a failed write discards the queue.
     epoch: AtomicU64,
     /// Last LSN that is written, fsynced (per policy) and applied.
@@ -209,7 +217,15 @@ struct CommitState {
     durable_lsn: Lsn,
     /// When the committer last moved `durable_lsn` (the `wakeup` stage).
     durable_at: Option<Instant>,
-    committer_busy: bool,
+    /// A thread is writing the queue to the WAL (the *writer*).
+    writing: bool,
+    /// A thread is fsyncing and applying written batches (the *syncer*).
+    syncing: bool,
+    /// Batches written and handed to the followers, not yet durable and
+    /// applied, oldest first, with when each was written.
+    written: VecDeque<(Batch, Instant)>,
+    /// Last LSN written to the WAL (durable or not).
+    written_lsn: Lsn,
     /// `failed_from[e]`: the first LSN discarded when epoch `e` ended.
     failed_from: Vec<Lsn>,
     last_failure: String,
@@ -278,12 +294,16 @@ impl Db {
             commit: Mutex::new(CommitState {
                 durable_lsn: last_lsn,
                 durable_at: None,
-                committer_busy: false,
+                writing: false,
+                syncing: false,
+                written: VecDeque::new(),
+                written_lsn: last_lsn,
                 failed_from: Vec::new(),
                 last_failure: String::new(),
                 fatal: None,
             }),
             committed: Condvar::new(),
+            to_write: Condvar::new(),
             epoch: AtomicU64::new(0),
             durable_lsn: AtomicU64::new(last_lsn),
             // Everything in a snapshot is committed.
@@ -667,6 +687,7 @@ impl Db {
         *self.store.write() = store;
         q.next_lsn = lsn + 1;
         c.durable_lsn = lsn;
+        c.written_lsn = lsn;
         self.durable_lsn.store(lsn, Ordering::Release);
         let mut ring = self.digests.lock();
         while ring.back().is_some_and(|&(l, _)| l > lsn) {
@@ -683,7 +704,7 @@ impl Db {
         what: &str,
     ) -> Result<(MutexGuard<'_, CommitState>, MutexGuard<'_, Queue>)> {
         let mut c = self.commit.lock();
-        while c.committer_busy {
+        while c.writing || c.syncing || !c.written.is_empty() {
             self.committed.wait(&mut c);
         }
         if let Some(why) = &c.fatal {
@@ -730,6 +751,7 @@ impl Db {
         *self.store.write() = store;
         q.next_lsn = meta.lsn + 1;
         c.durable_lsn = meta.lsn;
+        c.written_lsn = meta.lsn;
         self.durable_lsn.store(meta.lsn, Ordering::Release);
         self.commit_lsn.fetch_max(meta.lsn, Ordering::AcqRel);
         self.digests.lock().clear();
@@ -750,22 +772,36 @@ impl Db {
         rx
     }
 
-    /// Wait until `ticket` is durable, becoming the committer if none is busy.
+    /// Wait until `ticket` is durable, doing the committer's work meanwhile.
+    ///
+    /// The committer's work has two roles, each held by at most one thread
+    /// at a time, so that one batch is written while the one before it is
+    /// fsynced (a two-stage pipeline):
+    /// - the **writer** takes the whole queue, writes it with one `write`
+    ///   and hands it to the followers ([`Db::write_queue`]);
+    /// - the **syncer** fsyncs everything written so far and applies it to
+    ///   the map in LSN order ([`Db::sync_and_apply`]).
+    ///
+    /// A waiting thread takes whichever role is free and has work. With no
+    /// role to take, it sleeps on `to_write` while its record is still
+    /// queued and on `committed` once it is written. The writer, when it
+    /// leaves the queue non-empty, wakes one thread to write the next batch,
+    /// then (usually) syncs its own.
     fn wait_durable(&self, ticket: Ticket) -> Result<()> {
         let mut c = self.commit.lock();
         let mut waited = false;
+        let mut woken_to_write = false;
         loop {
             if let Some(why) = &c.fatal {
                 return Err(Error::WalFailed(why.clone()));
             }
-            if ticket.epoch != self.epoch.load(Ordering::Acquire) {
-                // The queue was discarded after a failed write: the ticket
-                // survived only if it was committed before that batch.
-                return if ticket.lsn < c.failed_from[ticket.epoch as usize] {
-                    Ok(())
-                } else {
-                    Err(Error::WalFailed(c.last_failure.clone()))
-                };
+            if ticket.epoch != self.epoch.load(Ordering::Acquire)
+                && ticket.lsn >= c.failed_from[ticket.epoch as usize]
+            {
+                // The queue was discarded after a failed write, and this
+                // record with it. (A record written before that batch is
+                // still in the log: it waits for durability as usual.)
+                return Err(Error::WalFailed(c.last_failure.clone()));
             }
             if c.durable_lsn >= ticket.lsn {
                 if let (true, Some(at)) = (waited, c.durable_at) {
@@ -773,39 +809,87 @@ impl Db {
                 }
                 return Ok(());
             }
-            if c.committer_busy {
-                self.committed.wait(&mut c);
-                waited = true;
+            let can_write = !c.writing && !self.queue.lock().pending.is_empty();
+            let can_sync = !c.syncing && !c.written.is_empty();
+            if can_write && (woken_to_write || !can_sync) {
+                woken_to_write = false;
+                c.writing = true;
+                drop(c);
+                let result = self.write_queue();
+                c = self.commit.lock();
+                c.writing = false;
+                match result {
+                    Ok(Some((batch, written_at))) => {
+                        c.written_lsn = batch.last().map_or(c.written_lsn, |r| r.lsn);
+                        c.written.push_back((batch, written_at));
+                    }
+                    Ok(None) => {}
+                    Err(CommitFailure::Write { first_lsn, why }) => {
+                        c.failed_from.push(first_lsn);
+                        c.last_failure = why;
+                        self.committed.notify_all();
+                        self.to_write.notify_all();
+                        continue;
+                    }
+                    Err(CommitFailure::Fsync(why)) => c.fatal = Some(why),
+                }
+                if self.pipelined() && !self.queue.lock().pending.is_empty() {
+                    self.to_write.notify_one();
+                }
                 continue;
             }
-            c.committer_busy = true;
-            drop(c);
-            let result = self.commit_queue();
-            c = self.commit.lock();
-            c.committer_busy = false;
-            match result {
-                Ok(durable) => {
-                    c.durable_lsn = durable.max(c.durable_lsn);
-                    c.durable_at = Some(Instant::now());
+            if can_sync {
+                if can_write && self.pipelined() {
+                    // We sync; let another thread write the queue meanwhile.
+                    self.to_write.notify_one();
                 }
-                Err(CommitFailure::Write { first_lsn, why }) => {
-                    c.failed_from.push(first_lsn);
-                    c.last_failure = why;
+                c.syncing = true;
+                let batches: Vec<(Batch, Instant)> = c.written.drain(..).collect();
+                drop(c);
+                let result = self.sync_and_apply(&batches);
+                c = self.commit.lock();
+                c.syncing = false;
+                match result {
+                    Ok(durable) => {
+                        c.durable_lsn = durable.max(c.durable_lsn);
+                        c.durable_at = Some(Instant::now());
+                    }
+                    Err(CommitFailure::Fsync(why)) | Err(CommitFailure::Write { why, .. }) => {
+                        c.fatal = Some(why)
+                    }
                 }
-                Err(CommitFailure::Fsync(why)) => c.fatal = Some(why),
+                self.committed.notify_all();
+                // A thread whose record was written meanwhile sleeps on
+                // `to_write`: it is durable now, or it syncs what is left.
+                self.to_write.notify_all();
+                continue;
             }
-            self.committed.notify_all();
+            waited = true;
+            if ticket.lsn > c.written_lsn {
+                self.to_write.wait(&mut c);
+                woken_to_write = true;
+            } else {
+                self.committed.wait(&mut c);
+                woken_to_write = false;
+            }
         }
     }
 
-    /// The committer's job: write, fsync, apply and publish the whole queue.
-    /// Returns the new durable LSN.
-    fn commit_queue(&self) -> std::result::Result<Lsn, CommitFailure> {
+    /// Whether a batch is written while the one before it is fsynced. Only
+    /// with an fsync to wait for: without one, syncing is only applying,
+    /// and waking a second thread to write costs more than it overlaps.
+    fn pipelined(&self) -> bool {
+        self.fsync == FsyncPolicy::Always
+    }
+
+    /// The writer's job: write the whole queue with one `write` and hand it
+    /// to the followers. `None` if the queue was empty.
+    fn write_queue(&self) -> std::result::Result<Option<(Batch, Instant)>, CommitFailure> {
         let (batch, queued_at) = {
             let mut q = self.queue.lock();
             (std::mem::take(&mut q.pending), q.first_queued_at.take())
         };
-        let Some(last) = batch.last().map(|r| r.lsn) else { return Ok(self.last_lsn()) };
+        let Some(last) = batch.last().map(|r| r.lsn) else { return Ok(None) };
         let started = Instant::now();
         if let Some(at) = queued_at {
             self.stages.record(Stage::Queue, started.saturating_duration_since(at));
@@ -815,6 +899,7 @@ impl Db {
             let mut q = self.queue.lock();
             let discarded = q.pending.len() + batch.len();
             q.pending.clear();
+            q.first_queued_at = None;
             q.next_lsn = first_lsn;
             self.epoch.fetch_add(1, Ordering::AcqRel);
             log::error!("[wal] {e}; {discarded} queued write(s) refused, none applied");
@@ -824,14 +909,29 @@ impl Db {
         self.stages.record(Stage::Write, written - started);
         crate::metrics::global().commit_batch(batch.len());
         self.poke_snapshotter();
-        // Hand the batch to the followers' senders now, while our own fsync
-        // runs: see "Sending before the leader's fsync" in the module docs.
+        // Hand the batch to the followers' senders now, before our own
+        // fsync: see "Sending before the leader's fsync" in the module docs.
         let batch = Arc::new(batch);
         self.stages.published(last, written);
         self.publish(Arc::clone(&batch));
+        Ok(Some((batch, written)))
+    }
+
+    /// The syncer's job: fsync (as the policy asks) everything written so
+    /// far, then apply `batches` to the map in LSN order. Returns the new
+    /// durable LSN.
+    fn sync_and_apply(
+        &self,
+        batches: &[(Batch, Instant)],
+    ) -> std::result::Result<Lsn, CommitFailure> {
+        let Some(last) = batches.last().and_then(|(b, _)| b.last()).map(|r| r.lsn) else {
+            return Ok(self.last_lsn());
+        };
         if self.fsync == FsyncPolicy::Always {
             let result = self.wal.sync();
-            self.stages.record(Stage::Fsync, written.elapsed());
+            for (_, written) in batches {
+                self.stages.record(Stage::Fsync, written.elapsed());
+            }
             if let Err(e) = result {
                 log::error!(
                     "[wal] {e}; the log's state on disk is unknown, so this node refuses \
@@ -843,7 +943,7 @@ impl Db {
         {
             let mut store = self.store.write();
             let mut ring = self.digests.lock();
-            for record in batch.iter() {
+            for record in batches.iter().flat_map(|(b, _)| b.iter()) {
                 store.apply(record);
                 if ring.len() == DIGEST_RING_RECORDS {
                     ring.pop_front();
@@ -852,7 +952,7 @@ impl Db {
             }
         }
         self.durable_lsn.store(last, Ordering::Release);
-        log::trace!("[wal] committed {} record(s) in {:?}", batch.len(), started.elapsed());
+        log::trace!("[wal] committed LSN {last} ({} batch(es))", batches.len());
         Ok(last)
     }
 
@@ -946,6 +1046,40 @@ mod tests {
         let (db, recovery) = Db::open(dir.path(), FsyncPolicy::Always).unwrap();
         assert_eq!(recovery.wal.last_lsn, 400);
         assert_eq!(db.get(b"7-49"), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn pipelined_writers_see_their_write_applied_and_batches_leave_in_order() {
+        // Goal: with --fsync always one batch is written while the previous
+        // one is fsynced. Every writer still finds its write in the map when
+        // its OK comes, the followers' channel sees every LSN once and in
+        // order, and segments rolling under the pipeline lose nothing.
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = StorageOptions::default();
+        options.wal.segment_bytes = 4096;
+        let (db, _) = Db::open_with(dir.path(), FsyncPolicy::Always, options.clone()).unwrap();
+        let batches = db.subscribe();
+        db.set_leader_term(Some(1));
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let db = &db;
+                s.spawn(move || {
+                    for i in 0..40 {
+                        let key = format!("{t}-{i}");
+                        let (lsn, _) = db.write(put(&key, "v")).unwrap();
+                        assert_eq!(db.get(key.as_bytes()), Some(b"v".to_vec()));
+                        assert!(db.last_lsn() >= lsn);
+                    }
+                });
+            }
+        });
+        let sent: Vec<Lsn> =
+            batches.try_iter().flat_map(|b| b.iter().map(|r| r.lsn).collect::<Vec<_>>()).collect();
+        assert_eq!(sent, (1..=320).collect::<Vec<_>>());
+        assert!(db.storage_report().wal_segments > 1, "segments rolled under the pipeline");
+        drop(db);
+        let (db, recovery) = Db::open_with(dir.path(), FsyncPolicy::Always, options).unwrap();
+        assert_eq!((recovery.wal.last_lsn, db.key_count()), (320, 320));
     }
 
     #[test]

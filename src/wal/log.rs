@@ -312,8 +312,9 @@ pub struct Wal {
 }
 
 struct Writer {
-    /// A write handle on the active (last) segment.
-    file: File,
+    /// A write handle on the active (last) segment, shared with an fsync
+    /// running outside the writer's lock (see [`Wal::sync`]).
+    file: Arc<File>,
     active: Arc<Segment>,
     end_offset: u64,
     last_lsn: Lsn,
@@ -435,7 +436,7 @@ impl Wal {
             dir,
             segment_bytes: options.segment_bytes,
             writer: Mutex::new(Writer {
-                file,
+                file: Arc::new(file),
                 end_offset: active.bytes(),
                 last_lsn,
                 active,
@@ -581,10 +582,16 @@ impl Wal {
         self.appended.load(Ordering::Acquire)
     }
 
-    /// Close the full active segment and start the next one. Its records
-    /// are already durable as the fsync policy asks: the committer fsyncs
-    /// each batch before it appends the next.
+    /// Close the full active segment and start the next one. The full one
+    /// is fsynced first: a batch may have been written to it while an fsync
+    /// was running, and later fsyncs only reach the new active segment.
     fn roll(&self, w: &mut Writer) -> Result<()> {
+        w.file.sync_data().map_err(|e| {
+            Error::WalFailed(format!(
+                "fsync of full segment {} failed: {e}",
+                w.active.path.display()
+            ))
+        })?;
         let header = SegmentHeader { first_lsn: w.last_lsn + 1, prev_term: self.last_term() };
         let failed = |e: Error| Error::WalFailed(format!("starting a new WAL segment: {e}"));
         segment::create(&self.dir, &header).map_err(failed)?;
@@ -600,18 +607,25 @@ impl Wal {
             segment.name()
         );
         self.segments.write().push(Arc::clone(&segment));
-        w.file = file;
+        w.file = Arc::new(file);
         w.active = segment;
         w.end_offset = SEGMENT_HEADER_BYTES;
         Ok(())
     }
 
     /// Make everything appended so far durable (`fdatasync`).
+    ///
+    /// The fsync runs without the writer's lock, so the next batch can be
+    /// written meanwhile (the committer's pipeline, `crate::db`). It covers
+    /// every batch appended before it started: those in the active segment
+    /// by this call, those in earlier segments by [`Wal::roll`].
     pub fn sync(&self) -> Result<()> {
-        let w = self.writer.lock();
-        w.file.sync_data().map_err(|e| {
-            Error::WalFailed(format!("fsync of {} failed: {e}", w.active.path.display()))
-        })
+        let (file, path) = {
+            let w = self.writer.lock();
+            (Arc::clone(&w.file), w.active.path.clone())
+        };
+        file.sync_data()
+            .map_err(|e| Error::WalFailed(format!("fsync of {} failed: {e}", path.display())))
     }
 
     /// Records with LSNs `after + 1 ..= through`, at most `records_max` of
@@ -717,7 +731,7 @@ impl Wal {
         file.sync_all().map_err(|e| Error::WalFailed(format!("{ctx}: {e}")))?;
         keep.end_offset.store(offset, Ordering::Release);
         keep.last_lsn.store(lsn, Ordering::Release);
-        w.file = file;
+        w.file = Arc::new(file);
         w.active = keep;
         w.end_offset = offset;
         w.last_lsn = lsn;
@@ -771,7 +785,7 @@ impl Wal {
         segment::create(&self.dir, &header).map_err(failed)?;
         let (segment, _) = Segment::open(&self.dir, header, self.segment_bytes).map_err(failed)?;
         let segment = Arc::new(segment);
-        w.file = segment.open_for_writing()?;
+        w.file = Arc::new(segment.open_for_writing()?);
         w.active = Arc::clone(&segment);
         w.end_offset = SEGMENT_HEADER_BYTES;
         w.last_lsn = lsn;
