@@ -1057,7 +1057,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut options = StorageOptions::default();
         options.wal.segment_bytes = 4096;
-        let (db, _) = Db::open_with(dir.path(), FsyncPolicy::Always, options.clone()).unwrap();
+        let (db, _) = Db::open_with(dir.path(), FsyncPolicy::Always, options).unwrap();
         let batches = db.subscribe();
         db.set_leader_term(Some(1));
         std::thread::scope(|s| {
