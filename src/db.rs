@@ -611,20 +611,38 @@ impl Db {
     /// Log and apply one client write (leader). Returns its LSN and the
     /// term it was written in, once durable.
     pub fn write(&self, op: Op) -> Result<(Lsn, Term)> {
-        op.check_limits()?;
-        let (ticket, term) = {
+        let (_, last, term) = self.write_all(vec![op])?;
+        Ok((last, term))
+    }
+
+    /// Log and apply several client writes together (a pipelining client's
+    /// requests, already in the read buffer): they are queued under one
+    /// lock, so they get contiguous LSNs and go into the same batch, and
+    /// the caller waits once for the last. Returns the first and last LSN
+    /// and the term, once all are durable; on an error none was applied.
+    pub fn write_all(&self, ops: Vec<Op>) -> Result<(Lsn, Lsn, Term)> {
+        if ops.is_empty() {
+            return Err(Error::Unexpected("an empty group of writes".into()));
+        }
+        for op in &ops {
+            op.check_limits()?;
+        }
+        let (ticket, first, term) = {
             let mut q = self.queue.lock();
             let Some(term) = q.leader_term else {
                 return Err(Error::NotLeader { term: None, leader: None });
             };
-            let lsn = q.next_lsn;
-            q.next_lsn += 1;
+            let first = q.next_lsn;
             q.first_queued_at.get_or_insert_with(Instant::now);
-            q.pending.push(Record { lsn, term, op });
-            (Ticket { lsn, epoch: self.epoch.load(Ordering::Acquire) }, term)
+            for op in ops {
+                let lsn = q.next_lsn;
+                q.next_lsn += 1;
+                q.pending.push(Record { lsn, term, op });
+            }
+            (Ticket { lsn: q.next_lsn - 1, epoch: self.epoch.load(Ordering::Acquire) }, first, term)
         };
         self.wait_durable(ticket)?;
-        Ok((ticket.lsn, term))
+        Ok((first, ticket.lsn, term))
     }
 
     /// Log and apply records received from the leader (follower, lesson 3).

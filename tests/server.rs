@@ -268,6 +268,53 @@ fn pipelined_requests_get_their_replies_in_order() {
     assert_eq!(read_bytes(&mut s, 5), [0, 0, 0, 1, 0x12], "NOT_FOUND");
 }
 
+#[test]
+fn pipelined_writes_are_queued_together_and_answered_one_by_one_in_order() {
+    // Goal: 200 PUTs and a DELETE, two GETs, then a malformed PUT (key over
+    // the limit) and one more PUT, sent in one write: the writes are queued
+    // together, yet each gets its own reply in order; the GETs see the
+    // writes before them; the malformed request ends the connection with an
+    // ERROR after every earlier reply, and the PUT behind it is not applied.
+    let (_dir, node) = standalone(&[]);
+    let mut s = raw_connect(&node);
+    let mut requests = Vec::new();
+    let mut add = |m: Message| m.encode_frame(&mut requests);
+    for i in 0..100u32 {
+        add(Message::Put { key: format!("k{i}").into(), value: b"v".to_vec() });
+    }
+    add(Message::Delete { key: b"k7".to_vec() });
+    for i in 100..200u32 {
+        add(Message::Put { key: format!("k{i}").into(), value: b"v".to_vec() });
+    }
+    add(Message::Get { key: b"k199".to_vec() });
+    add(Message::Get { key: b"k7".to_vec() });
+    let oversize = vec![b'x'; kvstore::limits::KEY_BYTES_MAX as usize + 1];
+    add(Message::Put { key: oversize, value: b"v".to_vec() });
+    add(Message::Put { key: b"after".to_vec(), value: b"v".to_vec() });
+    s.write_all(&requests).unwrap();
+    let mut reply = || read_frame(&mut s, 1 << 20).unwrap().map(|f| Message::decode(&f).unwrap());
+    for lsn in 1..=100 {
+        assert_eq!(reply(), Some(Message::Ok { lsn }), "PUT k{}", lsn - 1);
+    }
+    assert_eq!(reply(), Some(Message::Ok { lsn: 101 }), "DELETE k7");
+    for lsn in 102..=201 {
+        assert_eq!(reply(), Some(Message::Ok { lsn }), "PUT k{}", lsn - 2);
+    }
+    assert_eq!(reply(), Some(Message::Value { value: b"v".to_vec() }), "GET k199");
+    assert_eq!(reply(), Some(Message::NotFound), "GET k7");
+    match reply() {
+        Some(Message::Error { code, message }) => {
+            assert_eq!(code, ErrorCode::BadRequest as u16, "{message}");
+            assert!(message.contains("key of 65537 bytes"), "{message}");
+        }
+        other => panic!("the malformed PUT got {other:?}"),
+    }
+    assert_eq!(reply(), None, "the connection ends after the ERROR");
+    let mut client = node.client();
+    assert_eq!(client.get(b"after").unwrap(), None, "nothing behind the bad request is applied");
+    assert_eq!(node.status().last_lsn, 201);
+}
+
 // ---- durability ---------------------------------------------------------------
 
 #[test]

@@ -3,6 +3,12 @@
 //! Replies are buffered and flushed when no further request is already
 //! waiting in the read buffer, so a client that pipelines requests gets its
 //! replies in few syscalls, and one that waits gets each reply at once.
+//! A pipelining client's writes are also *queued* together: when a PUT or
+//! DELETE arrives with more whole write requests behind it in the read
+//! buffer, all of them (up to [`PIPELINED_WRITES_MAX`]) join the WAL queue
+//! at once, go into the same batch, and the thread waits for durability
+//! and the write concern once, for the last; then the replies go out in
+//! order (Redis does the same for the commands of one read).
 //!
 //! With `--auth-file`, a connection must first pass the handshake of
 //! [`crate::auth`]; until it has, nothing else is read, and whatever goes
@@ -42,9 +48,13 @@ use crate::status::{
 };
 use crate::tls::Conn;
 use crate::wal::Op;
+use crate::Lsn;
 
 /// Bytes buffered for reading and writing on a client connection (64 KiB).
 const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Most writes of a pipelining client queued together (see the module doc).
+pub const PIPELINED_WRITES_MAX: usize = 1024;
 
 /// How long a refused connection's late bytes are read and dropped before
 /// it is closed, so the ERROR arrives whole (see [`refuse`]).
@@ -102,23 +112,32 @@ fn serve_requests(
     // it may stay idle (connection pools do).
     let mut wait_until = Some(accepted + Duration::from_millis(CLIENT_READ_TIMEOUT_MS));
     let mut first = true;
+    // A request read ahead while gathering a pipelining client's writes.
+    let mut read_ahead: Option<Result<Message>> = None;
     loop {
-        let frame = match inbound.read_frame(FRAME_BYTES_MAX, wait_until) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(()),
-            Err(e) if is_timeout(&e) => {
-                node.admission.count(Refusal::Silent, peer);
-                return Ok(());
+        let (message, is_first) = match read_ahead.take() {
+            Some(Ok(message)) => (message, false),
+            Some(Err(e @ Error::Io { .. })) => return Err(e),
+            Some(Err(e)) => return Err(refuse(&mut writer, e)),
+            None => {
+                let frame = match inbound.read_frame(FRAME_BYTES_MAX, wait_until) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return Ok(()),
+                    Err(e) if is_timeout(&e) => {
+                        node.admission.count(Refusal::Silent, peer);
+                        return Ok(());
+                    }
+                    Err(e @ Error::Io { .. }) => return Err(e),
+                    Err(e) => return Err(refuse(&mut writer, e)),
+                };
+                let is_first = std::mem::take(&mut first);
+                if is_first {
+                    wait_until = None;
+                    ticket.proved();
+                }
+                (Message::decode(&frame).map_err(|e| refuse(&mut writer, e))?, is_first)
             }
-            Err(e @ Error::Io { .. }) => return Err(e),
-            Err(e) => return Err(refuse(&mut writer, e)),
         };
-        let is_first = std::mem::take(&mut first);
-        if is_first {
-            wait_until = None;
-            ticket.proved();
-        }
-        let message = Message::decode(&frame).map_err(|e| refuse(&mut writer, e))?;
         if !scope.allows(&message) {
             let why = format!(
                 "{} needs the replication secret (--replication-auth-file); this connection \
@@ -153,6 +172,24 @@ fn serve_requests(
         }
         let in_flight = node.shutdown.begin_request();
         let kind = message.name();
+        // A pipelining client: queue its buffered writes together.
+        let pipelined = if inbound.has_whole_frame() { write_op(message) } else { Err(message) };
+        let message = match pipelined {
+            Ok(op) => {
+                let mut group = vec![(kind, op)];
+                read_ahead = read_ahead_writes(&mut inbound, &scope, &mut group);
+                for (kind, reply) in write_group(node, group) {
+                    crate::metrics::global().request(kind, &reply);
+                    write_message(&mut writer, &reply)?;
+                }
+                if !inbound.has_buffered() || node.shutdown.is_requested() {
+                    writer.flush().map_err(|e| Error::io("flushing reply", e))?;
+                }
+                drop(in_flight);
+                continue;
+            }
+            Err(message) => message,
+        };
         let reply = match handle_request(node, message) {
             Ok(reply) => reply,
             Err(e @ Error::Unexpected(_)) => return Err(refuse(&mut writer, e)),
@@ -368,15 +405,97 @@ fn heard_from(node: &Node, member: &str) {
     }
 }
 
+/// The change a PUT or DELETE request asks for; other requests back.
+fn write_op(message: Message) -> std::result::Result<Op, Message> {
+    match message {
+        Message::Put { key, value } => Ok(Op::Put { key, value }),
+        Message::Delete { key } => Ok(Op::Delete { key }),
+        other => Err(other),
+    }
+}
+
+/// Move the whole write requests already in the read buffer into `group`,
+/// up to [`PIPELINED_WRITES_MAX`]. Reading a whole buffered frame cannot
+/// block. Returns the first request that is not such a write (or why it
+/// could not be read): it is served next, on its own.
+fn read_ahead_writes(
+    inbound: &mut Inbound<'_>,
+    scope: &Scope,
+    group: &mut Vec<(&'static str, Op)>,
+) -> Option<Result<Message>> {
+    while group.len() < PIPELINED_WRITES_MAX && inbound.has_whole_frame() {
+        let message = match inbound.read_frame(FRAME_BYTES_MAX, None) {
+            Ok(Some(frame)) => Message::decode(&frame),
+            Ok(None) => return None,
+            Err(e) => return Some(Err(e)),
+        };
+        match message {
+            Ok(message) if scope.allows(&message) => {
+                let kind = message.name();
+                match write_op(message) {
+                    Ok(op) => group.push((kind, op)),
+                    Err(message) => return Some(Ok(message)),
+                }
+            }
+            other => return Some(other),
+        }
+    }
+    None
+}
+
+/// A pipelining client's writes, queued together: one reply each, in the
+/// order of the requests. A write over the size limits gets its own error
+/// and changes nothing; the others share one batch, and succeed or fail
+/// together.
+fn write_group(node: &Node, group: Vec<(&'static str, Op)>) -> Vec<(&'static str, Message)> {
+    let mut replies: Vec<(&'static str, Option<Message>)> = Vec::with_capacity(group.len());
+    let mut ops = Vec::with_capacity(group.len());
+    for (kind, op) in group {
+        match op.check_limits() {
+            Ok(()) => {
+                replies.push((kind, None));
+                ops.push(op);
+            }
+            Err(e) => replies.push((kind, Some(Message::error(&e)))),
+        }
+    }
+    log::debug!("[server] {} pipelined writes queued together", ops.len());
+    let written = if ops.is_empty() { None } else { Some(write_all(node, ops)) };
+    // The queued writes got consecutive LSNs from the first, in order.
+    let mut next_lsn = match &written {
+        Some(Ok((first, _))) => *first,
+        _ => 0,
+    };
+    replies
+        .into_iter()
+        .map(|(kind, refused)| match (refused, &written) {
+            (Some(refused), _) => (kind, refused),
+            (None, Some(Err(e))) => (kind, Message::error(e)),
+            (None, _) => {
+                next_lsn += 1;
+                (kind, Message::Ok { lsn: next_lsn - 1 })
+            }
+        })
+        .collect()
+}
+
 /// A client write: only a leader takes it, then waits for the write concern.
 /// If the leader steps down meanwhile, a `majority`/`all` write fails.
 fn write(node: &Node, op: Op) -> Result<Message> {
+    let (_, lsn) = write_all(node, vec![op])?;
+    Ok(Message::Ok { lsn })
+}
+
+/// Client writes queued together ([`Db::write_all`]); returns the first
+/// and last LSN once all satisfy the write concern.
+fn write_all(node: &Node, ops: Vec<Op>) -> Result<(Lsn, Lsn)> {
     let started = Instant::now();
+    let count = ops.len();
     let hub = match node.replica.view() {
         RoleView::Leader { hub, .. } => hub,
         RoleView::Follower { .. } => return Err(node.replica.not_leader()),
     };
-    let (lsn, term) = match node.db.write(op) {
+    let (first, lsn, term) = match node.db.write_all(ops) {
         Ok(written) => written,
         Err(Error::NotLeader { .. }) => return Err(node.replica.not_leader()),
         Err(e) => return Err(e),
@@ -387,15 +506,17 @@ fn write(node: &Node, op: Op) -> Result<Message> {
         return match node.replica.view() {
             RoleView::Leader { hub, .. } if hub.term() == term => {
                 hub.wait_for(lsn, node.write_concern, node.write_timeout)?;
-                Ok(Message::Ok { lsn })
+                Ok((first, lsn))
             }
             _ => Err(Error::Deposed { lsn, term, why: "the term changed".into() }),
         };
     }
     hub.wait_for(lsn, node.write_concern, node.write_timeout)?;
     hub.acknowledged(lsn);
-    node.db.stages().record(Stage::Total, started.elapsed());
-    Ok(Message::Ok { lsn })
+    for _ in 0..count {
+        node.db.stages().record(Stage::Total, started.elapsed());
+    }
+    Ok((first, lsn))
 }
 
 /// This node's STATUS report.

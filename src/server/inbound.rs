@@ -82,6 +82,20 @@ impl<'a> Inbound<'a> {
         !self.reader.buffer().is_empty()
     }
 
+    /// True if a whole next frame is already buffered: reading it cannot
+    /// block (a pipelining client's next request).
+    pub fn has_whole_frame(&self) -> bool {
+        let buffered = self.reader.buffer();
+        match buffered.get(..FRAME_HEADER_BYTES) {
+            Some(header) => {
+                let mut len = [0u8; FRAME_HEADER_BYTES];
+                len.copy_from_slice(header);
+                buffered.len() - FRAME_HEADER_BYTES >= u32::from_be_bytes(len) as usize
+            }
+            None => false,
+        }
+    }
+
     /// Read one frame's payload of at most `frame_bytes_max` bytes.
     ///
     /// `wait_until` bounds the wait for the frame's first byte (`None`:
