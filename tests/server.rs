@@ -612,6 +612,23 @@ fn first_segment(node: &Node) -> std::path::PathBuf {
     node.data_dir.join("wal").join("00000000000000000001.seg")
 }
 
+/// Where the log of [`killed_node_with_records`] ends: after its last
+/// record, the DELETE of `key1` (entry header 8, fixed fields 25, key 4).
+/// The segment is preallocated, so zeros follow up to the file's end.
+fn log_end(expected: &[(Lsn, u64, String)]) -> u64 {
+    expected.last().map(|(_, offset, _)| offset + 8 + 25 + 4).unwrap()
+}
+
+/// Write what a crash leaves of an append cut short, at the end of the log
+/// (inside the preallocated space): an entry header claiming a 40-byte
+/// body, of which only 2 bytes made it. Recovery sees a 48-byte entry whose
+/// checksum fails, with only zeros after it: a torn tail.
+fn tear_the_tail(log: &std::path::Path, end: u64) {
+    use std::os::unix::fs::FileExt;
+    let torn = [0, 0, 0, 40, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02];
+    std::fs::OpenOptions::new().write(true).open(log).unwrap().write_all_at(&torn, end).unwrap();
+}
+
 /// Check that `dump`'s record lines are exactly `expected`; return the last line.
 fn assert_dump_records<'a>(dump: &'a str, expected: &[(Lsn, u64, String)]) -> &'a str {
     let mut lines: Vec<&str> = dump.lines().collect();
@@ -640,7 +657,7 @@ fn wal_dump_prints_one_line_per_record_and_the_count() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let dump = stdout(&out);
     let summary = assert_dump_records(&dump, &expected);
-    let end = std::fs::metadata(first_segment(&node)).unwrap().len();
+    let end = log_end(&expected);
     assert_eq!(
         summary,
         format!(
@@ -652,14 +669,12 @@ fn wal_dump_prints_one_line_per_record_and_the_count() {
 
 #[test]
 fn wal_dump_reports_a_torn_tail_with_its_offset() {
-    // Goal: append 10 bytes of a cut-short entry to the segment; wal-dump names the torn tail's offset.
+    // Goal: write 10 bytes of a cut-short entry after the last record; wal-dump names the torn tail's offset.
     let (_dir, mut node) = standalone(&[]);
     let expected = killed_node_with_records(&mut node, 5);
     let log = first_segment(&node);
-    let clean_len = std::fs::metadata(&log).unwrap().len();
-    // An entry header claiming a 40-byte body, of which only 2 bytes made it.
-    let torn = [0, 0, 0, 40, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02];
-    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(&torn).unwrap();
+    let clean_len = log_end(&expected);
+    tear_the_tail(&log, clean_len);
 
     let out = kv_client(&["wal-dump", node.data_dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -667,24 +682,24 @@ fn wal_dump_reports_a_torn_tail_with_its_offset() {
     let summary = assert_dump_records(&dump, &expected);
     assert!(summary.starts_with("-- 6 record(s), last LSN 6"), "{summary}");
     assert!(
-        summary.contains(&format!("torn tail of 10 byte(s) at offset {clean_len}")),
+        summary.contains(&format!("torn tail of 48 byte(s) at offset {clean_len}")),
         "{summary}"
     );
 }
 
 #[test]
 fn start_up_truncates_a_torn_tail_logs_it_and_keeps_every_earlier_record() {
-    // Goal: append a torn entry, restart; expect a "torn tail" log, every key, and LSN 7 next.
+    // Goal: tear the entry after the last record, restart; expect a "torn tail" log, every key, and LSN 7 next.
     let (_dir, mut node) = standalone(&[]);
-    killed_node_with_records(&mut node, 5);
+    let expected = killed_node_with_records(&mut node, 5);
     let log = first_segment(&node);
-    let clean_len = std::fs::metadata(&log).unwrap().len();
-    let torn = [0, 0, 0, 40, 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02];
-    std::fs::OpenOptions::new().append(true).open(&log).unwrap().write_all(&torn).unwrap();
+    let clean_len = log_end(&expected);
+    let allocated = std::fs::metadata(&log).unwrap().len();
+    tear_the_tail(&log, clean_len);
 
     node.restart();
     let line = node.wait_for_log("torn tail");
-    assert!(line.contains(&format!("10 byte(s) from offset {clean_len} truncated")), "{line}");
+    assert!(line.contains(&format!("48 byte(s) from offset {clean_len} truncated")), "{line}");
     let mut client = node.client();
     assert_eq!(client.get(b"key1").unwrap(), None, "the delete survived");
     for i in 2..=5 {
@@ -692,7 +707,9 @@ fn start_up_truncates_a_torn_tail_logs_it_and_keeps_every_earlier_record() {
         assert_eq!(value, Some(format!("value{i}").into_bytes()), "key{i}");
     }
     assert_eq!(node.last_lsn(), 6);
-    assert_eq!(std::fs::metadata(&log).unwrap().len(), clean_len, "the tail is cut off");
+    let after_cut = std::fs::read(&log).unwrap();
+    assert!(after_cut[clean_len as usize..].iter().all(|b| *b == 0), "the torn entry is gone");
+    assert_eq!(after_cut.len() as u64, allocated, "and the segment is allocated again");
     assert_eq!(client.put(b"after", b"torn").unwrap(), 7, "the log continues after the cut");
 
     drop(client);

@@ -285,7 +285,11 @@ pub fn scan(
             };
         match check_crc(&entry) {
             Ok(()) => {}
-            Err(_) if is_last => return Ok(ScanEnd::TornTail { offset, bytes: entry_len }),
+            // A damaged entry is a torn tail if nothing but the zeros of
+            // preallocated space follows it (an append cut by a crash).
+            Err(_) if is_last || rest_is_zero(&mut reader)? => {
+                return Ok(ScanEnd::TornTail { offset, bytes: entry_len })
+            }
             Err(reason) => return Err(corrupt(offset, reason)),
         }
         let body = &entry[ENTRY_HEADER_BYTES..];
@@ -339,7 +343,10 @@ pub(crate) fn read_entry(
     let entry_len = ENTRY_HEADER_BYTES as u64 + u64::from(body_len);
     if !(body_min..=RECORD_BYTES_MAX).contains(&body_len) {
         if entry.iter().all(|b| *b == 0) && rest_is_zero(reader)? {
-            return Ok(torn);
+            // Zeros from here to the end of the file: space allocated ahead
+            // of the log (the active segment is preallocated) or extended
+            // by the file system but never filled. The log ends here.
+            return Ok(Next::End(ScanEnd::Clean { end_offset: offset }));
         }
         let reason = format!("impossible entry length {body_len}");
         return Err(Error::CorruptWal { path: path.to_path_buf(), offset, reason });
