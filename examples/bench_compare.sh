@@ -75,11 +75,11 @@ if [[ " $SCENARIOS " == *" redis "* || " $SCENARIOS " == *" single "* \
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
-if [[ " $SCENARIOS " == *" etcd "* ]] && { ! command -v etcd >/dev/null || ! command -v go >/dev/null \
-    || [ ! -d /usr/share/gocode/src/go.etcd.io/etcd/clientv3 ]; }; then
-    echo "bench-compare: installing etcd-server, golang-go and golang-etcd-server-dev from the system's packages"
+if [[ " $SCENARIOS " == *" etcd "* ]] && { ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null \
+    || ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/go.etcd.io/etcd/clientv3 ]; }; then
+    echo "bench-compare: installing etcd-server, etcd-client, golang-go and golang-etcd-server-dev from the system's packages"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server golang-go \
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq etcd-server etcd-client golang-go \
         golang-etcd-server-dev >/dev/null
 fi
 if [[ " $SCENARIOS " == *" failover "* ]] && ! command -v etcd >/dev/null; then

@@ -111,7 +111,7 @@ use crate::snapshot::policy::{self, FollowerPins, StorageOptions};
 use crate::snapshot::{self as snapshots, SnapshotMeta};
 use crate::stages::{Stage, Stages};
 use crate::store::{CopyStats, Frozen, Store};
-use crate::wal::{Base, Op, Record, TermHistory, Wal, WalRecovery};
+use crate::wal::{Base, Op, Record, TermHistory, Wal, WalOptions, WalRecovery};
 use crate::{Lsn, Term};
 
 /// When a write counts as durable.
@@ -275,8 +275,12 @@ impl Db {
         let base =
             chosen.snapshot.as_ref().map_or(Base::NONE, |s| Base { lsn: s.lsn, term: s.term });
         // 3. Replay the WAL after it.
+        let wal_options = WalOptions {
+            sync_full_segments: fsync == FsyncPolicy::Always,
+            ..options.wal
+        };
         let (wal, mut recovery) =
-            Wal::open_with(data_dir, options.wal, base, |record| store.apply(record))?;
+            Wal::open_with(data_dir, wal_options, base, |record| store.apply(record))?;
         recovery.upgraded = recovery.upgraded.or(prepared.upgraded);
         let last_lsn = recovery.last_lsn;
         let poke_at = poke_step(&options);

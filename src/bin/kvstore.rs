@@ -329,7 +329,8 @@ fn storage_options(args: &Args) -> Result<StorageOptions, String> {
         ));
     }
     Ok(StorageOptions {
-        wal: WalOptions { segment_bytes: args.wal_segment_bytes },
+        // Whether full segments are fsynced follows --fsync (Db::open_with).
+        wal: WalOptions { segment_bytes: args.wal_segment_bytes, ..WalOptions::default() },
         snapshot_after_bytes: args.snapshot_after_bytes,
         wal_retain_bytes: args.wal_retain_bytes,
         wal_retain_max_bytes: args.wal_retain_max_bytes,
