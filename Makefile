@@ -23,7 +23,7 @@
 #   make bench-compare   kvstore beside Redis (throughput, late joiner; single node in both
 #                   client modes, with and without pipelining; 1 to 1,000 connections with
 #                   the server's memory) and etcd (durable writes,
-#                   failover time), same machine, same run (installs redis-server, etcd-server
+#                   failover time), same machine, same run (installs redis-server, etcd-server, etcd-client
 #                   and the Go client's sources if missing)
 
 CARGO ?= cargo
