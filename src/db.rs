@@ -233,7 +233,8 @@ struct CommitState {
     fatal: Option<String>,
 }
 
-/// A write queued without waiting for it (see [`Db::begin_term_with_noop`]).
+/// A write queued without waiting for it (see [`Db::begin_term_with_noop`]
+/// and [`Db::queue_replicated`]).
 #[derive(Debug, Clone, Copy)]
 pub struct QueuedWrite(Ticket);
 
@@ -275,10 +276,8 @@ impl Db {
         let base =
             chosen.snapshot.as_ref().map_or(Base::NONE, |s| Base { lsn: s.lsn, term: s.term });
         // 3. Replay the WAL after it.
-        let wal_options = WalOptions {
-            sync_full_segments: fsync == FsyncPolicy::Always,
-            ..options.wal
-        };
+        let wal_options =
+            WalOptions { sync_full_segments: fsync == FsyncPolicy::Always, ..options.wal };
         let (wal, mut recovery) =
             Wal::open_with(data_dir, wal_options, base, |record| store.apply(record))?;
         recovery.upgraded = recovery.upgraded.or(prepared.upgraded);
@@ -350,7 +349,8 @@ impl Db {
         QueuedWrite(Ticket { lsn, epoch: self.epoch.load(Ordering::Acquire) })
     }
 
-    /// Wait until a write queued by [`Db::begin_term_with_noop`] is durable.
+    /// Wait until a write queued by [`Db::begin_term_with_noop`] or
+    /// [`Db::queue_replicated`] is durable (and applied).
     pub fn wait_queued(&self, write: QueuedWrite) -> Result<Lsn> {
         self.wait_durable(write.0)?;
         Ok(write.0.lsn)
@@ -653,7 +653,19 @@ impl Db {
     /// The first must continue this node's log exactly: no gap, no repeat;
     /// terms must not decrease, from the log's last term on.
     pub fn append_replicated(&self, records: Vec<Record>) -> Result<Lsn> {
-        let Some(last) = records.last().map(|r| r.lsn) else { return Ok(self.last_lsn()) };
+        match self.queue_replicated(records)? {
+            Some(write) => self.wait_queued(write),
+            None => Ok(self.last_lsn()),
+        }
+    }
+
+    /// The first half of [`Db::append_replicated`]: check the records and
+    /// queue them, without waiting; [`Db::wait_queued`] makes them durable
+    /// and applied. A follower queues the next AppendEntries while the one
+    /// before is fsynced (`crate::replication::follower`). `None` if
+    /// `records` is empty.
+    pub fn queue_replicated(&self, records: Vec<Record>) -> Result<Option<QueuedWrite>> {
+        let Some(last) = records.last().map(|r| r.lsn) else { return Ok(None) };
         if let Some(gap) = records.windows(2).find(|w| w[0].lsn.checked_add(1) != Some(w[1].lsn)) {
             let expected = gap[0].lsn.saturating_add(1);
             return Err(Error::NotContiguous { expected, got: gap[1].lsn });
@@ -672,7 +684,10 @@ impl Db {
             if records[0].lsn != q.next_lsn {
                 return Err(Error::NotContiguous { expected: q.next_lsn, got: records[0].lsn });
             }
-            let last_term = self.wal.last_term();
+            // The last term queued, else written (the caller checks the
+            // records' terms against what it queued before: see
+            // `crate::replication::follower`, "Two threads").
+            let last_term = q.pending.last().map_or_else(|| self.wal.last_term(), |r| r.term);
             if records[0].term < last_term {
                 return Err(Error::Malformed(format!(
                     "AppendEntries record LSN {} has term {}, older than our last term {last_term}",
@@ -684,8 +699,7 @@ impl Db {
             q.pending.extend(records);
             Ticket { lsn: last, epoch: self.epoch.load(Ordering::Acquire) }
         };
-        self.wait_durable(ticket)?;
-        Ok(last)
+        Ok(Some(QueuedWrite(ticket)))
     }
 
     /// Remove every record after `lsn` from the WAL and the map (divergence
@@ -1115,6 +1129,25 @@ mod tests {
         ));
         assert_eq!(db.append_replicated(vec![rec(1), rec(2)]).unwrap(), 2);
         assert!(db.append_replicated(vec![rec(2)]).is_err(), "a repeat is refused");
+    }
+
+    #[test]
+    fn queued_replicated_batches_become_durable_in_order_and_terms_never_go_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), FsyncPolicy::Always).unwrap();
+        let rec = |lsn, term, v: &str| Record { lsn, term, op: put(&format!("k{lsn}"), v) };
+        // Queued, nothing waited for: the next batch continues the queue.
+        let first = db.queue_replicated(vec![rec(1, 1, "a"), rec(2, 2, "b")]).unwrap().unwrap();
+        assert!(
+            matches!(db.queue_replicated(vec![rec(3, 1, "c")]), Err(Error::Malformed(_))),
+            "term 1 after a queued term 2 is refused"
+        );
+        let second = db.queue_replicated(vec![rec(3, 2, "c")]).unwrap().unwrap();
+        assert!(db.queue_replicated(Vec::new()).unwrap().is_none());
+        // Waiting for the second makes both durable and applied.
+        assert_eq!(db.wait_queued(second).unwrap(), 3);
+        assert_eq!(db.wait_queued(first).unwrap(), 2);
+        assert_eq!((db.last_lsn(), db.last_term(), db.key_count()), (3, 2, 3));
     }
 
     #[test]

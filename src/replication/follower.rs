@@ -30,6 +30,23 @@
 //!    exponential backoff and go back to 1. If the leader's address refuses
 //!    the connection, tell the election clock once per outage: no process
 //!    listens there, so the leader is gone (election rule 4).
+//!
+//! **Two threads.** Appending, fsyncing and applying a batch takes longer
+//! than reading the next one off the socket, and during a catch-up of a
+//! million records the two used to take turns. So a session runs two
+//! threads. The *reading* one reads, checks fencing and, for every
+//! AppendEntries that continues exactly what it queued before (same
+//! `prev_lsn`/`prev_term` as its last queued record: the log-matching
+//! check could only accept it, with nothing to skip or repair), queues the
+//! records ([`Db::queue_replicated`]) and hands the message on. The
+//! *acknowledging* one, in arrival order, waits until those records are
+//! durable and applied ([`Db::wait_queued`]) and only then sends the ACK,
+//! so an ACK still means "fsynced here". Anything else — the first
+//! message of a session, a refusal, a repair, a snapshot piece — goes to
+//! the acknowledging thread whole and is checked against the complete
+//! log once everything queued before it is durable; the reading thread
+//! waits for it before reading on. If either thread fails, the session
+//! ends (the acknowledging one closes the socket under the reading one).
 
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -37,9 +54,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::db::Db;
+use crate::db::{Db, QueuedWrite};
 use crate::error::{Error, ErrorCode, Result};
 use crate::limits::{
     APPEND_ENTRIES_RECORDS_MAX, DIGEST_REPORT_INTERVAL_MS, FRAME_BYTES_MAX,
@@ -185,11 +203,15 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         return Ok(());
     }
     let mut writer = stream.try_clone().map_err(setup)?;
+    // To end the receiving side if the acknowledging side fails.
+    let socket = stream.socket().try_clone().map_err(setup)?;
+    let trace = LinkTrace::new(PeerKind::Leader, leader);
+    let trace = trace.as_ref();
     let mut inbox = Inbox {
         reader: BufReader::with_capacity(256 * 1024, stream),
         pending: None,
         bytes_received: 0,
-        trace: LinkTrace::new(PeerKind::Leader, leader),
+        trace,
     };
 
     // Lesson 5: say where our log ends; the leader sends what comes after.
@@ -205,12 +227,12 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         listen_port: Some(replica.address().port()),
         cluster_id: db.cluster_id(),
     };
-    send(&mut writer, &hello, inbox.trace.as_ref())?;
+    send(&mut writer, &hello, trace)?;
     let answer = inbox.read_message(replica, leader)?;
     if let Err(e) = check_leader(db, replica, &answer, leader) {
         if let Error::OtherCluster { .. } | Error::Link(_) | Error::StaleTerm { .. } = e {
             log::error!("[replication] refusing leader {leader}: {e}");
-            let _ = send(&mut writer, &Message::error(&e), inbox.trace.as_ref());
+            let _ = send(&mut writer, &Message::error(&e), trace);
         }
         return Err(e);
     }
@@ -233,25 +255,156 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         digest_due: Instant::now(),
         snapshot: install::Receiver::new(db),
     };
+    // Two threads (see "Two threads" below): this one reads, checks and
+    // queues; the acknowledging one waits for each batch to be durable and
+    // answers, in the order the messages came.
+    let (jobs, jobs_rx) = crossbeam_channel::bounded::<Job>(JOBS_MAX);
+    let (done_tx, done) = crossbeam_channel::bounded::<(Lsn, Term)>(1);
+    std::thread::scope(|scope| {
+        let acker = std::thread::Builder::new()
+            .name("follower-ack".into())
+            .spawn_scoped(scope, move || {
+                let outcome = follower.answer(jobs_rx, done_tx, &mut writer, trace, link);
+                if outcome.is_err() {
+                    let _ = socket.shutdown(Shutdown::Both);
+                }
+                outcome
+            })
+            .map_err(|e| Error::io("starting the follower's ack thread", e))?;
+        let mut last_queued = None;
+        let received = receive(db, replica, leader, &mut inbox, jobs, done, &mut last_queued);
+        let acked = acker.join();
+        // Records queued but not waited for when the session ended are
+        // written now, so the next session's hello counts them.
+        if let Some(write) = last_queued {
+            let _ = db.wait_queued(write);
+        }
+        match acked {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => received,
+            Err(_) => Err(Error::Unexpected("the follower's ack thread panicked".into())),
+        }
+    })
+}
+
+/// Most messages read ahead of their ACK (each up to [`MERGED_RECORDS_MAX`]
+/// records).
+const JOBS_MAX: usize = 4;
+
+/// What the reading side hands the acknowledging side, in arrival order.
+enum Job {
+    /// An AppendEntries that continues what was queued before it: its
+    /// records (if any) are queued; ACK once they are durable.
+    Queued {
+        write: Option<QueuedWrite>,
+        term: Term,
+        matched: Lsn,
+        commit_lsn: Lsn,
+        leader_last_lsn: Lsn,
+        count: usize,
+        messages: u64,
+        bytes_received: u64,
+    },
+    /// Any other AppendEntries (the first of a session, a repair, a refusal):
+    /// checked against the whole log once everything before it is durable.
+    Entries(AppendEntries, u64, u64),
+    /// A piece of a snapshot (snapshot install).
+    Snapshot(InstallSnapshot),
+    /// Tell the leader why the link is dropped, and stop.
+    Fail(Message),
+}
+
+/// The reading side of a session: read, check fencing, queue the records
+/// of every AppendEntries that continues what was queued before, and hand
+/// each message to the acknowledging side. A message that does not simply
+/// continue the log waits until that side has handled it, and with it
+/// everything before.
+fn receive(
+    db: &Db,
+    replica: &Replica,
+    leader: SocketAddr,
+    inbox: &mut Inbox,
+    jobs: Sender<Job>,
+    done: Receiver<(Lsn, Term)>,
+    last_queued: &mut Option<QueuedWrite>,
+) -> Result<()> {
+    let stopped = || Error::Link("the follower's ack thread stopped".into());
+    // Where the queued log ends: LSN and term of its last record.
+    let mut end = (db.last_lsn(), db.last_term());
     loop {
-        let handled = match inbox.read_next(replica, leader)? {
+        let job = match inbox.read_next(replica, leader)? {
+            Incoming::Entries(mut ae, messages) if continues(&ae, end) => {
+                let term = match check_term(replica, leader, ae.term, "AppendEntries") {
+                    Ok(term) => term,
+                    Err(e) => {
+                        let _ = jobs.send(Job::Fail(Message::error(&e)));
+                        return Err(e);
+                    }
+                };
+                let count = ae.records.len();
+                let last = ae.records.last().map(|r| (r.lsn, r.term));
+                let write = match db.queue_replicated(std::mem::take(&mut ae.records)) {
+                    Ok(write) => write,
+                    Err(e) => {
+                        let _ = jobs.send(Job::Fail(Message::error(&e)));
+                        return Err(e);
+                    }
+                };
+                end = last.unwrap_or(end);
+                if write.is_some() {
+                    *last_queued = write;
+                }
+                Job::Queued {
+                    write,
+                    term,
+                    matched: end.0,
+                    commit_lsn: ae.commit_lsn,
+                    leader_last_lsn: ae.leader_last_lsn,
+                    count,
+                    messages,
+                    bytes_received: inbox.bytes_received,
+                }
+            }
             Incoming::Entries(ae, messages) => {
-                follower.bytes_received = inbox.bytes_received;
-                follower.handle(ae, messages, link)
+                jobs.send(Job::Entries(ae, messages, inbox.bytes_received))
+                    .map_err(|_| stopped())?;
+                end = done.recv().map_err(|_| stopped())?;
+                continue;
             }
-            Incoming::Snapshot(piece) => follower.install(piece, link),
-        };
-        let reply = match handled {
-            Ok(reply) => reply,
-            Err(e) => {
-                // Tell the leader why we drop the link (a stale term, a
-                // repair that would lose committed data), then redial.
-                let _ = send(&mut writer, &Message::error(&e), inbox.trace.as_ref());
-                return Err(e);
+            Incoming::Snapshot(piece) => {
+                jobs.send(Job::Snapshot(piece)).map_err(|_| stopped())?;
+                end = done.recv().map_err(|_| stopped())?;
+                continue;
             }
         };
-        send(&mut writer, &reply, inbox.trace.as_ref())?;
+        jobs.send(job).map_err(|_| stopped())?;
     }
+}
+
+/// True if `ae` continues the queued log that ends at `end` (LSN, term):
+/// the log-matching check then accepts it with nothing to skip or repair,
+/// and its records' terms do not go below the last one queued.
+fn continues(ae: &AppendEntries, end: (Lsn, Term)) -> bool {
+    ae.prev_lsn == end.0
+        && ae.prev_term == end.1
+        && ae.records.first().is_none_or(|r| r.term >= end.1 && r.lsn == end.0 + 1)
+}
+
+/// Fencing, for every message from the leader: refuse an older term,
+/// store a newer one; our leader is alive. Returns the message's term.
+fn check_term(replica: &Replica, leader: SocketAddr, theirs: Term, what: &str) -> Result<Term> {
+    let ours = replica.term();
+    if theirs < ours {
+        let err = Error::StaleTerm { theirs, ours, leader: None };
+        log::error!("[replication] refusing {what} from {leader}: {err}");
+        return Err(err);
+    }
+    if theirs > ours {
+        replica.observe_term(theirs, Some(leader), &format!("leader {leader}"))?;
+    }
+    // Our leader is alive: its followers' election clocks start again.
+    replica.heard_from_leader(leader);
+    Ok(theirs)
 }
 
 /// The state of one session after the handshake.
@@ -269,22 +422,97 @@ struct Follower<'a> {
 }
 
 impl Follower<'_> {
-    /// Fencing, for every message from the leader: refuse an older term,
-    /// store a newer one; our leader is alive. Returns the message's term.
+    /// The acknowledging side of a session: answer each job in order —
+    /// wait for a queued batch to be durable, then ACK it; run the full
+    /// check (and repair) for any other AppendEntries and snapshot pieces,
+    /// then tell the reading side where the log ends. Returns when the
+    /// reading side stops; an error ends the session.
+    fn answer(
+        &mut self,
+        jobs: Receiver<Job>,
+        done: Sender<(Lsn, Term)>,
+        writer: &mut Conn,
+        trace: Option<&LinkTrace>,
+        link: &FollowerLink,
+    ) -> Result<()> {
+        for job in jobs {
+            // The reading side waits for these (it could not queue them).
+            let awaited = matches!(job, Job::Entries(..) | Job::Snapshot(_));
+            let handled = match job {
+                Job::Queued {
+                    write,
+                    term,
+                    matched,
+                    commit_lsn,
+                    leader_last_lsn,
+                    count,
+                    messages,
+                    bytes_received,
+                } => {
+                    self.bytes_received = bytes_received;
+                    self.acknowledge(
+                        write,
+                        term,
+                        matched,
+                        commit_lsn,
+                        leader_last_lsn,
+                        count,
+                        messages,
+                        link,
+                    )
+                }
+                Job::Entries(ae, messages, bytes_received) => {
+                    self.bytes_received = bytes_received;
+                    self.handle(ae, messages, link)
+                }
+                Job::Snapshot(piece) => self.install(piece, link),
+                Job::Fail(message) => {
+                    let _ = send(writer, &message, trace);
+                    return Ok(());
+                }
+            };
+            let reply = match handled {
+                Ok(reply) => reply,
+                Err(e) => {
+                    // Tell the leader why we drop the link (a stale term, a
+                    // repair that would lose committed data), then redial.
+                    let _ = send(writer, &Message::error(&e), trace);
+                    return Err(e);
+                }
+            };
+            send(writer, &reply, trace)?;
+            if awaited {
+                let _ = done.send((self.db.last_lsn(), self.db.last_term()));
+            }
+        }
+        Ok(())
+    }
+
+    /// ACK an AppendEntries whose records the reading side queued: once
+    /// they are durable and applied, as lesson 3 says.
+    #[allow(clippy::too_many_arguments)]
+    fn acknowledge(
+        &mut self,
+        write: Option<QueuedWrite>,
+        term: Term,
+        matched: Lsn,
+        commit_lsn: Lsn,
+        leader_last_lsn: Lsn,
+        count: usize,
+        messages: u64,
+        link: &FollowerLink,
+    ) -> Result<Message> {
+        if let Some(write) = write {
+            self.db.wait_queued(write)?;
+        }
+        self.db.advance_commit_lsn(commit_lsn.min(matched));
+        self.note_progress(matched, count, messages, leader_last_lsn, link);
+        let (digest_lsn, digest) = self.digest_report(matched);
+        Ok(Message::AppendEntriesAck { last_lsn: matched, term, digest_lsn, digest })
+    }
+
     fn check_term(&self, theirs: Term, what: &str) -> Result<Term> {
-        let leader = self.leader;
-        let ours = self.replica.term();
-        if theirs < ours {
-            let err = Error::StaleTerm { theirs, ours, leader: None };
-            log::error!("[replication] refusing {what} from {leader}: {err}");
-            return Err(err);
-        }
-        if theirs > ours {
-            self.replica.observe_term(theirs, Some(leader), &format!("leader {leader}"))?;
-        }
-        // Our leader is alive: its followers' election clocks start again.
-        self.replica.heard_from_leader(leader);
-        Ok(theirs)
+        check_term(self.replica, self.leader, theirs, what)
     }
 
     /// Snapshot install: one INSTALL_SNAPSHOT (see [`install`]). When the
@@ -462,13 +690,13 @@ impl Follower<'_> {
 }
 
 /// The read side of the link, with room for one message read ahead.
-struct Inbox {
+struct Inbox<'t> {
     reader: BufReader<Conn>,
     pending: Option<AppendEntries>,
     /// Bytes of frames read so far (for catch-up progress lines).
     bytes_received: u64,
     /// `--trace-replication`: this link's trace, for both directions.
-    trace: Option<LinkTrace>,
+    trace: Option<&'t LinkTrace>,
 }
 
 /// What the leader sent next.
@@ -479,7 +707,7 @@ enum Incoming {
     Snapshot(InstallSnapshot),
 }
 
-impl Inbox {
+impl Inbox<'_> {
     /// Read the leader's next message. APPEND_ENTRIES are merged with any
     /// more that have already arrived whole in the read buffer and continue
     /// them in the same term: under load, one WAL append, one fsync and one
@@ -543,7 +771,7 @@ impl Inbox {
                 Err(e) => return Err(e),
             };
             self.bytes_received += (FRAME_HEADER_BYTES + frame.len()) as u64;
-            if let Some(trace) = &self.trace {
+            if let Some(trace) = self.trace {
                 trace.note(Direction::Received, &frame);
             }
             match Message::decode(&frame)? {
@@ -614,4 +842,30 @@ struct CatchUp {
     started: Instant,
     /// A line a second while it lasts longer than one ([`crate::progress`]).
     progress: Progress,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::Op;
+
+    fn append(prev_lsn: Lsn, prev_term: Term, terms: &[Term]) -> AppendEntries {
+        let records = terms
+            .iter()
+            .enumerate()
+            .map(|(i, &term)| Record { lsn: prev_lsn + 1 + i as Lsn, term, op: Op::Noop })
+            .collect();
+        AppendEntries { term: 3, prev_lsn, prev_term, commit_lsn: 0, leader_last_lsn: 0, records }
+    }
+
+    #[test]
+    fn only_an_exact_continuation_of_the_queued_log_skips_the_full_check() {
+        let end = (10, 2);
+        assert!(continues(&append(10, 2, &[2, 3]), end));
+        assert!(continues(&append(10, 2, &[]), end), "a heartbeat at the end");
+        assert!(!continues(&append(9, 2, &[2]), end), "overlaps what is queued");
+        assert!(!continues(&append(11, 2, &[2]), end), "leaves a gap");
+        assert!(!continues(&append(10, 1, &[2]), end), "another term at prev_lsn: a repair");
+        assert!(!continues(&append(10, 2, &[1]), end), "a term going down");
+    }
 }
