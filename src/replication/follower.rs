@@ -295,16 +295,7 @@ const JOBS_MAX: usize = 4;
 enum Job {
     /// An AppendEntries that continues what was queued before it: its
     /// records (if any) are queued; ACK once they are durable.
-    Queued {
-        write: Option<QueuedWrite>,
-        term: Term,
-        matched: Lsn,
-        commit_lsn: Lsn,
-        leader_last_lsn: Lsn,
-        count: usize,
-        messages: u64,
-        bytes_received: u64,
-    },
+    Queued(Queued),
     /// Any other AppendEntries (the first of a session, a repair, a refusal):
     /// checked against the whole log once everything before it is durable.
     Entries(AppendEntries, u64, u64),
@@ -312,6 +303,19 @@ enum Job {
     Snapshot(InstallSnapshot),
     /// Tell the leader why the link is dropped, and stop.
     Fail(Message),
+}
+
+/// An AppendEntries whose records the reading side queued, and what its
+/// ACK and progress lines need.
+struct Queued {
+    write: Option<QueuedWrite>,
+    term: Term,
+    matched: Lsn,
+    commit_lsn: Lsn,
+    leader_last_lsn: Lsn,
+    count: usize,
+    messages: u64,
+    bytes_received: u64,
 }
 
 /// The reading side of a session: read, check fencing, queue the records
@@ -354,7 +358,7 @@ fn receive(
                 if write.is_some() {
                     *last_queued = write;
                 }
-                Job::Queued {
+                Job::Queued(Queued {
                     write,
                     term,
                     matched: end.0,
@@ -363,7 +367,7 @@ fn receive(
                     count,
                     messages,
                     bytes_received: inbox.bytes_received,
-                }
+                })
             }
             Incoming::Entries(ae, messages) => {
                 jobs.send(Job::Entries(ae, messages, inbox.bytes_received))
@@ -439,28 +443,7 @@ impl Follower<'_> {
             // The reading side waits for these (it could not queue them).
             let awaited = matches!(job, Job::Entries(..) | Job::Snapshot(_));
             let handled = match job {
-                Job::Queued {
-                    write,
-                    term,
-                    matched,
-                    commit_lsn,
-                    leader_last_lsn,
-                    count,
-                    messages,
-                    bytes_received,
-                } => {
-                    self.bytes_received = bytes_received;
-                    self.acknowledge(
-                        write,
-                        term,
-                        matched,
-                        commit_lsn,
-                        leader_last_lsn,
-                        count,
-                        messages,
-                        link,
-                    )
-                }
+                Job::Queued(queued) => self.acknowledge(queued, link),
                 Job::Entries(ae, messages, bytes_received) => {
                     self.bytes_received = bytes_received;
                     self.handle(ae, messages, link)
@@ -490,18 +473,18 @@ impl Follower<'_> {
 
     /// ACK an AppendEntries whose records the reading side queued: once
     /// they are durable and applied, as lesson 3 says.
-    #[allow(clippy::too_many_arguments)]
-    fn acknowledge(
-        &mut self,
-        write: Option<QueuedWrite>,
-        term: Term,
-        matched: Lsn,
-        commit_lsn: Lsn,
-        leader_last_lsn: Lsn,
-        count: usize,
-        messages: u64,
-        link: &FollowerLink,
-    ) -> Result<Message> {
+    fn acknowledge(&mut self, queued: Queued, link: &FollowerLink) -> Result<Message> {
+        let Queued {
+            write,
+            term,
+            matched,
+            commit_lsn,
+            leader_last_lsn,
+            count,
+            messages,
+            bytes_received,
+        } = queued;
+        self.bytes_received = bytes_received;
         if let Some(write) = write {
             self.db.wait_queued(write)?;
         }
