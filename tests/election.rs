@@ -41,6 +41,22 @@ fn wait_for_new_leader<'a>(nodes: &[&'a Node], after: u64) -> &'a Node {
     })
 }
 
+/// The term `node` won its election in: 2, or later if both followers
+/// stood at the same moment and split the vote (each voted for itself), as
+/// Raft allows; the next timeout, randomized again, settles it.
+fn won_term(node: &Node) -> u64 {
+    let line = node.wait_for_log("[election] won term ");
+    let term = line
+        .split("won term ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no term in {line:?}"));
+    assert!(term >= 2, "{line}");
+    assert!(line.contains("with votes from"), "{line}");
+    term
+}
+
 #[test]
 fn a_dead_leader_is_replaced_by_an_election_and_rejoins_as_a_follower() {
     // Goal: with --failover auto, SIGKILL of the leader costs an election
@@ -64,8 +80,8 @@ fn a_dead_leader_is_replaced_by_an_election_and_rejoins_as_a_follower() {
     let killed = Instant::now();
     let new_leader = wait_for_new_leader(&[&f2, &f3], 1);
     eprintln!("elected after {} ms", killed.elapsed().as_millis());
-    new_leader.wait_for_log("[election] won term 2 with votes from");
-    new_leader.wait_for_log("starting election for term 2 (last LSN 10, term 1)");
+    let term = won_term(&new_leader);
+    new_leader.wait_for_log(&format!("starting election for term {term} (last LSN 10, term 1)"));
     // LSN 11 is the NOOP that starts the new term.
     assert_eq!(new_leader.client().put(b"after", b"1").unwrap(), 12);
     let status = new_leader.status();
@@ -73,7 +89,7 @@ fn a_dead_leader_is_replaced_by_an_election_and_rejoins_as_a_follower() {
     assert_eq!(status.voted_for, Some(new_leader.addr.to_string()), "it voted for itself");
     let change = status.last_role_change.expect("a role change");
     assert!(
-        change.what.starts_with("leader of term 2 (elected after no AppendEntries"),
+        change.what.starts_with(&format!("leader of term {term} (elected after no AppendEntries")),
         "{change:?}"
     );
 
@@ -82,7 +98,7 @@ fn a_dead_leader_is_replaced_by_an_election_and_rejoins_as_a_follower() {
     let (last, _) = wait_converged(&[&leader, &f2, &f3]);
     assert_eq!(last, 12);
     let status = leader.status();
-    assert_eq!((status.role.as_str(), status.term), ("follower", 2));
+    assert_eq!((status.role.as_str(), status.term), ("follower", term));
     assert_eq!(leader.client().get(b"after").unwrap(), Some(b"1".to_vec()));
 }
 
@@ -115,7 +131,7 @@ fn a_leader_whose_address_refuses_connections_is_replaced_without_waiting_out_th
     let line =
         new_leader.wait_for_log(&format!("[election] leader 127.0.0.1:{p1} refuses connections"));
     assert!(line.contains("standing for election in"), "{line}");
-    new_leader.wait_for_log("[election] won term 2 with votes from");
+    won_term(&new_leader);
     assert_eq!(new_leader.client().put(b"after", b"1").unwrap(), 7, "LSN 6 is the term's NOOP");
 }
 
