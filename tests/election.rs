@@ -80,7 +80,7 @@ fn a_dead_leader_is_replaced_by_an_election_and_rejoins_as_a_follower() {
     let killed = Instant::now();
     let new_leader = wait_for_new_leader(&[&f2, &f3], 1);
     eprintln!("elected after {} ms", killed.elapsed().as_millis());
-    let term = won_term(&new_leader);
+    let term = won_term(new_leader);
     new_leader.wait_for_log(&format!("starting election for term {term} (last LSN 10, term 1)"));
     // LSN 11 is the NOOP that starts the new term.
     assert_eq!(new_leader.client().put(b"after", b"1").unwrap(), 12);
@@ -131,7 +131,7 @@ fn a_leader_whose_address_refuses_connections_is_replaced_without_waiting_out_th
     let line =
         new_leader.wait_for_log(&format!("[election] leader 127.0.0.1:{p1} refuses connections"));
     assert!(line.contains("standing for election in"), "{line}");
-    won_term(&new_leader);
+    won_term(new_leader);
     assert_eq!(new_leader.client().put(b"after", b"1").unwrap(), 7, "LSN 6 is the term's NOOP");
 }
 
