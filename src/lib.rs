@@ -56,8 +56,10 @@
 //!   no member, counted toward nothing.
 //! - `follower`: on a follower only; dials the leader, sends FOLLOWER_HELLO,
 //!   checks each AppendEntries against its log (repairing it if it
-//!   diverged), applies it through the write path and answers with ACKs. A
-//!   change of leader stops it and starts another.
+//!   diverged) and queues it on the write path; its `follower-ack` thread
+//!   waits for each to be durable and answers with ACKs, so the next is
+//!   read while one is fsynced. A change of leader stops both and starts
+//!   another pair.
 //! - `metrics-http`: with `--metrics-port` only; answers `GET /metrics`
 //!   and `GET /healthz`, one request at a time ([`server::http`]).
 //! - `announce-tN`: on the leader of term N; tells members that are not
