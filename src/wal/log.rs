@@ -21,7 +21,7 @@
 //!   compared with its offset (rewritten if wrong); records after the base
 //!   are decoded and replayed into the map, those at or before it only
 //!   checked (the snapshot already holds them);
-//! - the segment being appended to is allocated ahead ([`preallocate`]):
+//! - the segment being appended to is allocated ahead (`preallocate`):
 //!   zeros after the last entry are where its log ends;
 //! - a torn tail of the last segment (a damaged last entry, with nothing
 //!   but zeros after it) is truncated and logged; a damaged entry followed
@@ -641,7 +641,7 @@ impl Wal {
     /// The fsync runs without the writer's lock, so the next batch can be
     /// written meanwhile (the committer's pipeline, `crate::db`). It covers
     /// every batch appended before it started: those in the active segment
-    /// by this call, those in earlier segments by [`Wal::roll`].
+    /// by this call, those in earlier segments by `Wal::roll`.
     pub fn sync(&self) -> Result<()> {
         let (file, path) = {
             let w = self.writer.lock();
