@@ -199,7 +199,9 @@ echo "\$ kv_client wal-dump ./$new    # the new leader"
 say "6. Restart the old leader as a follower of the new leader"
 start node1 "$P1" --role=follower --failover manual --leader="$best" --write-concern majority
 wait_for "the old leader to repair its log" 10 grep -q 'truncating' "$WORK/node1.log"
-wait_for "the old leader to catch up" 10 grep -q 'caught up to LSN 10' "$WORK/node1.log"
+# The new leader's log: LSN 1..5, its NOOP at 6 (term 2 starts), key6..key10 at 7..11.
+last=$(field "$best" last_lsn)
+wait_for "the old leader to catch up" 10 grep -q "caught up to LSN $last" "$WORK/node1.log"
 echo
 echo "node1's log since the restart:"
 sed -n '/started with --role=follower/,$p' "$WORK/node1.log" |
