@@ -203,8 +203,6 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         return Ok(());
     }
     let mut writer = stream.try_clone().map_err(setup)?;
-    // To end the receiving side if the acknowledging side fails.
-    let socket = stream.socket().try_clone().map_err(setup)?;
     let trace = LinkTrace::new(PeerKind::Leader, leader);
     let trace = trace.as_ref();
     let mut inbox = Inbox {
@@ -255,9 +253,9 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         digest_due: Instant::now(),
         snapshot: install::Receiver::new(db),
     };
-    // Two threads (see "Two threads" below): this one reads, checks and
-    // queues; the acknowledging one waits for each batch to be durable and
-    // answers, in the order the messages came.
+    // Two threads ("Two threads" in the module doc): this one reads,
+    // checks and queues; the acknowledging one waits for each batch to be
+    // durable and answers, in the order the messages came.
     let (jobs, jobs_rx) = crossbeam_channel::bounded::<Job>(JOBS_MAX);
     let (done_tx, done) = crossbeam_channel::bounded::<(Lsn, Term)>(1);
     std::thread::scope(|scope| {
@@ -266,7 +264,10 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
             .spawn_scoped(scope, move || {
                 let outcome = follower.answer(jobs_rx, done_tx, &mut writer, trace, link);
                 if outcome.is_err() {
-                    let _ = socket.shutdown(Shutdown::Both);
+                    // End the reading side too: close the link's socket.
+                    if let Some(socket) = link.socket.lock().as_ref() {
+                        let _ = socket.shutdown(Shutdown::Both);
+                    }
                 }
                 outcome
             })
@@ -310,7 +311,9 @@ enum Job {
 struct Queued {
     write: Option<QueuedWrite>,
     term: Term,
-    matched: Lsn,
+    /// LSN and term of the last record queued: our log matches the
+    /// leader's up to that LSN once `write` is durable.
+    end: (Lsn, Term),
     commit_lsn: Lsn,
     leader_last_lsn: Lsn,
     count: usize,
@@ -337,52 +340,55 @@ fn receive(
     let mut end = (db.last_lsn(), db.last_term());
     loop {
         let job = match inbox.read_next(replica, leader)? {
-            Incoming::Entries(mut ae, messages) if continues(&ae, end) => {
-                let term = match check_term(replica, leader, ae.term, "AppendEntries") {
-                    Ok(term) => term,
+            Incoming::Entries(ae, messages) if continues(&ae, end) => {
+                match queue(db, replica, leader, ae, messages, inbox.bytes_received) {
+                    Ok(queued) => {
+                        end = queued.end;
+                        if queued.write.is_some() {
+                            *last_queued = queued.write;
+                        }
+                        Job::Queued(queued)
+                    }
                     Err(e) => {
                         let _ = jobs.send(Job::Fail(Message::error(&e)));
                         return Err(e);
                     }
-                };
-                let count = ae.records.len();
-                let last = ae.records.last().map(|r| (r.lsn, r.term));
-                let write = match db.queue_replicated(std::mem::take(&mut ae.records)) {
-                    Ok(write) => write,
-                    Err(e) => {
-                        let _ = jobs.send(Job::Fail(Message::error(&e)));
-                        return Err(e);
-                    }
-                };
-                end = last.unwrap_or(end);
-                if write.is_some() {
-                    *last_queued = write;
                 }
-                Job::Queued(Queued {
-                    write,
-                    term,
-                    matched: end.0,
-                    commit_lsn: ae.commit_lsn,
-                    leader_last_lsn: ae.leader_last_lsn,
-                    count,
-                    messages,
-                    bytes_received: inbox.bytes_received,
-                })
             }
-            Incoming::Entries(ae, messages) => {
-                jobs.send(Job::Entries(ae, messages, inbox.bytes_received))
-                    .map_err(|_| stopped())?;
-                end = done.recv().map_err(|_| stopped())?;
-                continue;
-            }
-            Incoming::Snapshot(piece) => {
-                jobs.send(Job::Snapshot(piece)).map_err(|_| stopped())?;
-                end = done.recv().map_err(|_| stopped())?;
-                continue;
-            }
+            Incoming::Entries(ae, messages) => Job::Entries(ae, messages, inbox.bytes_received),
+            Incoming::Snapshot(piece) => Job::Snapshot(piece),
         };
+        let awaited = !matches!(job, Job::Queued(_));
         jobs.send(job).map_err(|_| stopped())?;
+        if awaited {
+            end = done.recv().map_err(|_| stopped())?;
+        }
     }
+}
+
+/// Fencing, then queue the records of `ae`, which [`continues`] the log.
+fn queue(
+    db: &Db,
+    replica: &Replica,
+    leader: SocketAddr,
+    mut ae: AppendEntries,
+    messages: u64,
+    bytes_received: u64,
+) -> Result<Queued> {
+    let term = check_term(replica, leader, ae.term, "AppendEntries")?;
+    let count = ae.records.len();
+    let end = ae.records.last().map_or((ae.prev_lsn, ae.prev_term), |r| (r.lsn, r.term));
+    let write = db.queue_replicated(std::mem::take(&mut ae.records))?;
+    Ok(Queued {
+        write,
+        term,
+        end,
+        commit_lsn: ae.commit_lsn,
+        leader_last_lsn: ae.leader_last_lsn,
+        count,
+        messages,
+        bytes_received,
+    })
 }
 
 /// True if `ae` continues the queued log that ends at `end` (LSN, term):
@@ -477,7 +483,7 @@ impl Follower<'_> {
         let Queued {
             write,
             term,
-            matched,
+            end: (matched, _),
             commit_lsn,
             leader_last_lsn,
             count,

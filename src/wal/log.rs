@@ -603,9 +603,10 @@ impl Wal {
         self.appended.load(Ordering::Acquire)
     }
 
-    /// Close the full active segment and start the next one. The full one
-    /// is fsynced first: a batch may have been written to it while an fsync
-    /// was running, and later fsyncs only reach the new active segment.
+    /// Close the full active segment and start the next one. With
+    /// `sync_full_segments` (`--fsync always`) the full one is fsynced
+    /// first: a batch may have been written to it while an fsync was
+    /// running, and later fsyncs only reach the new active segment.
     fn roll(&self, w: &mut Writer) -> Result<()> {
         if self.sync_full_segments {
             w.file.sync_data().map_err(|e| {

@@ -318,9 +318,9 @@ pub(crate) enum Next {
 /// Read the entry at `offset` of a file of `file_len` bytes into `entry`,
 /// telling by its length alone whether it is whole, torn or impossible
 /// (the checksum is the caller's): a body shorter than `body_min` or longer
-/// than any record is impossible, and is a torn tail only if zeros run from
-/// it to the end of the file (space the file system extended but never
-/// filled); otherwise it is corruption.
+/// than any record is impossible: if zeros run from it to the end of the
+/// file, it is where the log ends (space allocated ahead, or extended by
+/// the file system but never filled); otherwise it is corruption.
 pub(crate) fn read_entry(
     reader: &mut impl Read,
     entry: &mut Vec<u8>,
