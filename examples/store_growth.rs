@@ -52,8 +52,9 @@ fn main() {
                 op: Op::Put { key: format!("key:{l:012}").into(), value: value.clone() },
             })
             .collect();
+        let count = batch.len() as u64;
         let started = Instant::now();
-        for record in &batch {
+        for record in batch {
             store.apply(record);
         }
         let took = started.elapsed();
@@ -61,7 +62,7 @@ fn main() {
         if took > slowest {
             (slowest, slowest_at) = (took, lsn);
         }
-        lsn += batch.len() as u64;
+        lsn += count;
     }
     println!(
         "{} keys applied in batches of {BATCH_RECORDS}: {:.2} us per record; slowest batch \

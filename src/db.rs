@@ -14,14 +14,21 @@
 //! 3. **Notify**: as soon as the batch is written the writer hands it to
 //!    every replication subscriber (one crossbeam channel per follower
 //!    sender, lesson 3).
-//! 4. **Fsync and apply**: whoever finds the *syncer* role free fsyncs
-//!    everything written so far, then applies it to the map in LSN order
-//!    and wakes the writers — a reader never sees a write that a crash of
-//!    this node could take back, and no client hears OK for it before then.
-//!    With `--fsync always` the two roles overlap: the next batch is
-//!    written, and sent to the followers, while the one before it is being
-//!    fsynced, so a batch does not wait for the previous fsync to end
-//!    before it leaves for the followers (see [`Db::wait_durable`]).
+//! 4. **Fsync**: whoever finds the *syncer* role free fsyncs everything
+//!    written so far.
+//! 5. **Apply**: whoever finds the *applier* role free applies everything
+//!    fsynced so far to the map, in LSN order, and wakes the writers — a
+//!    reader never sees a write that a crash of this node could take back,
+//!    and no client hears OK for it before then.
+//!
+//! The three roles overlap (see [`Db::wait_for`]). With `--fsync always`
+//! the next batch is written, and sent to the followers, while the one
+//! before it is being fsynced, so a batch does not wait for the previous
+//! fsync to end before it leaves for the followers. And a batch is applied
+//! while the next one is fsynced: on a leader applying takes microseconds,
+//! but a follower catching up applies thousands of records per batch, and
+//! its reading thread fsyncs the next batch meanwhile
+//! ([`Db::wait_synced`]).
 //!
 //! ## Sending before the leader's fsync (Raft section 10.2.1, etcd)
 //!
@@ -219,13 +226,19 @@ struct CommitState {
     durable_at: Option<Instant>,
     /// A thread is writing the queue to the WAL (the *writer*).
     writing: bool,
-    /// A thread is fsyncing and applying written batches (the *syncer*).
+    /// A thread is fsyncing written batches (the *syncer*).
     syncing: bool,
-    /// Batches written and handed to the followers, not yet durable and
-    /// applied, oldest first, with when each was written.
+    /// A thread is applying fsynced batches to the map (the *applier*).
+    applying: bool,
+    /// Batches written and handed to the followers, not yet fsynced,
+    /// oldest first, with when each was written.
     written: VecDeque<(Batch, Instant)>,
     /// Last LSN written to the WAL (durable or not).
     written_lsn: Lsn,
+    /// Batches fsynced (as the policy asks), not yet applied, oldest first.
+    synced: VecDeque<Batch>,
+    /// Last LSN fsynced (as the policy asks), applied or not.
+    synced_lsn: Lsn,
     /// `failed_from[e]`: the first LSN discarded when epoch `e` ended.
     failed_from: Vec<Lsn>,
     last_failure: String,
@@ -299,8 +312,11 @@ impl Db {
                 durable_at: None,
                 writing: false,
                 syncing: false,
+                applying: false,
                 written: VecDeque::new(),
                 written_lsn: last_lsn,
+                synced: VecDeque::new(),
+                synced_lsn: last_lsn,
                 failed_from: Vec::new(),
                 last_failure: String::new(),
                 fatal: None,
@@ -352,7 +368,18 @@ impl Db {
     /// Wait until a write queued by [`Db::begin_term_with_noop`] or
     /// [`Db::queue_replicated`] is durable (and applied).
     pub fn wait_queued(&self, write: QueuedWrite) -> Result<Lsn> {
-        self.wait_durable(write.0)?;
+        self.wait_for(write.0, Goal::Applied)?;
+        Ok(write.0.lsn)
+    }
+
+    /// Wait only until a write queued by [`Db::queue_replicated`] is
+    /// written and fsynced, doing the writer's and syncer's work meanwhile
+    /// but never the applier's: a follower's reading thread makes the next
+    /// batch durable while its acknowledging thread applies the one before
+    /// (`crate::replication::follower`, "Two threads"). Another waiter
+    /// applies it: [`Db::wait_queued`].
+    pub fn wait_synced(&self, write: QueuedWrite) -> Result<Lsn> {
+        self.wait_for(write.0, Goal::Synced)?;
         Ok(write.0.lsn)
     }
 
@@ -612,6 +639,14 @@ impl Db {
         self.store.read().len()
     }
 
+    /// Size the map for `keys` keys before a catch-up brings them
+    /// ([`Store::reserve`]); the caller bounds `keys`. Returns how long it
+    /// took, or `None` if the memory could not be had.
+    pub fn reserve_keys(&self, keys: usize) -> Option<Duration> {
+        let started = Instant::now();
+        self.store.write().reserve(keys).then(|| started.elapsed())
+    }
+
     /// Log and apply one client write (leader). Returns its LSN and the
     /// term it was written in, once durable.
     pub fn write(&self, op: Op) -> Result<(Lsn, Term)> {
@@ -645,7 +680,7 @@ impl Db {
             }
             (Ticket { lsn: q.next_lsn - 1, epoch: self.epoch.load(Ordering::Acquire) }, first, term)
         };
-        self.wait_durable(ticket)?;
+        self.wait_for(ticket, Goal::Applied)?;
         Ok((first, ticket.lsn, term))
     }
 
@@ -724,6 +759,7 @@ impl Db {
         q.next_lsn = lsn + 1;
         c.durable_lsn = lsn;
         c.written_lsn = lsn;
+        c.synced_lsn = lsn;
         self.durable_lsn.store(lsn, Ordering::Release);
         let mut ring = self.digests.lock();
         while ring.back().is_some_and(|&(l, _)| l > lsn) {
@@ -740,7 +776,8 @@ impl Db {
         what: &str,
     ) -> Result<(MutexGuard<'_, CommitState>, MutexGuard<'_, Queue>)> {
         let mut c = self.commit.lock();
-        while c.writing || c.syncing || !c.written.is_empty() {
+        while c.writing || c.syncing || c.applying || !c.written.is_empty() || !c.synced.is_empty()
+        {
             self.committed.wait(&mut c);
         }
         if let Some(why) = &c.fatal {
@@ -788,6 +825,7 @@ impl Db {
         q.next_lsn = meta.lsn + 1;
         c.durable_lsn = meta.lsn;
         c.written_lsn = meta.lsn;
+        c.synced_lsn = meta.lsn;
         self.durable_lsn.store(meta.lsn, Ordering::Release);
         self.commit_lsn.fetch_max(meta.lsn, Ordering::AcqRel);
         self.digests.lock().clear();
@@ -808,22 +846,27 @@ impl Db {
         rx
     }
 
-    /// Wait until `ticket` is durable, doing the committer's work meanwhile.
+    /// Wait until `ticket` has reached `goal`, doing the committer's work
+    /// meanwhile.
     ///
-    /// The committer's work has two roles, each held by at most one thread
-    /// at a time, so that one batch is written while the one before it is
-    /// fsynced (a two-stage pipeline):
+    /// The committer's work has three roles, each held by at most one
+    /// thread at a time, so that one batch is written while the one before
+    /// it is fsynced, and applied while the next is fsynced (a pipeline of
+    /// three stages):
     /// - the **writer** takes the whole queue, writes it with one `write`
     ///   and hands it to the followers ([`Db::write_queue`]);
-    /// - the **syncer** fsyncs everything written so far and applies it to
-    ///   the map in LSN order ([`Db::sync_and_apply`]).
+    /// - the **syncer** fsyncs everything written so far ([`Db::sync`]);
+    /// - the **applier** applies everything fsynced so far to the map, in
+    ///   LSN order, and moves the durable LSN ([`Db::apply`]).
     ///
-    /// A waiting thread takes whichever role is free and has work. With no
-    /// role to take, it sleeps on `to_write` while its record is still
-    /// queued and on `committed` once it is written. The writer, when it
-    /// leaves the queue non-empty, wakes one thread to write the next batch,
-    /// then (usually) syncs its own.
-    fn wait_durable(&self, ticket: Ticket) -> Result<()> {
+    /// A waiting thread takes whichever role is free and has work, the
+    /// applier's first (it finishes what is nearest done). A thread that
+    /// waits only for [`Goal::Synced`] never applies. With no role to take,
+    /// it sleeps on `to_write` while its record is still queued and on
+    /// `committed` once it is written. The writer, when it leaves the queue
+    /// non-empty, wakes one thread to write the next batch, then (usually)
+    /// syncs its own.
+    fn wait_for(&self, ticket: Ticket, goal: Goal) -> Result<()> {
         let mut c = self.commit.lock();
         let mut waited = false;
         let mut woken_to_write = false;
@@ -839,14 +882,31 @@ impl Db {
                 // still in the log: it waits for durability as usual.)
                 return Err(Error::WalFailed(c.last_failure.clone()));
             }
-            if c.durable_lsn >= ticket.lsn {
-                if let (true, Some(at)) = (waited, c.durable_at) {
-                    self.stages.record(Stage::Wakeup, at.elapsed());
+            match goal {
+                Goal::Synced if c.synced_lsn >= ticket.lsn => return Ok(()),
+                Goal::Applied if c.durable_lsn >= ticket.lsn => {
+                    if let (true, Some(at)) = (waited, c.durable_at) {
+                        self.stages.record(Stage::Wakeup, at.elapsed());
+                    }
+                    return Ok(());
                 }
-                return Ok(());
+                _ => {}
             }
             let can_write = !c.writing && !self.queue.lock().pending.is_empty();
             let can_sync = !c.syncing && !c.written.is_empty();
+            let can_apply = goal == Goal::Applied && !c.applying && !c.synced.is_empty();
+            if can_apply {
+                c.applying = true;
+                let batches: Vec<Batch> = c.synced.drain(..).collect();
+                drop(c);
+                let durable = self.apply(batches);
+                c = self.commit.lock();
+                c.applying = false;
+                c.durable_lsn = durable.max(c.durable_lsn);
+                c.durable_at = Some(Instant::now());
+                self.committed.notify_all();
+                continue;
+            }
             if can_write && (woken_to_write || !can_sync) {
                 woken_to_write = false;
                 c.writing = true;
@@ -860,14 +920,13 @@ impl Db {
                         c.written.push_back((batch, written_at));
                     }
                     Ok(None) => {}
-                    Err(CommitFailure::Write { first_lsn, why }) => {
+                    Err(WriteFailure { first_lsn, why }) => {
                         c.failed_from.push(first_lsn);
                         c.last_failure = why;
                         self.committed.notify_all();
                         self.to_write.notify_all();
                         continue;
                     }
-                    Err(CommitFailure::Fsync(why)) => c.fatal = Some(why),
                 }
                 if self.pipelined() && !self.queue.lock().pending.is_empty() {
                     self.to_write.notify_one();
@@ -882,21 +941,25 @@ impl Db {
                 c.syncing = true;
                 let batches: Vec<(Batch, Instant)> = c.written.drain(..).collect();
                 drop(c);
-                let result = self.sync_and_apply(&batches);
+                let result = self.sync(&batches);
                 c = self.commit.lock();
                 c.syncing = false;
                 match result {
-                    Ok(durable) => {
-                        c.durable_lsn = durable.max(c.durable_lsn);
-                        c.durable_at = Some(Instant::now());
+                    Ok(()) => {
+                        for (batch, _) in batches {
+                            c.synced_lsn = batch.last().map_or(c.synced_lsn, |r| r.lsn);
+                            c.synced.push_back(batch);
+                        }
                     }
-                    Err(CommitFailure::Fsync(why)) | Err(CommitFailure::Write { why, .. }) => {
-                        c.fatal = Some(why)
-                    }
+                    Err(why) => c.fatal = Some(why),
                 }
-                self.committed.notify_all();
+                // Whoever applies next is woken, unless it is this thread:
+                // it goes on to apply, and wakes everyone once it has.
+                if goal == Goal::Synced || c.applying || c.fatal.is_some() {
+                    self.committed.notify_all();
+                }
                 // A thread whose record was written meanwhile sleeps on
-                // `to_write`: it is durable now, or it syncs what is left.
+                // `to_write`: it syncs what is left, or waits for the apply.
                 self.to_write.notify_all();
                 continue;
             }
@@ -920,7 +983,7 @@ impl Db {
 
     /// The writer's job: write the whole queue with one `write` and hand it
     /// to the followers. `None` if the queue was empty.
-    fn write_queue(&self) -> std::result::Result<Option<(Batch, Instant)>, CommitFailure> {
+    fn write_queue(&self) -> std::result::Result<Option<(Batch, Instant)>, WriteFailure> {
         let (batch, queued_at) = {
             let mut q = self.queue.lock();
             (std::mem::take(&mut q.pending), q.first_queued_at.take())
@@ -939,7 +1002,7 @@ impl Db {
             q.next_lsn = first_lsn;
             self.epoch.fetch_add(1, Ordering::AcqRel);
             log::error!("[wal] {e}; {discarded} queued write(s) refused, none applied");
-            return Err(CommitFailure::Write { first_lsn, why: e.to_string() });
+            return Err(WriteFailure { first_lsn, why: e.to_string() });
         }
         let written = Instant::now();
         self.stages.record(Stage::Write, written - started);
@@ -954,42 +1017,49 @@ impl Db {
     }
 
     /// The syncer's job: fsync (as the policy asks) everything written so
-    /// far, then apply `batches` to the map in LSN order. Returns the new
-    /// durable LSN.
-    fn sync_and_apply(
-        &self,
-        batches: &[(Batch, Instant)],
-    ) -> std::result::Result<Lsn, CommitFailure> {
-        let Some(last) = batches.last().and_then(|(b, _)| b.last()).map(|r| r.lsn) else {
-            return Ok(self.last_lsn());
-        };
-        if self.fsync == FsyncPolicy::Always {
-            let result = self.wal.sync();
-            for (_, written) in batches {
-                self.stages.record(Stage::Fsync, written.elapsed());
-            }
-            if let Err(e) = result {
-                log::error!(
-                    "[wal] {e}; the log's state on disk is unknown, so this node refuses \
-                     writes until it is restarted (restart recovers from the disk)"
-                );
-                return Err(CommitFailure::Fsync(e.to_string()));
-            }
+    /// far, which covers `batches`. On a failure, why.
+    fn sync(&self, batches: &[(Batch, Instant)]) -> std::result::Result<(), String> {
+        if self.fsync == FsyncPolicy::Never || batches.is_empty() {
+            return Ok(());
         }
+        let result = self.wal.sync();
+        for (_, written) in batches {
+            self.stages.record(Stage::Fsync, written.elapsed());
+        }
+        result.map_err(|e| {
+            log::error!(
+                "[wal] {e}; the log's state on disk is unknown, so this node refuses \
+                 writes until it is restarted (restart recovers from the disk)"
+            );
+            e.to_string()
+        })
+    }
+
+    /// The applier's job: apply `batches`, fsynced already, to the map in
+    /// LSN order. Returns the new durable LSN.
+    ///
+    /// A batch that no follower's sender still holds (always so on a
+    /// follower) is moved into the map; a shared one is copied.
+    fn apply(&self, batches: Vec<Batch>) -> Lsn {
+        let Some(last) = batches.last().and_then(|b| b.last()).map(|r| r.lsn) else {
+            return self.last_lsn();
+        };
+        let count = batches.len();
         {
             let mut store = self.store.write();
             let mut ring = self.digests.lock();
-            for record in batches.iter().flat_map(|(b, _)| b.iter()) {
+            for record in batches.into_iter().flat_map(Arc::unwrap_or_clone) {
+                let lsn = record.lsn;
                 store.apply(record);
                 if ring.len() == DIGEST_RING_RECORDS {
                     ring.pop_front();
                 }
-                ring.push_back((record.lsn, store.digest()));
+                ring.push_back((lsn, store.digest()));
             }
         }
         self.durable_lsn.store(last, Ordering::Release);
-        log::trace!("[wal] committed LSN {last} ({} batch(es))", batches.len());
-        Ok(last)
+        log::trace!("[wal] committed LSN {last} ({count} batch(es))");
+        last
     }
 
     /// Wake the snapshot thread once in a while as the WAL grows (every
@@ -1019,9 +1089,19 @@ fn poke_step(options: &StorageOptions) -> u64 {
     (threshold / 8).clamp(4096, 8 * 1024 * 1024)
 }
 
-enum CommitFailure {
-    Write { first_lsn: Lsn, why: String },
-    Fsync(String),
+/// A failed WAL write: the first LSN of the discarded batch, and why.
+struct WriteFailure {
+    first_lsn: Lsn,
+    why: String,
+}
+
+/// What a waiter in [`Db::wait_for`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// Written and fsynced (as the policy asks).
+    Synced,
+    /// Written, fsynced and applied to the map: durable, readable.
+    Applied,
 }
 
 /// Take an exclusive lock on `DATA_DIR/LOCK` so two servers never share a
@@ -1148,6 +1228,66 @@ mod tests {
         assert_eq!(db.wait_queued(second).unwrap(), 3);
         assert_eq!(db.wait_queued(first).unwrap(), 2);
         assert_eq!((db.last_lsn(), db.last_term(), db.key_count()), (3, 2, 3));
+    }
+
+    #[test]
+    fn a_synced_batch_waits_for_an_applier_and_reads_never_see_it_before() {
+        // Goal: wait_synced writes and fsyncs a queued batch but leaves it
+        // out of the map; the next wait_queued applies it (and any synced
+        // after it) in one go.
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), FsyncPolicy::Always).unwrap();
+        let rec = |lsn, v: &str| Record { lsn, term: 1, op: put("k", v) };
+        let first = db.queue_replicated(vec![rec(1, "a"), rec(2, "b")]).unwrap().unwrap();
+        assert_eq!(db.wait_synced(first).unwrap(), 2);
+        assert_eq!(db.wal().last_lsn(), 2, "written");
+        assert_eq!((db.last_lsn(), db.get(b"k")), (0, None), "not applied");
+        let second = db.queue_replicated(vec![rec(3, "c")]).unwrap().unwrap();
+        db.wait_synced(second).unwrap();
+        assert_eq!(db.last_lsn(), 0);
+        assert_eq!(db.wait_queued(second).unwrap(), 3);
+        assert_eq!((db.last_lsn(), db.get(b"k")), (3, Some(b"c".to_vec())));
+        assert_eq!(db.wait_queued(first).unwrap(), 2, "already applied");
+    }
+
+    #[test]
+    fn one_thread_syncing_while_another_applies_loses_and_reorders_nothing() {
+        // Goal: a follower's two threads — one queues and fsyncs batches,
+        // the other applies each in order — end with the map a plain
+        // in-order apply gives, every batch applied once.
+        let dir = tempfile::tempdir().unwrap();
+        let (db, _) = Db::open(dir.path(), FsyncPolicy::Always).unwrap();
+        let batches: Vec<Vec<Record>> = (0..200u64)
+            .map(|b| {
+                (1..=50u64)
+                    .map(|i| {
+                        let lsn = b * 50 + i;
+                        Record {
+                            lsn,
+                            term: 1,
+                            op: put(&format!("k{}", lsn % 97), &lsn.to_string()),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut expected = Store::new();
+        batches.iter().flatten().for_each(|r| expected.apply(r.clone()));
+        let (tx, rx) = crossbeam_channel::bounded::<QueuedWrite>(4);
+        std::thread::scope(|scope| {
+            let applier = scope
+                .spawn(|| rx.iter().map(|write| db.wait_queued(write).unwrap()).last().unwrap());
+            for batch in batches {
+                let write = db.queue_replicated(batch).unwrap().unwrap();
+                db.wait_synced(write).unwrap();
+                tx.send(write).unwrap();
+            }
+            drop(tx);
+            assert_eq!(applier.join().unwrap(), 10_000);
+        });
+        assert_eq!(db.last_lsn(), 10_000);
+        assert_eq!(db.digest(), (10_000, expected.digest()));
+        assert_eq!(db.key_count(), expected.len());
     }
 
     #[test]

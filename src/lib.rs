@@ -56,10 +56,10 @@
 //!   no member, counted toward nothing.
 //! - `follower`: on a follower only; dials the leader, sends FOLLOWER_HELLO,
 //!   checks each AppendEntries against its log (repairing it if it
-//!   diverged) and queues it on the write path; its `follower-ack` thread
-//!   waits for each to be durable and answers with ACKs, so the next is
-//!   read while one is fsynced. A change of leader stops both and starts
-//!   another pair.
+//!   diverged), queues it on the write path and waits until it is written
+//!   and fsynced; its `follower-ack` thread applies each to the map and
+//!   answers with ACKs, so the next is read and fsynced while one is
+//!   applied. A change of leader stops both and starts another pair.
 //! - `metrics-http`: with `--metrics-port` only; answers `GET /metrics`
 //!   and `GET /healthz`, one request at a time ([`server::http`]).
 //! - `announce-tN`: on the leader of term N; tells members that are not

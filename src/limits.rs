@@ -210,6 +210,14 @@ pub const ADDRESS_BYTES_MAX: usize = 255;
 /// run 3, 5 or 7 nodes, and 64 is far past any of them.
 pub const MEMBERS_MAX: usize = 64;
 
+/// Most keys a follower sizes its map for ahead of a catch-up, whatever
+/// the leader's LEADER_HELLO says (`keys`). At 16 million keys the tables
+/// alone take about 1 GiB; past it, the map grows by doubling as records
+/// arrive, as it would without the hint. The hint is also capped by the
+/// keys the follower could hold once caught up (its own plus the records
+/// to come), so a wrong count never reserves room no record will fill.
+pub const RESERVE_KEYS_MAX: u64 = 16 * 1024 * 1024;
+
 /// How often a leader tells members that are not following it that it
 /// leads (LEADER_ANNOUNCE): a deposed leader learns of its successor within
 /// about this long of the link healing.

@@ -148,6 +148,19 @@ impl Store {
         store
     }
 
+    /// Make room for `keys` keys in all, spread over the shards as the
+    /// keys will be, before a catch-up brings them: each table is sized
+    /// once instead of doubling, and moving every key, on the way. A
+    /// table already that large is left alone. False if the memory could
+    /// not be had (the tables then grow as records arrive, as before).
+    pub fn reserve(&mut self, keys: usize) -> bool {
+        let per_shard = keys / SHARDS + 1;
+        (0..SHARDS).all(|i| {
+            let additional = per_shard.saturating_sub(self.shards[i].len());
+            additional == 0 || self.shard_mut(i).try_reserve(additional).is_ok()
+        })
+    }
+
     fn shard_of(&self, key: &[u8]) -> usize {
         (self.shard_hasher.hash_one(key) % SHARDS as u64) as usize
     }
@@ -206,7 +219,10 @@ impl Store {
     }
 
     /// Apply one record. Records must arrive in LSN order, each exactly once.
-    pub fn apply(&mut self, record: &Record) {
+    /// Apply one record, the next in LSN order. The record is moved in:
+    /// its key and value become the map's own, with no copy (a key already
+    /// in the map keeps the stored copy, and the new one is dropped).
+    pub fn apply(&mut self, record: Record) {
         assert_eq!(
             record.lsn,
             self.applied_lsn + 1,
@@ -214,21 +230,24 @@ impl Store {
             self.applied_lsn,
             record.lsn
         );
-        match &record.op {
+        match record.op {
             Op::Put { key, value } => {
-                self.digest = self.digest.wrapping_add(pair_hash(key, value));
+                // pair_hash, with the key's half kept for the old value.
+                let key_hash = xxh3_64(&key);
+                self.digest = self.digest.wrapping_add(xxh3_64_with_seed(&value, key_hash));
                 self.live_bytes += (key.len() + value.len()) as u64;
-                let shard = self.shard_of(key);
-                if let Some(old) = self.shard_mut(shard).insert(key.clone(), value.clone()) {
-                    self.digest = self.digest.wrapping_sub(pair_hash(key, &old));
-                    self.live_bytes -= (key.len() + old.len()) as u64;
+                let key_len = key.len() as u64;
+                let shard = self.shard_of(&key);
+                if let Some(old) = self.shard_mut(shard).insert(key, value) {
+                    self.digest = self.digest.wrapping_sub(xxh3_64_with_seed(&old, key_hash));
+                    self.live_bytes -= key_len + old.len() as u64;
                 }
             }
             Op::Delete { key } => {
-                let shard = self.shard_of(key);
+                let shard = self.shard_of(&key);
                 if self.shards[shard].contains_key(key.as_slice()) {
-                    if let Some(old) = self.shard_mut(shard).remove(key) {
-                        self.digest = self.digest.wrapping_sub(pair_hash(key, &old));
+                    if let Some(old) = self.shard_mut(shard).remove(&key) {
+                        self.digest = self.digest.wrapping_sub(pair_hash(&key, &old));
                         self.live_bytes -= (key.len() + old.len()) as u64;
                     }
                 }
@@ -282,16 +301,16 @@ mod tests {
             op: Op::Put { key: k.into(), value: v.into() },
         };
         let mut a = Store::new();
-        a.apply(&put(1, "x", "1"));
-        a.apply(&put(2, "y", "2"));
+        a.apply(put(1, "x", "1"));
+        a.apply(put(2, "y", "2"));
         let mut b = Store::new();
-        b.apply(&put(1, "y", "old"));
-        b.apply(&put(2, "gone", "soon"));
-        b.apply(&put(3, "x", "1"));
-        b.apply(&Record { lsn: 4, term: 1, op: Op::Delete { key: b"gone".to_vec() } });
-        b.apply(&put(5, "y", "2"));
+        b.apply(put(1, "y", "old"));
+        b.apply(put(2, "gone", "soon"));
+        b.apply(put(3, "x", "1"));
+        b.apply(Record { lsn: 4, term: 1, op: Op::Delete { key: b"gone".to_vec() } });
+        b.apply(put(5, "y", "2"));
         assert_eq!(a.digest(), b.digest());
-        b.apply(&put(6, "y", "3"));
+        b.apply(put(6, "y", "3"));
         assert_ne!(a.digest(), b.digest());
         assert_eq!(Store::new().digest(), 0);
     }
@@ -305,7 +324,7 @@ mod tests {
         let mut lsn = 0;
         let mut apply = |s: &mut Store, op: Op| {
             lsn += 1;
-            s.apply(&Record { lsn, term: 1, op });
+            s.apply(Record { lsn, term: 1, op });
         };
         for i in 0..10_000 {
             apply(&mut s, Op::Put { key: format!("k{i}").into(), value: format!("v{i}").into() });
@@ -337,18 +356,18 @@ mod tests {
         let mut s = Store::new();
         for i in 0..1000u64 {
             let op = Op::Put { key: format!("k{i}").into(), value: b"old".to_vec() };
-            s.apply(&Record { lsn: i + 1, term: 1, op });
+            s.apply(Record { lsn: i + 1, term: 1, op });
         }
         let frozen = s.freeze();
         let (digest, keys, live) = (s.digest(), s.len(), s.live_bytes());
         assert_eq!((frozen.lsn, frozen.digest, frozen.keys), (1000, digest, 1000));
-        s.apply(&Record {
+        s.apply(Record {
             lsn: 1001,
             term: 1,
             op: Op::Put { key: b"k1".to_vec(), value: b"new".to_vec() },
         });
-        s.apply(&Record { lsn: 1002, term: 1, op: Op::Delete { key: b"k2".to_vec() } });
-        s.apply(&Record { lsn: 1003, term: 1, op: Op::Delete { key: b"absent".to_vec() } });
+        s.apply(Record { lsn: 1002, term: 1, op: Op::Delete { key: b"k2".to_vec() } });
+        s.apply(Record { lsn: 1003, term: 1, op: Op::Delete { key: b"absent".to_vec() } });
         let frozen_get =
             |key: &[u8]| frozen.shards.iter().find_map(|shard| shard.get(key).cloned());
         assert_eq!(frozen_get(b"k1"), Some(b"old".to_vec()));
@@ -366,7 +385,7 @@ mod tests {
         let mut a = Store::new();
         for i in 0..100u64 {
             let op = Op::Put { key: format!("k{i}").into(), value: format!("v{i}").into() };
-            a.apply(&Record { lsn: i + 1, term: 1, op });
+            a.apply(Record { lsn: i + 1, term: 1, op });
         }
         let frozen = a.freeze();
         let mut b = Store::new();
@@ -391,10 +410,10 @@ mod tests {
             term: 1,
             op: Op::Put { key: b"k".to_vec(), value: v.into() },
         };
-        s.apply(&put(1, "a"));
-        s.apply(&put(2, "b"));
+        s.apply(put(1, "a"));
+        s.apply(put(2, "b"));
         assert_eq!(s.get(b"k"), Some(&b"b".to_vec()));
-        s.apply(&Record { lsn: 3, term: 1, op: Op::Delete { key: b"k".to_vec() } });
+        s.apply(Record { lsn: 3, term: 1, op: Op::Delete { key: b"k".to_vec() } });
         assert_eq!(s.get(b"k"), None);
         assert_eq!(s.applied_lsn(), 3);
     }

@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! $ kv_client --port 9001 watch --from-lsn 1
-//! LeaderHello term=1 last_lsn=2 cluster=9c1d6e0a4b7f42d8a15e03c6b2f98e47 members=[127.0.0.1:9001 127.0.0.1:9002]
+//! LeaderHello term=1 last_lsn=2 keys=1 cluster=9c1d6e0a4b7f42d8a15e03c6b2f98e47 members=[127.0.0.1:9001 127.0.0.1:9002]
 //! AppendEntries term=1 prev=(LSN 0, term 0) commit=2 records=2: [1 PUT k = "v"] [2 DEL k]
 //! AppendEntries term=1 prev=(LSN 2, term 1) commit=2 records=0 (heartbeat)
 //! ```

@@ -45,6 +45,8 @@ fn lesson5_late_follower_catches_up_on_all_ten_keys() {
     let f3 = follower("follower3", &dirs, p3, &leader);
     f3.wait_for_log("[catch-up] connected to leader");
     f3.wait_for_log("requesting records after LSN 0");
+    // LEADER_HELLO says how many keys the leader holds; the map is sized.
+    f3.wait_for_log("[catch-up] sized the map for 10 keys, the leader's count");
     f3.wait_for_log("[catch-up] received 10 records, caught up to LSN 10");
     leader.wait_for_log("requests records after LSN 0; sending 10 record(s)");
     assert_eq!(f3.client().get(b"key1").unwrap(), Some(b"value1".to_vec()));

@@ -2,7 +2,7 @@
 //! and what `--trace-replication` logs (lessons 3 and 5, made visible).
 //!
 //! ```text
-//! LeaderHello term=2 last_lsn=44 cluster=9c1d6e0a4b7f42d8a15e03c6b2f98e47 members=[127.0.0.1:9001 127.0.0.1:9002]
+//! LeaderHello term=2 last_lsn=44 keys=40 cluster=9c1d6e0a4b7f42d8a15e03c6b2f98e47 members=[127.0.0.1:9001 127.0.0.1:9002]
 //! AppendEntries term=2 prev=(LSN 41, term 2) commit=40 records=3: [42 PUT user:7 = "alice"] [43 DEL cart:9] [44 NOOP]
 //! AppendEntries term=2 prev=(LSN 44, term 2) commit=44 records=0 (heartbeat)
 //! AppendEntriesAck last_lsn=44 term=2
@@ -81,8 +81,8 @@ pub fn line(message: &Message, values: Values) -> String {
             cluster_id.map_or_else(|| "none".to_string(), |id| id.to_string())
         ),
         Message::ObserverHello { from_lsn } => format!("ObserverHello from_lsn={from_lsn}"),
-        Message::LeaderHello { cluster_id, term, last_lsn, members } => format!(
-            "LeaderHello term={term} last_lsn={last_lsn} cluster={cluster_id} members=[{}]",
+        Message::LeaderHello { cluster_id, term, last_lsn, keys, members } => format!(
+            "LeaderHello term={term} last_lsn={last_lsn} keys={keys} cluster={cluster_id} members=[{}]",
             members.iter().map(|m| one_line(m)).collect::<Vec<_>>().join(" ")
         ),
         Message::Error { code, message } => {
@@ -215,11 +215,12 @@ pub fn json(message: &Message, values: Values) -> Json {
         Message::ObserverHello { from_lsn } => {
             json!({ "type": "ObserverHello", "from_lsn": from_lsn })
         }
-        Message::LeaderHello { cluster_id, term, last_lsn, members } => json!({
+        Message::LeaderHello { cluster_id, term, last_lsn, keys, members } => json!({
             "type": "LeaderHello",
             "cluster_id": cluster_id.to_string(),
             "term": term,
             "last_lsn": last_lsn,
+            "keys": keys,
             "members": members,
         }),
         Message::Error { code, message } => json!({
@@ -395,11 +396,12 @@ mod tests {
             cluster_id: id,
             term: 2,
             last_lsn: 44,
+            keys: 40,
             members: vec!["127.0.0.1:9001".into(), "127.0.0.1:9002".into()],
         };
         assert_eq!(
             line(&hello, SHOWN),
-            format!("LeaderHello term=2 last_lsn=44 cluster={id} members=[127.0.0.1:9001 127.0.0.1:9002]")
+            format!("LeaderHello term=2 last_lsn=44 keys=40 cluster={id} members=[127.0.0.1:9001 127.0.0.1:9002]")
         );
         let ack = Message::AppendEntriesAck { last_lsn: 44, term: 2, digest_lsn: 0, digest: 0 };
         assert_eq!(line(&ack, SHOWN), "AppendEntriesAck last_lsn=44 term=2");

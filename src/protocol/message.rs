@@ -273,6 +273,10 @@ pub enum Message {
         cluster_id: ClusterId,
         term: Term,
         last_lsn: Lsn,
+        /// Live keys in the leader's map: a follower about to catch up
+        /// sizes its map for them at once instead of growing it by
+        /// doubling (Redis's RDB carries the same hint, `RESIZEDB`).
+        keys: u64,
         members: Vec<String>,
     },
     /// The follower's log does not hold `prev_lsn` with `prev_term`. It
@@ -502,10 +506,10 @@ impl Message {
                 out.extend_from_slice(&listen_port.unwrap_or(0).to_be_bytes());
                 put_cluster_id(out, *cluster_id);
             }
-            Message::LeaderHello { cluster_id, term, last_lsn, members } => {
+            Message::LeaderHello { cluster_id, term, last_lsn, keys, members } => {
                 out.push(TYPE_LEADER_HELLO);
                 out.extend_from_slice(&cluster_id.0);
-                put_u64s(out, &[*term, *last_lsn]);
+                put_u64s(out, &[*term, *last_lsn, *keys]);
                 out.extend_from_slice(&(members.len() as u16).to_be_bytes());
                 for member in members {
                     put_address(out, member);
@@ -643,6 +647,7 @@ impl Message {
                     })?;
                 let term = d.u64("leader hello term")?;
                 let last_lsn = d.u64("leader hello last_lsn")?;
+                let keys = d.u64("leader hello keys")?;
                 let count = d.u16("leader hello member_count")?;
                 if usize::from(count) > MEMBERS_MAX {
                     return Err(Error::TooLarge {
@@ -655,7 +660,7 @@ impl Message {
                 for _ in 0..count {
                     members.push(decode_address(&mut d, "leader hello member")?);
                 }
-                Message::LeaderHello { cluster_id, term, last_lsn, members }
+                Message::LeaderHello { cluster_id, term, last_lsn, keys, members }
             }
             TYPE_APPEND_ENTRIES_REFUSE => Message::AppendEntriesRefuse {
                 term: d.u64("refuse term")?,
@@ -1029,11 +1034,12 @@ mod tests {
                     listen_port,
                     cluster_id
                 }),
-            (arb_cluster_id(), any::<[u64; 2]>(), proptest::collection::vec(address(), 0..5))
+            (arb_cluster_id(), any::<[u64; 3]>(), proptest::collection::vec(address(), 0..5))
                 .prop_map(|(cluster_id, f, members)| Message::LeaderHello {
                     cluster_id,
                     term: f[0],
                     last_lsn: f[1],
+                    keys: f[2],
                     members
                 }),
             any::<u64>().prop_map(|from_lsn| Message::ObserverHello { from_lsn }),

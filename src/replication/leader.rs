@@ -368,7 +368,9 @@ impl Link<'_> {
         target: Lsn,
     ) -> Result<()> {
         let members = self.replica.members();
-        let hello = Message::LeaderHello { cluster_id, term: self.term, last_lsn: target, members };
+        let keys = self.db.key_count() as u64;
+        let hello =
+            Message::LeaderHello { cluster_id, term: self.term, last_lsn: target, keys, members };
         if let Some(trace) = &self.trace {
             trace.note_message(Direction::Sent, &hello);
         }

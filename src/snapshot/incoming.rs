@@ -158,7 +158,7 @@ mod tests {
         let mut store = Store::new();
         for i in 1..=keys {
             let op = Op::Put { key: format!("k{i}").into(), value: vec![b'v'; 100] };
-            store.apply(&Record { lsn: i, term: 2, op });
+            store.apply(Record { lsn: i, term: 2, op });
         }
         let meta = snapshot::write(&catalog, store.freeze(), 2).unwrap();
         std::fs::read(meta.path).unwrap()

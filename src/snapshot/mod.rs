@@ -249,7 +249,7 @@ mod tests {
         let mut s = Store::new();
         for i in 1..=count {
             let op = Op::Put { key: format!("k{i}").into(), value: format!("v{i}").into() };
-            s.apply(&Record { lsn: i, term: 2, op });
+            s.apply(Record { lsn: i, term: 2, op });
         }
         s
     }

@@ -369,7 +369,7 @@ pub struct WalRecovery {
 impl Wal {
     /// Open the WAL of `data_dir` with the default options and no snapshot,
     /// calling `apply` with every record in LSN order.
-    pub fn open(data_dir: &Path, apply: impl FnMut(&Record)) -> Result<(Wal, WalRecovery)> {
+    pub fn open(data_dir: &Path, apply: impl FnMut(Record)) -> Result<(Wal, WalRecovery)> {
         Wal::open_with(data_dir, WalOptions::default(), Base::NONE, apply)
     }
 
@@ -380,7 +380,7 @@ impl Wal {
         data_dir: &Path,
         options: WalOptions,
         base: Base,
-        apply: impl FnMut(&Record),
+        apply: impl FnMut(Record),
     ) -> Result<(Wal, WalRecovery)> {
         let dir = data_dir.join(WAL_DIR_NAME);
         let upgraded = prepare_dir(data_dir)?.upgraded;
@@ -691,14 +691,14 @@ impl Wal {
     }
 
     /// Call `apply` with every record `after + 1 ..= through`, in order.
-    pub fn replay(&self, after: Lsn, through: Lsn, mut apply: impl FnMut(&Record)) -> Result<()> {
+    pub fn replay(&self, after: Lsn, through: Lsn, mut apply: impl FnMut(Record)) -> Result<()> {
         let mut next = after + 1;
         while next <= through {
             let records = self.records_after(next - 1, through, 4096, READ_CHUNK_BYTES)?;
             let Some(last) = records.last().map(|r| r.lsn) else {
                 return Err(Error::Unexpected(format!("no record after LSN {}", next - 1)));
             };
-            records.iter().for_each(&mut apply);
+            records.into_iter().for_each(&mut apply);
             next = last + 1;
         }
         Ok(())
@@ -889,7 +889,7 @@ struct Replay<F> {
     superseded: Option<String>,
 }
 
-impl<F: FnMut(&Record)> Replay<F> {
+impl<F: FnMut(Record)> Replay<F> {
     /// Before the first record after the base: does the log hold the base?
     fn check_base(&mut self) {
         if self.base.lsn == 0 || self.superseded.is_some() {
@@ -924,7 +924,7 @@ impl<F: FnMut(&Record)> Replay<F> {
 /// Step 1 of recovery for one segment: scan it, check and rebuild its
 /// index, note its terms, replay what comes after the base; cut a torn
 /// tail of the last segment.
-fn recover_segment<F: FnMut(&Record)>(
+fn recover_segment<F: FnMut(Record)>(
     dir: &Path,
     options: WalOptions,
     header: SegmentHeader,
@@ -971,7 +971,7 @@ fn recover_segment<F: FnMut(&Record)>(
             replay.terms.note(entry.lsn, entry.term);
             last_lsn = entry.lsn;
             if entry.lsn > replay.base.lsn && replay.superseded.is_none() {
-                (replay.apply)(&entry.record(&path)?);
+                (replay.apply)(entry.record(&path)?);
                 recovery.replayed += 1;
             }
             Ok(())
@@ -1427,7 +1427,7 @@ mod tests {
             std::fs::write(&path, &log).unwrap();
             std::fs::remove_file(path.with_extension("idx")).unwrap();
             let mut seen = Vec::new();
-            match Wal::open(dir.path(), |r| seen.push(r.clone())) {
+            match Wal::open(dir.path(), |r| seen.push(r)) {
                 Ok(_) => proptest::prop_assert_eq!(&records[..seen.len()], &seen[..]),
                 // A damaged header is either not ours (corrupt) or names a
                 // version this build refuses; never a misread record.
