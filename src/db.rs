@@ -905,6 +905,9 @@ impl Db {
                 c.durable_lsn = durable.max(c.durable_lsn);
                 c.durable_at = Some(Instant::now());
                 self.committed.notify_all();
+                // A thread whose record was written meanwhile sleeps on
+                // `to_write`: it is durable now, or it syncs what is left.
+                self.to_write.notify_all();
                 continue;
             }
             if can_write && (woken_to_write || !can_sync) {
@@ -953,14 +956,13 @@ impl Db {
                     }
                     Err(why) => c.fatal = Some(why),
                 }
-                // Whoever applies next is woken, unless it is this thread:
-                // it goes on to apply, and wakes everyone once it has.
+                // Wake the others, unless this thread goes on to apply (as
+                // on a leader): then it wakes them once it has, and each
+                // thread wakes once, to find its write durable.
                 if goal == Goal::Synced || c.applying || c.fatal.is_some() {
                     self.committed.notify_all();
+                    self.to_write.notify_all();
                 }
-                // A thread whose record was written meanwhile sleeps on
-                // `to_write`: it syncs what is left, or waits for the apply.
-                self.to_write.notify_all();
                 continue;
             }
             waited = true;
