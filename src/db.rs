@@ -21,7 +21,7 @@
 //!    reader never sees a write that a crash of this node could take back,
 //!    and no client hears OK for it before then.
 //!
-//! The three roles overlap (see [`Db::wait_for`]). With `--fsync always`
+//! The three roles overlap (see `Db::wait_for`). With `--fsync always`
 //! the next batch is written, and sent to the followers, while the one
 //! before it is being fsynced, so a batch does not wait for the previous
 //! fsync to end before it leaves for the followers. And a batch is applied

@@ -177,7 +177,7 @@ fn one_line(text: &str) -> String {
 }
 
 /// The message as one JSON object (`kv_client watch --json`): the same
-/// fields as [`line`], and each key and value as the escaped text of
+/// fields as [`line()`], and each key and value as the escaped text of
 /// [`key_text`]'s and [`value_text`]'s cut, with its full length.
 pub fn json(message: &Message, values: Values) -> Json {
     match message {

@@ -119,7 +119,7 @@ impl ElectionClock {
     /// Rule 4: our leader's address refuses connections, so no process
     /// listens there: the leader is gone, not merely quiet. The lease ends
     /// (there is no leader left to protect) and the wait is cut to a short
-    /// one ([`ElectionClock::short_wait`]) if that ends sooner than the
+    /// one (`ElectionClock::short_wait`) if that ends sooner than the
     /// current one. Returns how long the wait still lasts.
     pub fn leader_gone(&mut self, now_ms: u64) -> u64 {
         self.leader_gone = true;

@@ -48,7 +48,7 @@
 //!
 //! While the reading thread waits for its fsync, the leader's next
 //! messages gather in the socket and in the 4 MiB read buffer, and the
-//! next batch merges all that arrived whole (up to [`MERGED_RECORDS_MAX`]
+//! next batch merges all that arrived whole (up to `MERGED_RECORDS_MAX`
 //! records): one write and one fsync for several messages.
 //!
 //! Anything else — the first message of a session, a refusal, a repair, a

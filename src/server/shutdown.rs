@@ -7,8 +7,9 @@
 //!
 //! 1. stops accepting connections (new ones are closed at once);
 //! 2. if it leads a cluster, hands leadership to its most up-to-date
-//!    follower ([`Replica::transfer_leadership`]) — milliseconds of paused
-//!    writes instead of an election;
+//!    follower
+//!    ([`Replica::transfer_leadership`](crate::replication::replica::Replica::transfer_leadership))
+//!    — milliseconds of paused writes instead of an election;
 //! 3. waits for the requests already being handled to finish, and for its
 //!    open connections to go quiet for [`SHUTDOWN_QUIET_MS`] (bounded by
 //!    [`SHUTDOWN_DRAIN_MS_MAX`]): requests that keep arriving on open

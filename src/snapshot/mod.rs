@@ -11,7 +11,7 @@
 //! follower that is too far behind. kvstore does the same:
 //!
 //! 1. **A snapshot** is the whole map as of one LSN, with that record's
-//!    term ([`format`]: the bytes; [`catalog`]: the files). It is taken
+//!    term ([`format`](mod@format): the bytes; [`catalog`]: the files). It is taken
 //!    from a copy-on-write freeze of the map (`crate::store`), so writes
 //!    go on while it is written; only records at or below the commit LSN
 //!    are ever in a snapshot (a record that might still be removed by a
@@ -86,7 +86,7 @@ pub fn unix_ms() -> u64 {
 const PAIR_BYTES_MIN: u64 = 8;
 
 /// Read the snapshot at `path` into a new map, verifying everything
-/// ([`format`]'s checks, then no key twice and the digest); `progress` is
+/// ([`format`](mod@format)'s checks, then no key twice and the digest); `progress` is
 /// called with the bytes read so far after each chunk. The map is only
 /// returned if the whole file is good.
 pub fn load(path: &Path, mut progress: impl FnMut(u64)) -> Result<(Store, SnapshotMeta)> {
