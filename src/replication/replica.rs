@@ -1099,6 +1099,9 @@ impl Replica {
             }
         }
         // 2. A leader steps down: no more writes, fail the waiting ones.
+        // (The "following" line waits until the role is stored, so that
+        // a restart after it finds the leader.)
+        let mut following = None;
         let old = std::mem::replace(&mut st.live, Live::Follower { link: None });
         match old {
             Live::Leader { hub } => {
@@ -1115,14 +1118,13 @@ impl Replica {
             }
             Live::Follower { link: Some(link) } => {
                 link.stop();
-                if let Some(l) = leader.filter(|l| !same_node(*l, link.leader())) {
-                    log::info!("[failover] now following {l} instead of {}: {why}", link.leader());
-                }
+                following = leader
+                    .filter(|l| !same_node(*l, link.leader()))
+                    .map(|l| format!("now following {l} instead of {}: {why}", link.leader()));
             }
             Live::Follower { link: None } => {
-                if let Some(l) = leader {
-                    log::info!("[failover] following {l} in term {}: {why}", st.stored.term);
-                }
+                following =
+                    leader.map(|l| format!("following {l} in term {}: {why}", st.stored.term));
             }
         }
         self.note_change(match leader {
@@ -1133,6 +1135,9 @@ impl Replica {
         st.stored.role = Some(StoredRole::Follower);
         st.stored.leader = leader.map(|l| l.to_string());
         st.stored.store(self.db.data_dir())?;
+        if let Some(line) = following {
+            log::info!("[failover] {line}");
+        }
         let link = match leader {
             Some(leader) => {
                 let link = Arc::new(FollowerLink::new(leader));
