@@ -882,15 +882,22 @@ impl Db {
                 // still in the log: it waits for durability as usual.)
                 return Err(Error::WalFailed(c.last_failure.clone()));
             }
-            match goal {
-                Goal::Synced if c.synced_lsn >= ticket.lsn => return Ok(()),
-                Goal::Applied if c.durable_lsn >= ticket.lsn => {
-                    if let (true, Some(at)) = (waited, c.durable_at) {
-                        self.stages.record(Stage::Wakeup, at.elapsed());
-                    }
-                    return Ok(());
+            let reached = match goal {
+                Goal::Synced => c.synced_lsn >= ticket.lsn,
+                Goal::Applied => c.durable_lsn >= ticket.lsn,
+            };
+            if reached {
+                if let (Goal::Applied, true, Some(at)) = (goal, waited, c.durable_at) {
+                    self.stages.record(Stage::Wakeup, at.elapsed());
                 }
-                _ => {}
+                // Work this thread did for others (a batch it wrote while
+                // its own record was being made durable) must not be left
+                // with every other waiter asleep: hand it on.
+                if self.unowned_work(&c) {
+                    self.to_write.notify_all();
+                    self.committed.notify_all();
+                }
+                return Ok(());
             }
             let can_write = !c.writing && !self.queue.lock().pending.is_empty();
             let can_sync = !c.syncing && !c.written.is_empty();
@@ -974,6 +981,15 @@ impl Db {
                 woken_to_write = false;
             }
         }
+    }
+
+    /// True if the committer has work that no thread holds the role for:
+    /// queued records and no writer, written ones and no syncer, fsynced
+    /// ones and no applier.
+    fn unowned_work(&self, c: &CommitState) -> bool {
+        (!c.syncing && !c.written.is_empty())
+            || (!c.applying && !c.synced.is_empty())
+            || (!c.writing && !self.queue.lock().pending.is_empty())
     }
 
     /// Whether a batch is written while the one before it is fsynced. Only
@@ -1198,6 +1214,37 @@ mod tests {
         drop(db);
         let (db, recovery) = Db::open_with(dir.path(), FsyncPolicy::Always, options).unwrap();
         assert_eq!((recovery.wal.last_lsn, db.key_count()), (320, 320));
+    }
+
+    #[test]
+    fn no_writer_is_left_asleep_when_another_wrote_its_batch() {
+        // Goal: a thread whose own write became durable while it was
+        // writing others' records hands the batch it wrote on, instead of
+        // leaving its writers asleep with nobody to fsync it (they waited
+        // until the next write came; this test hung about 1 run in 30).
+        // Rounds of 8 writers; each must finish within the deadline.
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, _) = Db::open(dir.path(), FsyncPolicy::Always).unwrap();
+            db.set_leader_term(Some(1));
+            let db = Arc::new(db);
+            let (done, finished) = crossbeam_channel::unbounded();
+            for t in 0..8 {
+                let (db, done) = (Arc::clone(&db), done.clone());
+                std::thread::spawn(move || {
+                    for i in 0..40 {
+                        db.write(put(&format!("{t}-{i}"), "v")).unwrap();
+                    }
+                    let _ = done.send(());
+                });
+            }
+            for _ in 0..8 {
+                finished
+                    .recv_timeout(Duration::from_secs(20))
+                    .unwrap_or_else(|_| panic!("round {round}: a writer is still asleep"));
+            }
+            assert_eq!((db.last_lsn(), db.key_count()), (320, 320));
+        }
     }
 
     #[test]
