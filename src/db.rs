@@ -894,8 +894,7 @@ impl Db {
                 // its own record was being made durable) must not be left
                 // with every other waiter asleep: hand it on.
                 if self.unowned_work(&c) {
-                    self.to_write.notify_all();
-                    self.committed.notify_all();
+                    self.wake_all();
                 }
                 return Ok(());
             }
@@ -911,10 +910,7 @@ impl Db {
                 c.applying = false;
                 c.durable_lsn = durable.max(c.durable_lsn);
                 c.durable_at = Some(Instant::now());
-                self.committed.notify_all();
-                // A thread whose record was written meanwhile sleeps on
-                // `to_write`: it is durable now, or it syncs what is left.
-                self.to_write.notify_all();
+                self.wake_all();
                 continue;
             }
             if can_write && (woken_to_write || !can_sync) {
@@ -933,8 +929,7 @@ impl Db {
                     Err(WriteFailure { first_lsn, why }) => {
                         c.failed_from.push(first_lsn);
                         c.last_failure = why;
-                        self.committed.notify_all();
-                        self.to_write.notify_all();
+                        self.wake_all();
                         continue;
                     }
                 }
@@ -967,8 +962,7 @@ impl Db {
                 // on a leader): then it wakes them once it has, and each
                 // thread wakes once, to find its write durable.
                 if goal == Goal::Synced || c.applying || c.fatal.is_some() {
-                    self.committed.notify_all();
-                    self.to_write.notify_all();
+                    self.wake_all();
                 }
                 continue;
             }
@@ -981,6 +975,14 @@ impl Db {
                 woken_to_write = false;
             }
         }
+    }
+
+    /// Wake every waiter: those whose record is written sleep on
+    /// `committed`, those whose record was still queued on `to_write`; each
+    /// finds its write durable, or takes the role that has work.
+    fn wake_all(&self) {
+        self.committed.notify_all();
+        self.to_write.notify_all();
     }
 
     /// True if the committer has work that no thread holds the role for:

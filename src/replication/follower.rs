@@ -265,8 +265,8 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         snapshot: install::Receiver::new(db),
     };
     // Two threads ("Two threads" in the module doc): this one reads,
-    // checks and queues; the acknowledging one waits for each batch to be
-    // durable and answers, in the order the messages came.
+    // checks, queues and fsyncs; the acknowledging one applies each batch
+    // and answers, in the order the messages came.
     let (jobs, jobs_rx) = crossbeam_channel::bounded::<Job>(JOBS_MAX);
     let (done_tx, done) = crossbeam_channel::bounded::<(Lsn, Term)>(1);
     std::thread::scope(|scope| {
@@ -286,8 +286,9 @@ fn session(db: &Db, replica: &Replica, link: &FollowerLink) -> Result<()> {
         let mut last_queued = None;
         let received = receive(db, replica, leader, &mut inbox, jobs, done, &mut last_queued);
         let acked = acker.join();
-        // Records queued but not waited for when the session ended are
-        // written now, so the next session's hello counts them.
+        // Records queued but not applied when the session ended are
+        // applied now (and written, if they were not), so the next
+        // session's hello counts them.
         if let Some(write) = last_queued {
             let _ = db.wait_queued(write);
         }
@@ -306,7 +307,7 @@ const JOBS_MAX: usize = 4;
 /// What the reading side hands the acknowledging side, in arrival order.
 enum Job {
     /// An AppendEntries that continues what was queued before it: its
-    /// records (if any) are queued; ACK once they are durable.
+    /// records (if any) are queued and fsynced; ACK once they are applied.
     Queued(Queued),
     /// Any other AppendEntries (the first of a session, a repair, a refusal):
     /// checked against the whole log once everything before it is durable.
@@ -358,14 +359,6 @@ fn receive(
                         if queued.write.is_some() {
                             *last_queued = queued.write;
                         }
-                        // Make it durable here, while the acknowledging
-                        // thread applies the batch before it.
-                        if let Some(write) = queued.write {
-                            if let Err(e) = db.wait_synced(write) {
-                                let _ = jobs.send(Job::Fail(Message::error(&e)));
-                                return Err(e);
-                            }
-                        }
                         Job::Queued(queued)
                     }
                     Err(e) => {
@@ -385,7 +378,9 @@ fn receive(
     }
 }
 
-/// Fencing, then queue the records of `ae`, which [`continues`] the log.
+/// Fencing, then queue the records of `ae`, which [`continues`] the log,
+/// and make them durable: written and fsynced here, while the
+/// acknowledging thread applies the batch before them.
 fn queue(
     db: &Db,
     replica: &Replica,
@@ -398,6 +393,9 @@ fn queue(
     let count = ae.records.len();
     let end = ae.records.last().map_or((ae.prev_lsn, ae.prev_term), |r| (r.lsn, r.term));
     let write = db.queue_replicated(std::mem::take(&mut ae.records))?;
+    if let Some(write) = write {
+        db.wait_synced(write)?;
+    }
     Ok(Queued {
         write,
         term,
@@ -452,7 +450,7 @@ struct Follower<'a> {
 
 impl Follower<'_> {
     /// The acknowledging side of a session: answer each job in order —
-    /// wait for a queued batch to be durable, then ACK it; run the full
+    /// apply a queued batch, then ACK it; run the full
     /// check (and repair) for any other AppendEntries and snapshot pieces,
     /// then tell the reading side where the log ends. Returns when the
     /// reading side stops; an error ends the session.
